@@ -1,0 +1,197 @@
+//! Turns a console payload into a status report or a freeze change.
+
+use lambda_runtime::LambdaEvent;
+use pushdeploy::inbound;
+use pushdeploy::lambda::{logged, respond};
+use pushdeploy::services::{Control, ServiceError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// `{"action": "status" | "freeze" | "unfreeze", "app", "environment", "reason", "requested_by"}`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlPayload {
+    action: String,
+    app: Option<String>,
+    environment: Option<String>,
+    reason: Option<String>,
+    requested_by: Option<String>,
+}
+
+pub async fn handle(control: &Control, event: LambdaEvent<Value>) -> Result<Value, ServiceError> {
+    logged(dispatch(control, event.payload).await)
+}
+
+async fn dispatch(control: &Control, payload: Value) -> Result<Value, ServiceError> {
+    if inbound::is_event(&payload) {
+        return Err(ServiceError::Invalid(
+            "control takes requests typed by hand, not events".into(),
+        ));
+    }
+    let p: ControlPayload = inbound::payload(payload, "control")?;
+    let app = p.app.as_deref().map(inbound::app_name).transpose()?;
+    let env = p
+        .environment
+        .as_deref()
+        .map(inbound::env_name)
+        .transpose()?;
+    let by = p.requested_by.as_deref().unwrap_or("console");
+    let both = || match (&app, &env) {
+        (Some(a), Some(e)) => Ok((a, e)),
+        _ => Err(ServiceError::Invalid(format!(
+            "\"{}\" needs \"app\" and \"environment\"",
+            p.action
+        ))),
+    };
+    match p.action.as_str() {
+        "status" => {
+            respond(&json!({ "environments": control.status(app.as_ref(), env.as_ref()).await? }))
+        }
+        "freeze" => {
+            let (a, e) = both()?;
+            let reason = p
+                .reason
+                .as_deref()
+                .filter(|r| !r.trim().is_empty())
+                .ok_or_else(|| {
+                    ServiceError::Invalid(
+                        "\"freeze\" needs a \"reason\", shown to everyone whose push it holds back"
+                            .into(),
+                    )
+                })?;
+            respond(&control.freeze(a, e, reason, by).await?)
+        }
+        "unfreeze" => {
+            let (a, e) = both()?;
+            respond(&control.unfreeze(a, e, by).await?)
+        }
+        other => Err(ServiceError::Invalid(format!(
+            "unknown action {other:?}; control accepts \"status\", \"freeze\" and \"unfreeze\""
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use lambda_runtime::Context;
+    use pushdeploy::fakes::{FixedConfig, ManualClock, MemoryStore, RecordingPublisher};
+    use pushdeploy::ports::StateStore;
+    use pushdeploy::services::Core;
+    use time::macros::datetime;
+
+    use super::*;
+
+    fn world() -> (Control, MemoryStore, RecordingPublisher) {
+        let store = MemoryStore::default();
+        let events = RecordingPublisher::default();
+        let control = Control {
+            core: Core {
+                store: Arc::new(store.clone()),
+                events: Arc::new(events.clone()),
+                config: Arc::new(FixedConfig::yaml(include_str!(
+                    "../../../events/config.yaml"
+                ))),
+                clock: Arc::new(ManualClock::new(datetime!(2026-11-20 10:00 UTC))),
+            },
+        };
+        (control, store, events)
+    }
+
+    fn event(json: &str) -> LambdaEvent<Value> {
+        LambdaEvent::new(serde_json::from_str(json).unwrap(), Context::default())
+    }
+
+    #[tokio::test]
+    async fn status_of_one_environment_and_of_everything() {
+        let (control, _, _) = world();
+        let one = handle(
+            &control,
+            event(include_str!("../../../events/control/status.json")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(one["environments"].as_array().unwrap().len(), 1);
+        assert_eq!(one["environments"][0]["target"], "ssm");
+        assert_eq!(one["environments"][0]["frozen"], Value::Null);
+        let all = handle(
+            &control,
+            event(include_str!("../../../events/control/status-all.json")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(all["environments"].as_array().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn freeze_then_unfreeze_records_who_and_why() {
+        let (control, store, events) = world();
+        let out = handle(
+            &control,
+            event(include_str!("../../../events/control/freeze.json")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["changed"], true);
+        assert_eq!(out["frozen"]["by"], "alice");
+        let again = handle(
+            &control,
+            event(include_str!("../../../events/control/freeze.json")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            again["changed"], false,
+            "freezing a frozen environment changes nothing"
+        );
+        let app = inbound::app_name("web").unwrap();
+        let env = inbound::env_name("production").unwrap();
+        assert_eq!(
+            store
+                .env_state(&app, &env)
+                .await
+                .unwrap()
+                .frozen
+                .unwrap()
+                .reason,
+            "release freeze for the holidays"
+        );
+        handle(
+            &control,
+            event(include_str!("../../../events/control/unfreeze.json")),
+        )
+        .await
+        .unwrap();
+        assert!(store.env_state(&app, &env).await.unwrap().frozen.is_none());
+        assert_eq!(
+            events.types(),
+            vec!["Environment Frozen", "Environment Unfrozen"]
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_requests_say_what_is_missing() {
+        let (control, store, _) = world();
+        for (input, expected) in [
+            (
+                r#"{"action": "freeze", "app": "web", "environment": "production"}"#,
+                "needs a \"reason\"",
+            ),
+            (
+                r#"{"action": "freeze", "app": "web"}"#,
+                "needs \"app\" and \"environment\"",
+            ),
+            (
+                r#"{"action": "status", "app": "shop"}"#,
+                "unknown app \"shop\"",
+            ),
+            (r#"{"action": "reboot"}"#, "unknown action \"reboot\""),
+            (r#"{"app": "web"}"#, "missing field `action`"),
+        ] {
+            let err = handle(&control, event(input)).await.unwrap_err();
+            assert!(err.to_string().contains(expected), "{input}: {err}");
+        }
+        assert_eq!(store.commits(), 0);
+    }
+}

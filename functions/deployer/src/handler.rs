@@ -1,0 +1,361 @@
+//! Turns what the deployer receives into a use case: an ECR push, a lifecycle event saying
+//! an environment is free again, or a deploy request typed in the console.
+
+use lambda_runtime::LambdaEvent;
+use pushdeploy::domain::EventType;
+use pushdeploy::inbound::{self, Envelope};
+use pushdeploy::lambda::{logged, respond};
+use pushdeploy::services::deploy::{ManualDeploy, Wanted};
+use pushdeploy::services::{Deployer, ServiceError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// `{"app": "web", "environment": "staging", "tag": "v1.2.3"}` (or `"digest"` instead of `"tag"`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployPayload {
+    #[serde(default)]
+    action: Option<String>,
+    app: String,
+    environment: String,
+    tag: Option<String>,
+    digest: Option<String>,
+    requested_by: Option<String>,
+    reason: Option<String>,
+}
+
+pub async fn handle(deployer: &Deployer, event: LambdaEvent<Value>) -> Result<Value, ServiceError> {
+    logged(dispatch(deployer, event.payload).await)
+}
+
+async fn dispatch(deployer: &Deployer, payload: Value) -> Result<Value, ServiceError> {
+    if !inbound::is_event(&payload) {
+        let request = manual_request(inbound::payload(payload, "deploy")?)?;
+        return respond(&deployer.manual(&request).await?);
+    }
+    let envelope = inbound::envelope(payload)?;
+    match (envelope.source.as_str(), envelope.detail_type.as_str()) {
+        ("aws.ecr", "ECR Image Action") => match inbound::ecr_push(&envelope)? {
+            None => {
+                respond(&json!({ "outcome": "ignored", "reason": "not a successful image push" }))
+            }
+            Some(push) => respond(&json!({ "results": deployer.on_push(&push).await? })),
+        },
+        ("pushdeploy", _) => on_lifecycle(deployer, &envelope).await,
+        (source, detail_type) => Err(ServiceError::Invalid(format!(
+            "the deployer does not handle {detail_type:?} events from {source:?}"
+        ))),
+    }
+}
+
+/// An environment became free (its deployment ended, or it was unfrozen): start the
+/// newest queued image.
+async fn on_lifecycle(deployer: &Deployer, envelope: &Envelope) -> Result<Value, ServiceError> {
+    let (kind, detail) = inbound::lifecycle(envelope)?;
+    match kind {
+        EventType::DeploymentVerified
+        | EventType::DeploymentFailed
+        | EventType::EnvironmentUnfrozen => {
+            let started = deployer
+                .on_environment_free(&detail.app, &detail.environment)
+                .await?;
+            respond(&json!({ "queued": started }))
+        }
+        other => Err(ServiceError::Invalid(format!(
+            "the deployer does not handle \"{other}\" events"
+        ))),
+    }
+}
+
+fn manual_request(p: DeployPayload) -> Result<ManualDeploy, ServiceError> {
+    if let Some(action) = p.action.as_deref().filter(|a| *a != "deploy") {
+        return Err(ServiceError::Invalid(format!(
+            "unknown action {action:?}; the deployer accepts \"deploy\""
+        )));
+    }
+    let wanted = match (p.tag.as_deref(), p.digest.as_deref()) {
+        (Some(tag), None) => Wanted::Tag(inbound::tag(tag)?),
+        (None, Some(digest)) => Wanted::Digest(inbound::digest(digest)?),
+        _ => {
+            return Err(ServiceError::Invalid(
+                "give exactly one of \"tag\" or \"digest\"".into(),
+            ));
+        }
+    };
+    Ok(ManualDeploy {
+        app: inbound::app_name(&p.app)?,
+        environment: inbound::env_name(&p.environment)?,
+        wanted,
+        requested_by: p.requested_by,
+        reason: p.reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use lambda_runtime::Context;
+    use pushdeploy::domain::{Digest, Phase};
+    use pushdeploy::fakes::{
+        FakeRegistry, FakeTarget, FixedConfig, ManualClock, MemoryStore, RecordingPublisher,
+    };
+    use pushdeploy::services::Core;
+    use time::macros::datetime;
+
+    use super::*;
+
+    struct World {
+        deployer: Deployer,
+        store: MemoryStore,
+        target: FakeTarget,
+        events: RecordingPublisher,
+        registry: FakeRegistry,
+    }
+
+    fn world() -> World {
+        let store = MemoryStore::default();
+        let target = FakeTarget::default();
+        let events = RecordingPublisher::default();
+        let registry = FakeRegistry::new("123456789012.dkr.ecr.eu-west-1.amazonaws.com");
+        let deployer = Deployer {
+            core: Core {
+                store: Arc::new(store.clone()),
+                events: Arc::new(events.clone()),
+                config: Arc::new(FixedConfig::yaml(include_str!(
+                    "../../../events/config.yaml"
+                ))),
+                clock: Arc::new(ManualClock::new(datetime!(2026-11-20 10:00 UTC))),
+            },
+            registry: Arc::new(registry.clone()),
+            target: Arc::new(target.clone()),
+        };
+        World {
+            deployer,
+            store,
+            target,
+            events,
+            registry,
+        }
+    }
+
+    fn event(json: &str) -> LambdaEvent<Value> {
+        LambdaEvent::new(
+            serde_json::from_str(json).expect("sample event is JSON"),
+            Context::default(),
+        )
+    }
+
+    fn app_env(env: &str) -> (pushdeploy::domain::AppName, pushdeploy::domain::EnvName) {
+        (
+            inbound::app_name("web").unwrap(),
+            inbound::env_name(env).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_ecr_push_of_a_matching_tag_rolls_out_the_digest_to_staging() {
+        let w = world();
+        let out = handle(
+            &w.deployer,
+            event(include_str!("../../../events/deployer/ecr-push.json")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["results"][0]["outcome"], "started");
+        assert_eq!(out["results"][0]["environment"], "staging");
+        let started = w.target.last();
+        assert!(started.image.ends_with(
+            "/acme/web@sha256:3f2c7b1d9e8a4c6b5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e"
+        ));
+        assert!(
+            started
+                .image
+                .starts_with("123456789012.dkr.ecr.eu-west-1.amazonaws.com/")
+        );
+        let (app, env) = app_env("staging");
+        assert_eq!(w.store.deployments(&app, &env)[0].phase, Phase::RollingOut);
+        assert_eq!(w.events.types(), vec!["Rollout Started"]);
+    }
+
+    #[tokio::test]
+    async fn the_same_push_delivered_twice_starts_one_rollout() {
+        let w = world();
+        for _ in 0..2 {
+            handle(
+                &w.deployer,
+                event(include_str!("../../../events/deployer/ecr-push.json")),
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(w.target.started().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_untagged_push_deploys_nothing_by_default() {
+        let w = world();
+        let out = handle(
+            &w.deployer,
+            event(include_str!(
+                "../../../events/deployer/ecr-push-untagged.json"
+            )),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["results"], json!([]));
+        assert!(w.target.started().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_push_to_a_repository_no_app_names_is_ignored_without_error() {
+        let w = world();
+        let out = handle(
+            &w.deployer,
+            event(include_str!(
+                "../../../events/deployer/ecr-push-other-repository.json"
+            )),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["results"], json!([]));
+        assert_eq!(w.store.commits(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_manual_tag_is_resolved_to_its_digest_before_rollout() {
+        let w = world();
+        let digest = Digest::parse(&format!("sha256:{}", "7".repeat(64))).unwrap();
+        w.registry.push("acme/web", Some("v1.2.3"), &digest);
+        let out = handle(
+            &w.deployer,
+            event(include_str!("../../../events/deployer/manual-tag.json")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["outcome"], "started", "{out}");
+        assert!(
+            w.target
+                .last()
+                .image
+                .ends_with(&format!("acme/web@{digest}"))
+        );
+        let (app, env) = app_env("production");
+        let dep = &w.store.deployments(&app, &env)[0];
+        assert_eq!(dep.tag.as_ref().unwrap().as_str(), "v1.2.3");
+        assert_eq!(dep.requested_by.as_deref(), Some("alice"));
+    }
+
+    #[tokio::test]
+    async fn a_manual_digest_must_exist_in_the_registry() {
+        let w = world();
+        let err = handle(
+            &w.deployer,
+            event(include_str!("../../../events/deployer/manual-digest.json")),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.error_type(), "NonRetryable.NotFound");
+        assert!(
+            err.to_string().contains("not found in repository acme/web"),
+            "{err}"
+        );
+        assert_eq!(w.store.commits(), 0);
+    }
+
+    #[tokio::test]
+    async fn bad_console_input_is_refused_with_a_reason_and_writes_nothing() {
+        let w = world();
+        let cases = [
+            (
+                include_str!("../../../events/deployer/manual-hostile-tag.json"),
+                "v1;$(reboot)",
+            ),
+            (
+                include_str!("../../../events/deployer/manual-bad-digest.json"),
+                "found 63 hex characters",
+            ),
+            (
+                r#"{"app": "shop", "environment": "staging", "tag": "v1"}"#,
+                "unknown app \"shop\"; configured apps: web",
+            ),
+            (
+                r#"{"app": "web", "environment": "qa", "tag": "v1"}"#,
+                "has no environment \"qa\"",
+            ),
+            (
+                r#"{"app": "web", "environment": "staging"}"#,
+                "exactly one of \"tag\" or \"digest\"",
+            ),
+            (
+                r#"{"app": "web", "environment": "staging", "tagg": "v1"}"#,
+                "unknown field `tagg`",
+            ),
+        ];
+        for (input, expected) in cases {
+            let err = handle(&w.deployer, event(input)).await.unwrap_err();
+            assert_eq!(err.error_type(), "NonRetryable.InvalidInput", "{input}");
+            assert!(err.to_string().contains(expected), "{input}: {err}");
+        }
+        assert_eq!(w.store.commits(), 0);
+        assert!(w.events.events().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_environment_freed_up_starts_its_queued_image() {
+        let w = world();
+        handle(
+            &w.deployer,
+            event(include_str!("../../../events/deployer/ecr-push.json")),
+        )
+        .await
+        .unwrap();
+        let second = include_str!("../../../events/deployer/ecr-push.json")
+            .replace(
+                "3f2c7b1d9e8a4c6b5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e",
+                &"9".repeat(64),
+            )
+            .replace("\"v1.4.0\"", "\"v1.4.1\"")
+            .replace("2026-11-20T09:58:00Z", "2026-11-20T09:59:00Z")
+            .replace("\"id\": \"", "\"id\": \"2-");
+        let out = handle(&w.deployer, event(&second)).await.unwrap();
+        assert_eq!(out["results"][0]["outcome"], "queued");
+        // The first deployment ends; the lease is free.
+        let (app, env) = app_env("staging");
+        let mut state = pushdeploy::ports::StateStore::env_state(&w.store, &app, &env)
+            .await
+            .unwrap();
+        let holder = state.holder().unwrap().clone();
+        state.release(&holder);
+        pushdeploy::ports::StateStore::commit(&w.store, pushdeploy::ports::Commit::env(&mut state))
+            .await
+            .unwrap();
+        let out = handle(
+            &w.deployer,
+            event(include_str!(
+                "../../../events/deployer/deployment-verified.json"
+            )),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["queued"]["outcome"], "started", "{out}");
+        assert!(w.target.last().image.ends_with(&"9".repeat(64)));
+    }
+
+    #[tokio::test]
+    async fn other_events_are_refused() {
+        let w = world();
+        let err = handle(
+            &w.deployer,
+            event(include_str!(
+                "../../../events/tracker/ssm-command-success.json"
+            )),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("the deployer does not handle"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! Turns what the tracker receives into a use case: an SSM status change of pushdeploy's
+//! document, the reconciliation schedule, or `{"action": "reconcile"}` from the console.
+
+use lambda_runtime::LambdaEvent;
+use pushdeploy::adapters::ssm::{KIND, status_from_event};
+use pushdeploy::inbound::{self, SSM_COMMAND_STATUS, SSM_INVOCATION_STATUS};
+use pushdeploy::lambda::{logged, respond};
+use pushdeploy::ports::TargetRef;
+use pushdeploy::services::{ServiceError, Tracker};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsolePayload {
+    action: String,
+}
+
+pub async fn handle(
+    tracker: &Tracker,
+    document: &str,
+    event: LambdaEvent<Value>,
+) -> Result<Value, ServiceError> {
+    logged(dispatch(tracker, document, event.payload).await)
+}
+
+async fn dispatch(
+    tracker: &Tracker,
+    document: &str,
+    payload: Value,
+) -> Result<Value, ServiceError> {
+    if !inbound::is_event(&payload) {
+        let p: ConsolePayload = inbound::payload(payload, "tracker")?;
+        if p.action != "reconcile" {
+            return Err(ServiceError::Invalid(format!(
+                "unknown action {:?}; the tracker accepts \"reconcile\"",
+                p.action
+            )));
+        }
+        return reconcile(tracker).await;
+    }
+    let envelope = inbound::envelope(payload)?;
+    match (envelope.source.as_str(), envelope.detail_type.as_str()) {
+        ("aws.events", "Scheduled Event") => reconcile(tracker).await,
+        ("aws.ssm", detail_type @ (SSM_COMMAND_STATUS | SSM_INVOCATION_STATUS)) => {
+            let detail = inbound::ssm_status(&envelope)?;
+            if detail.document_name != document {
+                return respond(
+                    &json!({ "outcome": "ignored", "reason": format!("document {} is not pushdeploy's", detail.document_name) }),
+                );
+            }
+            let target_ref = TargetRef::new(KIND, &detail.command_id);
+            // A per-host status says little about the whole command: read it back instead.
+            let reported =
+                (detail_type == SSM_COMMAND_STATUS).then(|| status_from_event(&detail.status));
+            respond(&tracker.on_status(&target_ref, reported).await?)
+        }
+        (source, detail_type) => Err(ServiceError::Invalid(format!(
+            "the tracker does not handle {detail_type:?} events from {source:?}"
+        ))),
+    }
+}
+
+/// A pass that could not reconcile some environment fails the invocation, so the error
+/// shows in the function's metrics, after every other environment was handled.
+async fn reconcile(tracker: &Tracker) -> Result<Value, ServiceError> {
+    let report = tracker.reconcile().await?;
+    if !report.errors.is_empty() {
+        return Err(ServiceError::Conflict(format!(
+            "reconciliation failed for {}",
+            report.errors.join("; ")
+        )));
+    }
+    respond(&report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use lambda_runtime::Context;
+    use pushdeploy::domain::{Deployment, DeploymentId, Kind, Phase, PinnedImage, Request};
+    use pushdeploy::fakes::{
+        FakeTarget, FixedConfig, ManualClock, MemoryStore, RecordingPublisher,
+    };
+    use pushdeploy::ports::{Clock, Commit, RolloutStatus, StateStore};
+    use pushdeploy::services::Core;
+    use time::macros::datetime;
+
+    use super::*;
+
+    const DOCUMENT: &str = "pushdeploy-deploy";
+    const COMMAND: &str = "8d4b3a6e-1f2c-4d5e-9a8b-7c6d5e4f3a2b";
+
+    struct World {
+        tracker: Tracker,
+        store: MemoryStore,
+        target: FakeTarget,
+        events: RecordingPublisher,
+        clock: ManualClock,
+    }
+
+    fn world() -> World {
+        let store = MemoryStore::default();
+        let target = FakeTarget::default();
+        let events = RecordingPublisher::default();
+        let clock = ManualClock::new(datetime!(2026-11-20 10:00 UTC));
+        let tracker = Tracker {
+            core: Core {
+                store: Arc::new(store.clone()),
+                events: Arc::new(events.clone()),
+                config: Arc::new(FixedConfig::yaml(include_str!(
+                    "../../../events/config.yaml"
+                ))),
+                clock: Arc::new(clock.clone()),
+            },
+            target: Arc::new(target.clone()),
+        };
+        World {
+            tracker,
+            store,
+            target,
+            events,
+            clock,
+        }
+    }
+
+    /// A staging deployment rolling out under the command of the sample events.
+    async fn rolling_out(w: &World) -> Deployment {
+        let image = PinnedImage::parse(&format!(
+            "123456789012.dkr.ecr.eu-west-1.amazonaws.com/acme/web@sha256:{}",
+            "3f2c7b1d9e8a4c6b5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e"
+        ))
+        .unwrap();
+        let request = Request {
+            image,
+            tag: None,
+            kind: Kind::Push,
+            pushed_at: w.clock.now(),
+            requested_by: None,
+            reason: None,
+        };
+        let app = inbound::app_name("web").unwrap();
+        let env = inbound::env_name("staging").unwrap();
+        let mut dep = Deployment::new(app.clone(), env.clone(), request, w.clock.now());
+        dep.id = DeploymentId::parse("01JD8Z6V6WQ5N8B9C3H4K2M7PX").unwrap();
+        let mut state = w.store.env_state(&app, &env).await.unwrap();
+        state.start(&mut dep);
+        dep.apply(
+            pushdeploy::domain::Step::RolloutStarted,
+            w.clock.now(),
+            None,
+        )
+        .unwrap();
+        dep.target_ref = Some(format!("ssm:{COMMAND}"));
+        w.store
+            .commit(Commit {
+                link_target_refs: true,
+                ..Commit::env(&mut state).with(&mut dep)
+            })
+            .await
+            .unwrap();
+        w.target
+            .set_status(&TargetRef::new(KIND, COMMAND), RolloutStatus::InProgress);
+        dep
+    }
+
+    fn event(json: &str) -> LambdaEvent<Value> {
+        LambdaEvent::new(
+            serde_json::from_str(json).expect("sample event is JSON"),
+            Context::default(),
+        )
+    }
+
+    async fn phase(w: &World, dep: &Deployment) -> Phase {
+        w.store
+            .deployment(&dep.app, &dep.environment, &dep.id)
+            .await
+            .unwrap()
+            .phase
+    }
+
+    #[tokio::test]
+    async fn a_successful_command_marks_the_rollout_succeeded_once() {
+        let w = world();
+        let dep = rolling_out(&w).await;
+        for _ in 0..2 {
+            handle(
+                &w.tracker,
+                DOCUMENT,
+                event(include_str!(
+                    "../../../events/tracker/ssm-command-success.json"
+                )),
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(phase(&w, &dep).await, Phase::RolledOut);
+        assert_eq!(w.events.types(), vec!["Rollout Succeeded"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_command_fails_the_rollout_and_quarantines_the_digest() {
+        let w = world();
+        let dep = rolling_out(&w).await;
+        let out = handle(
+            &w.tracker,
+            DOCUMENT,
+            event(include_str!(
+                "../../../events/tracker/ssm-command-failed.json"
+            )),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["outcome"], "failed");
+        assert_eq!(phase(&w, &dep).await, Phase::Failed);
+        let state = w.store.env_state(&dep.app, &dep.environment).await.unwrap();
+        assert!(state.quarantined.contains_key(dep.digest().as_str()));
+        assert!(
+            state.is_held_by(&dep.id),
+            "the rollback takes the environment over, not the next push"
+        );
+        assert_eq!(w.events.types(), vec!["Rollout Failed"]);
+    }
+
+    #[tokio::test]
+    async fn a_per_host_event_reads_the_whole_command_back() {
+        let w = world();
+        let dep = rolling_out(&w).await;
+        let out = handle(
+            &w.tracker,
+            DOCUMENT,
+            event(include_str!(
+                "../../../events/tracker/ssm-invocation-failed.json"
+            )),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            out["outcome"], "in_progress",
+            "one host failing is not yet the command failing"
+        );
+        w.target.set_status(
+            &TargetRef::new(KIND, COMMAND),
+            RolloutStatus::Failed("2 of 2 hosts failed".into()),
+        );
+        handle(
+            &w.tracker,
+            DOCUMENT,
+            event(include_str!(
+                "../../../events/tracker/ssm-invocation-failed.json"
+            )),
+        )
+        .await
+        .unwrap();
+        assert_eq!(phase(&w, &dep).await, Phase::Failed);
+    }
+
+    #[tokio::test]
+    async fn other_documents_are_ignored() {
+        let w = world();
+        let out = handle(
+            &w.tracker,
+            DOCUMENT,
+            event(include_str!(
+                "../../../events/tracker/ssm-other-document.json"
+            )),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["outcome"], "ignored");
+        assert_eq!(w.store.commits(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_schedule_completes_a_rollout_whose_event_was_lost() {
+        let w = world();
+        let dep = rolling_out(&w).await;
+        w.target
+            .set_status(&TargetRef::new(KIND, COMMAND), RolloutStatus::Succeeded);
+        handle(
+            &w.tracker,
+            DOCUMENT,
+            event(include_str!("../../../events/tracker/schedule.json")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(phase(&w, &dep).await, Phase::RolledOut);
+    }
+
+    #[tokio::test]
+    async fn the_schedule_times_out_a_stuck_rollout_and_cancels_it() {
+        let w = world();
+        let dep = rolling_out(&w).await;
+        w.clock.advance(Duration::from_secs(901));
+        handle(
+            &w.tracker,
+            DOCUMENT,
+            event(include_str!(
+                "../../../events/tracker/manual-reconcile.json"
+            )),
+        )
+        .await
+        .unwrap();
+        let stored = w
+            .store
+            .deployment(&dep.app, &dep.environment, &dep.id)
+            .await
+            .unwrap();
+        assert_eq!(stored.phase, Phase::Failed);
+        assert_eq!(
+            stored.reason.as_deref(),
+            Some("timed out after 900 seconds")
+        );
+        assert_eq!(w.target.cancelled(), vec![format!("ssm:{COMMAND}")]);
+    }
+
+    #[tokio::test]
+    async fn unknown_console_actions_are_refused() {
+        let w = world();
+        let err = handle(&w.tracker, DOCUMENT, event(r#"{"action": "deploy"}"#))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("accepts \"reconcile\""), "{err}");
+    }
+}

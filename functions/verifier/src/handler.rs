@@ -1,0 +1,196 @@
+//! Turns a "Rollout Succeeded" lifecycle event into a verification. The same event,
+//! pasted in the console, verifies a rolled-out deployment by hand.
+
+use lambda_runtime::LambdaEvent;
+use pushdeploy::domain::EventType;
+use pushdeploy::inbound;
+use pushdeploy::lambda::{logged, respond};
+use pushdeploy::services::{ServiceError, Verifier};
+use serde_json::Value;
+
+pub async fn handle(verifier: &Verifier, event: LambdaEvent<Value>) -> Result<Value, ServiceError> {
+    logged(dispatch(verifier, event.payload).await)
+}
+
+async fn dispatch(verifier: &Verifier, payload: Value) -> Result<Value, ServiceError> {
+    if !inbound::is_event(&payload) {
+        return Err(ServiceError::Invalid(
+            "the verifier takes a \"Rollout Succeeded\" event (see events/verifier/rollout-succeeded.json)".into(),
+        ));
+    }
+    let envelope = inbound::envelope(payload)?;
+    let (kind, detail) = inbound::lifecycle(&envelope)?;
+    if kind != EventType::RolloutSucceeded {
+        return Err(ServiceError::Invalid(format!(
+            "the verifier does not handle \"{kind}\" events"
+        )));
+    }
+    let id = inbound::deployment_of(&detail, kind)?;
+    respond(
+        &verifier
+            .on_rollout_succeeded(&detail.app, &detail.environment, &id)
+            .await?,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use lambda_runtime::Context;
+    use pushdeploy::domain::{Deployment, DeploymentId, Kind, Phase, PinnedImage, Request, Step};
+    use pushdeploy::fakes::{
+        FixedConfig, ManualClock, MemoryStore, RecordingPublisher, ScriptedProbe,
+    };
+    use pushdeploy::ports::{Clock, Commit, StateStore};
+    use pushdeploy::services::Core;
+    use time::macros::datetime;
+
+    use super::*;
+
+    const URL: &str = "http://web-staging.internal/health";
+
+    struct World {
+        verifier: Verifier,
+        store: MemoryStore,
+        events: RecordingPublisher,
+        probe: ScriptedProbe,
+    }
+
+    async fn rolled_out() -> (World, Deployment) {
+        let store = MemoryStore::default();
+        let events = RecordingPublisher::default();
+        let probe = ScriptedProbe::default();
+        let clock = ManualClock::new(datetime!(2026-11-20 10:00 UTC));
+        let verifier = Verifier {
+            core: Core {
+                store: Arc::new(store.clone()),
+                events: Arc::new(events.clone()),
+                config: Arc::new(FixedConfig::yaml(include_str!(
+                    "../../../events/config.yaml"
+                ))),
+                clock: Arc::new(clock.clone()),
+            },
+            probe: Arc::new(probe.clone()),
+        };
+        let image = PinnedImage::parse(
+            "123456789012.dkr.ecr.eu-west-1.amazonaws.com/acme/web@sha256:3f2c7b1d9e8a4c6b5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e",
+        )
+        .unwrap();
+        let request = Request {
+            image,
+            tag: None,
+            kind: Kind::Push,
+            pushed_at: clock.now(),
+            requested_by: None,
+            reason: None,
+        };
+        let app = inbound::app_name("web").unwrap();
+        let env = inbound::env_name("staging").unwrap();
+        let mut dep = Deployment::new(app.clone(), env.clone(), request, clock.now());
+        dep.id = DeploymentId::parse("01JD8Z6V6WQ5N8B9C3H4K2M7PX").unwrap();
+        let mut state = store.env_state(&app, &env).await.unwrap();
+        state.start(&mut dep);
+        dep.apply(Step::RolloutStarted, clock.now(), None).unwrap();
+        dep.apply(Step::RolloutSucceeded, clock.now(), None)
+            .unwrap();
+        store
+            .commit(Commit::env(&mut state).with(&mut dep))
+            .await
+            .unwrap();
+        (
+            World {
+                verifier,
+                store,
+                events,
+                probe,
+            },
+            dep,
+        )
+    }
+
+    fn event() -> LambdaEvent<Value> {
+        let json = include_str!("../../../events/verifier/rollout-succeeded.json");
+        LambdaEvent::new(serde_json::from_str(json).unwrap(), Context::default())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passing_checks_make_the_digest_last_verified_and_free_the_environment() {
+        let (w, dep) = rolled_out().await;
+        w.probe.answer(
+            URL,
+            vec![
+                ScriptedProbe::ok(503, "starting"),
+                ScriptedProbe::ok(200, "ok"),
+            ],
+        );
+        let out = handle(&w.verifier, event()).await.unwrap();
+        assert_eq!(out["outcome"], "verified", "{out}");
+        assert_eq!(
+            out["checks"][0]["attempts"], 2,
+            "a check is retried until it passes"
+        );
+        let state = w.store.env_state(&dep.app, &dep.environment).await.unwrap();
+        assert_eq!(state.last_verified().unwrap().digest, dep.image.digest);
+        assert!(state.lease.is_none());
+        assert_eq!(
+            w.events.types(),
+            vec!["Verification Started", "Deployment Verified"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_still_failing_at_the_deadline_fails_verification_with_the_reason() {
+        let (w, dep) = rolled_out().await;
+        w.probe.answer(URL, vec![ScriptedProbe::ok(500, "boom")]);
+        let out = handle(&w.verifier, event()).await.unwrap();
+        assert_eq!(out["outcome"], "failed");
+        let reason = out["reason"].as_str().unwrap();
+        assert_eq!(
+            reason,
+            format!("smoke test failed: {URL}: status 500 (expected 200)")
+        );
+        assert!(
+            w.probe.calls(URL) > 3,
+            "retried with backoff until the deadline"
+        );
+        let stored = w
+            .store
+            .deployment(&dep.app, &dep.environment, &dep.id)
+            .await
+            .unwrap();
+        assert_eq!(stored.phase, Phase::Failed);
+        let state = w.store.env_state(&dep.app, &dep.environment).await.unwrap();
+        assert!(state.quarantined.contains_key(dep.digest().as_str()));
+        assert!(state.verified.is_empty());
+        assert_eq!(
+            w.events.types(),
+            vec!["Verification Started", "Verification Failed"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_without_the_expected_text_fails() {
+        let (w, _) = rolled_out().await;
+        w.probe
+            .answer(URL, vec![ScriptedProbe::ok(200, "degraded")]);
+        let out = handle(&w.verifier, event()).await.unwrap();
+        assert!(
+            out["reason"]
+                .as_str()
+                .unwrap()
+                .contains("body does not contain \"ok\""),
+            "{out}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_repeated_event_does_not_verify_twice() {
+        let (w, _) = rolled_out().await;
+        w.probe.answer(URL, vec![ScriptedProbe::ok(200, "ok")]);
+        handle(&w.verifier, event()).await.unwrap();
+        let out = handle(&w.verifier, event()).await.unwrap();
+        assert_eq!(out["outcome"], "already_handled");
+        assert_eq!(w.probe.calls(URL), 1);
+    }
+}

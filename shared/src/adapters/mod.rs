@@ -1,0 +1,20 @@
+//! AWS implementations of the ports, one cargo feature each, plus the file-based
+//! configuration source used locally.
+
+#[cfg(feature = "aws")]
+pub mod aws;
+pub mod config_file;
+#[cfg(feature = "dynamodb")]
+pub mod dynamodb;
+#[cfg(feature = "ecr")]
+pub mod ecr;
+#[cfg(feature = "eventbridge")]
+pub mod eventbridge;
+#[cfg(feature = "http-probe")]
+pub mod http_probe;
+#[cfg(feature = "ssm")]
+pub mod ssm;
+#[cfg(feature = "ssm")]
+pub mod ssm_config;
+#[cfg(all(feature = "dynamodb", feature = "eventbridge", feature = "ssm"))]
+pub mod wire;

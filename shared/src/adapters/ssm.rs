@@ -1,0 +1,358 @@
+//! The SSM target: EC2 (or on-premises) hosts running Docker, reached with SSM Run Command
+//! and pushdeploy's own Command document (never `AWS-RunShellScript`). The document's
+//! parameters are guarded by `allowedPattern`; every value sent here is already validated.
+
+use async_trait::async_trait;
+use aws_sdk_ssm::Client;
+use aws_sdk_ssm::error::SdkError;
+use aws_sdk_ssm::types::{CommandStatus, Target as SsmTargetSelector};
+
+use super::aws::{ErrorClass, classify, describe};
+use crate::domain::config::{InstanceSelector, SsmTarget};
+use crate::domain::{Deployment, TargetConfig};
+use crate::ports::{RolloutStatus, Target, TargetError, TargetRef};
+
+/// The kind prefix of SSM target handles: `ssm:<command-id>`.
+pub const KIND: &str = "ssm";
+
+/// The document's parameters, by name. `template.yaml` defines the same names.
+pub mod params {
+    pub const IMAGE: &str = "Image";
+    pub const REGISTRY: &str = "Registry";
+    pub const REGION: &str = "Region";
+    pub const CONTAINER: &str = "Container";
+    pub const PORTS: &str = "Ports";
+    pub const HEALTH_PORT: &str = "HealthPort";
+    pub const HEALTH_PATH: &str = "HealthPath";
+    pub const HEALTH_TIMEOUT: &str = "HealthTimeoutSeconds";
+    pub const EXECUTION_TIMEOUT: &str = "ExecutionTimeoutSeconds";
+    pub const DEPLOYMENT_ID: &str = "DeploymentId";
+}
+
+pub struct SsmRunCommand {
+    client: Client,
+    document: String,
+}
+
+impl SsmRunCommand {
+    pub fn new(client: Client, document: impl Into<String>) -> Self {
+        Self {
+            client,
+            document: document.into(),
+        }
+    }
+
+    /// The document parameters for one deployment.
+    pub fn parameters(&self, dep: &Deployment, ssm: &SsmTarget) -> Vec<(&'static str, String)> {
+        let region = ecr_region(dep.image.registry.as_str())
+            .map(str::to_owned)
+            .or_else(|| self.client.config().region().map(|r| r.as_ref().to_owned()))
+            .unwrap_or_default();
+        let ports: Vec<String> = ssm.ports.iter().map(ToString::to_string).collect();
+        vec![
+            (params::IMAGE, dep.image.to_string()),
+            (params::REGISTRY, dep.image.registry.to_string()),
+            (params::REGION, region),
+            (params::CONTAINER, ssm.container.clone()),
+            (params::PORTS, ports.join(",")),
+            (params::HEALTH_PORT, ssm.health.port.to_string()),
+            (params::HEALTH_PATH, ssm.health.path.clone()),
+            (
+                params::HEALTH_TIMEOUT,
+                ssm.health.timeout.as_secs().to_string(),
+            ),
+            (
+                params::EXECUTION_TIMEOUT,
+                ssm.execution_timeout.as_secs().to_string(),
+            ),
+            (params::DEPLOYMENT_ID, dep.id.to_string()),
+        ]
+    }
+}
+
+/// The region of an ECR registry host (`<account>.dkr.ecr.<region>.amazonaws.com`).
+pub fn ecr_region(registry: &str) -> Option<&str> {
+    let rest = registry.split_once(".dkr.ecr.")?.1;
+    rest.split('.').next().filter(|r| !r.is_empty())
+}
+
+/// What a status in an SSM status-change event means for the rollout.
+pub fn status_from_event(status: &str) -> RolloutStatus {
+    match status {
+        "Success" => RolloutStatus::Succeeded,
+        "Pending" | "InProgress" | "Delayed" | "Cancelling" => RolloutStatus::InProgress,
+        other => RolloutStatus::Failed(format!("SSM command ended {other}")),
+    }
+}
+
+fn map_error<E>(
+    error: SdkError<E, aws_smithy_runtime_api::http::Response>,
+    what: &str,
+) -> TargetError
+where
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata
+        + std::error::Error
+        + Send
+        + Sync
+        + 'static,
+{
+    let message = format!("{what}: {}", describe(&error));
+    match classify(&error) {
+        ErrorClass::Throttled => TargetError::Throttled(Box::new(error)),
+        ErrorClass::Transient => TargetError::Transient(Box::new(error)),
+        ErrorClass::Permanent => TargetError::Invalid(message, Some(Box::new(error))),
+    }
+}
+
+#[async_trait]
+impl Target for SsmRunCommand {
+    async fn start(
+        &self,
+        dep: &Deployment,
+        config: &TargetConfig,
+    ) -> Result<TargetRef, TargetError> {
+        let TargetConfig::Ssm(ssm) = config;
+        let mut request = self
+            .client
+            .send_command()
+            .document_name(&self.document)
+            .comment(format!(
+                "pushdeploy {} {}/{}",
+                dep.id, dep.app, dep.environment
+            ))
+            .max_concurrency(&ssm.max_concurrency)
+            .max_errors(&ssm.max_errors);
+        for (name, value) in self.parameters(dep, ssm) {
+            request = request.parameters(name, vec![value]);
+        }
+        request = match &ssm.instances {
+            InstanceSelector::Ids(ids) => request.set_instance_ids(Some(ids.clone())),
+            InstanceSelector::Tags(tags) => tags.iter().fold(request, |r, (key, value)| {
+                r.targets(
+                    SsmTargetSelector::builder()
+                        .key(format!("tag:{key}"))
+                        .values(value)
+                        .build(),
+                )
+            }),
+        };
+        let out = request
+            .send()
+            .await
+            .map_err(|e| map_error(e, "SendCommand"))?;
+        let id = out.command().and_then(|c| c.command_id()).ok_or_else(|| {
+            TargetError::Invalid("SendCommand returned no command id".into(), None)
+        })?;
+        Ok(TargetRef::new(KIND, id))
+    }
+
+    async fn status(&self, target_ref: &TargetRef) -> Result<RolloutStatus, TargetError> {
+        let out = self
+            .client
+            .list_commands()
+            .command_id(target_ref.id())
+            .send()
+            .await
+            .map_err(|e| map_error(e, "ListCommands"))?;
+        let command = out.commands().first().ok_or_else(|| {
+            TargetError::NotFound(format!("SSM has no command {}", target_ref.id()))
+        })?;
+        Ok(match command.status() {
+            Some(CommandStatus::Success) => RolloutStatus::Succeeded,
+            Some(
+                CommandStatus::Pending | CommandStatus::InProgress | CommandStatus::Cancelling,
+            )
+            | None => RolloutStatus::InProgress,
+            Some(other) => RolloutStatus::Failed(format!(
+                "SSM command {} ended {} ({} of {} hosts failed{})",
+                target_ref.id(),
+                other.as_str(),
+                command.error_count(),
+                command.target_count(),
+                command
+                    .status_details()
+                    .map(|d| format!("; {d}"))
+                    .unwrap_or_default(),
+            )),
+        })
+    }
+
+    async fn cancel(&self, target_ref: &TargetRef) -> Result<(), TargetError> {
+        self.client
+            .cancel_command()
+            .command_id(target_ref.id())
+            .send()
+            .await
+            .map_err(|e| map_error(e, "CancelCommand"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_ssm::operation::list_commands::ListCommandsOutput;
+    use aws_sdk_ssm::operation::send_command::{SendCommandError, SendCommandOutput};
+    use aws_sdk_ssm::types::Command;
+    use aws_sdk_ssm::types::error::InvalidInstanceId;
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+    use time::macros::datetime;
+
+    use crate::domain::{Config, Kind, PinnedImage, Request};
+
+    const CONFIG: &str = r#"
+apps:
+  web:
+    repository: acme/web
+    environments:
+      staging:
+        target: { ssm: { instances: { tag: { Role: web } }, container: web, ports: ["80:8000"], max_concurrency: "50%" } }
+"#;
+
+    fn fixture() -> (Deployment, TargetConfig) {
+        let config = Config::from_yaml(CONFIG).unwrap();
+        let (app, env, env_config) = config.environments().next().unwrap();
+        let image = PinnedImage::parse(&format!(
+            "123456789012.dkr.ecr.eu-west-1.amazonaws.com/acme/web@sha256:{}",
+            "cd".repeat(32)
+        ))
+        .unwrap();
+        let request = Request {
+            image,
+            tag: None,
+            kind: Kind::Push,
+            pushed_at: datetime!(2026-01-01 0:00 UTC),
+            requested_by: None,
+            reason: None,
+        };
+        (
+            Deployment::new(
+                app.clone(),
+                env.clone(),
+                request,
+                datetime!(2026-01-01 0:00 UTC),
+            ),
+            env_config.target.clone(),
+        )
+    }
+
+    fn list(status: CommandStatus) -> ListCommandsOutput {
+        ListCommandsOutput::builder()
+            .commands(
+                Command::builder()
+                    .command_id("c-1")
+                    .status(status)
+                    .error_count(1)
+                    .target_count(2)
+                    .build(),
+            )
+            .build()
+    }
+
+    #[tokio::test]
+    async fn sends_our_document_pinned_by_digest_to_tagged_instances() {
+        let (dep, target) = fixture();
+        let image = dep.image.to_string();
+        let id = dep.id.to_string();
+        let rule = mock!(Client::send_command)
+            .match_requests(move |r| {
+                let p = r.parameters().unwrap();
+                r.document_name() == Some("pushdeploy-deploy")
+                    && p["Image"] == vec![image.clone()]
+                    && p["Region"] == vec!["eu-west-1".to_owned()]
+                    && p["Ports"] == vec!["80:8000".to_owned()]
+                    && p["HealthPort"] == vec!["80".to_owned()]
+                    && p["DeploymentId"] == vec![id.clone()]
+                    && r.targets()[0].key() == Some("tag:Role")
+                    && r.max_concurrency() == Some("50%")
+                    && r.max_errors() == Some("0")
+            })
+            .then_output(|| {
+                SendCommandOutput::builder()
+                    .command(Command::builder().command_id("c-1").build())
+                    .build()
+            });
+        let ssm = SsmRunCommand::new(mock_client!(aws_sdk_ssm, [&rule]), "pushdeploy-deploy");
+        let target_ref = ssm.start(&dep, &target).await.unwrap();
+        assert_eq!(target_ref.as_str(), "ssm:c-1");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_instance_is_a_permanent_refusal() {
+        let (dep, target) = fixture();
+        let rule = mock!(Client::send_command).then_error(|| {
+            SendCommandError::InvalidInstanceId(
+                InvalidInstanceId::builder().message("bad id").build(),
+            )
+        });
+        let ssm = SsmRunCommand::new(mock_client!(aws_sdk_ssm, [&rule]), "d");
+        let err = ssm.start(&dep, &target).await.unwrap_err();
+        assert!(matches!(err, TargetError::Invalid(..)), "{err:?}");
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("bad id"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn failed_timed_out_and_cancelled_commands_fail_the_rollout() {
+        for status in [
+            CommandStatus::Failed,
+            CommandStatus::TimedOut,
+            CommandStatus::Cancelled,
+        ] {
+            let s = status.clone();
+            let rule = mock!(Client::list_commands).then_output(move || list(s.clone()));
+            let ssm =
+                SsmRunCommand::new(mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&rule]), "d");
+            let got = ssm.status(&TargetRef::new(KIND, "c-1")).await.unwrap();
+            let RolloutStatus::Failed(reason) = got else {
+                panic!("{status:?} should fail the rollout")
+            };
+            assert!(
+                reason.contains(status.as_str()) && reason.contains("1 of 2 hosts failed"),
+                "{reason}"
+            );
+        }
+        for (status, expected) in [
+            (CommandStatus::InProgress, RolloutStatus::InProgress),
+            (CommandStatus::Success, RolloutStatus::Succeeded),
+        ] {
+            let s = status.clone();
+            let rule = mock!(Client::list_commands).then_output(move || list(s.clone()));
+            let ssm =
+                SsmRunCommand::new(mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&rule]), "d");
+            assert_eq!(
+                ssm.status(&TargetRef::new(KIND, "c-1")).await.unwrap(),
+                expected
+            );
+        }
+    }
+
+    #[test]
+    fn event_statuses_map_to_rollout_statuses() {
+        assert_eq!(status_from_event("Success"), RolloutStatus::Succeeded);
+        assert_eq!(status_from_event("InProgress"), RolloutStatus::InProgress);
+        for failed in [
+            "Failed",
+            "TimedOut",
+            "Cancelled",
+            "Delivery Timed Out",
+            "Execution Timed Out",
+            "Undeliverable",
+            "Terminated",
+        ] {
+            assert!(
+                matches!(status_from_event(failed), RolloutStatus::Failed(_)),
+                "{failed}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_region_comes_from_an_ecr_registry_host() {
+        assert_eq!(
+            ecr_region("123456789012.dkr.ecr.eu-west-1.amazonaws.com"),
+            Some("eu-west-1")
+        );
+        assert_eq!(ecr_region("localhost:5000"), None);
+    }
+}

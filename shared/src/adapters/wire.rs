@@ -1,0 +1,65 @@
+//! Building every adapter once per cold start, from one `SdkConfig` and the settings.
+
+use std::sync::Arc;
+
+use aws_config::{BehaviorVersion, SdkConfig};
+
+use super::config_file::FileConfig;
+use super::dynamodb::DynamoStore;
+use super::eventbridge::EventBridgePublisher;
+use super::ssm::SsmRunCommand;
+use super::ssm_config::ParameterConfig;
+use crate::ports::{ConfigSource, SystemClock, Target};
+use crate::services::Core;
+use crate::settings::{ConfigLocation, Settings, SettingsError};
+
+/// The SDK configuration from the environment: region, credentials, and `AWS_ENDPOINT_URL`
+/// (how local runs reach the emulator).
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::load_defaults(BehaviorVersion::latest()).await
+}
+
+/// The ports every function uses.
+pub fn core(sdk: &SdkConfig, settings: &Settings) -> Core {
+    let config: Arc<dyn ConfigSource> = match &settings.config {
+        ConfigLocation::File(path) => Arc::new(FileConfig::new(path)),
+        ConfigLocation::Parameter(name) => Arc::new(ParameterConfig::new(
+            aws_sdk_ssm::Client::new(sdk),
+            name,
+            settings.config_ttl,
+        )),
+    };
+    Core {
+        store: Arc::new(DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(sdk),
+            &settings.table,
+        )),
+        events: Arc::new(EventBridgePublisher::new(
+            aws_sdk_eventbridge::Client::new(sdk),
+            &settings.event_bus,
+        )),
+        config,
+        clock: Arc::new(SystemClock),
+    }
+}
+
+/// The rollout target: SSM Run Command with pushdeploy's document.
+pub fn target(sdk: &SdkConfig, settings: &Settings) -> Result<Arc<dyn Target>, SettingsError> {
+    let document = settings.require_document()?;
+    Ok(Arc::new(SsmRunCommand::new(
+        aws_sdk_ssm::Client::new(sdk),
+        document,
+    )))
+}
+
+/// The image registry: Amazon ECR.
+#[cfg(feature = "ecr")]
+pub fn registry(sdk: &SdkConfig) -> Arc<dyn crate::ports::ImageRegistry> {
+    Arc::new(super::ecr::EcrRegistry::new(aws_sdk_ecr::Client::new(sdk)))
+}
+
+/// The HTTP client of smoke checks.
+#[cfg(feature = "http-probe")]
+pub fn probe() -> Result<Arc<dyn crate::ports::HttpProbe>, reqwest::Error> {
+    Ok(Arc::new(super::http_probe::ReqwestProbe::new()?))
+}

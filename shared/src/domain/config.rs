@@ -1,0 +1,820 @@
+//! The configuration model: one YAML document of apps → environments → trigger, target and
+//! smoke checks. Parsed in two steps: serde reads the shape (unknown fields are errors,
+//! with the path of the field), then `validate` checks every value and reports each
+//! problem with the path of the bad field, all at once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::image::{Registry, Repository, Tag};
+use super::names::{AppName, EnvName};
+use super::policy::TagPattern;
+
+/// Every problem found in a configuration document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+/// One bad field: where it is and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration:")?;
+        for p in &self.problems {
+            if p.path.is_empty() {
+                write!(f, "\n  - {}", p.message)?;
+            } else {
+                write!(f, "\n  - {}: {}", p.path, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    pub apps: BTreeMap<AppName, AppConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AppConfig {
+    /// The ECR repository whose pushes deploy this app.
+    pub repository: Repository,
+    /// Where hosts pull from, when not the ECR registry the push came from.
+    pub registry: Option<Registry>,
+    pub environments: BTreeMap<EnvName, EnvConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EnvConfig {
+    /// Deploy automatically when a matching tag is pushed; `None`: only by hand.
+    pub deploy_on_push: Option<PushPolicy>,
+    pub target: TargetConfig,
+    pub smoke: SmokeConfig,
+    /// A rollout still running after this long is failed by the tracker.
+    pub rollout_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PushPolicy {
+    pub tags: Vec<TagPattern>,
+    /// Also deploy pushes that carry no tag (by default they are the per-platform
+    /// manifests of a multi-platform push, and are ignored).
+    pub untagged: bool,
+}
+
+impl PushPolicy {
+    pub fn admits(&self, tag: Option<&Tag>) -> bool {
+        match tag {
+            Some(tag) => self.tags.iter().any(|p| p.matches(tag)),
+            None => self.untagged,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetConfig {
+    Ssm(SsmTarget),
+}
+
+impl TargetConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TargetConfig::Ssm(_) => "ssm",
+        }
+    }
+}
+
+/// EC2 (or on-premises) hosts running Docker, reached by SSM Run Command.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SsmTarget {
+    pub instances: InstanceSelector,
+    pub container: String,
+    pub ports: Vec<PortMapping>,
+    pub health: HostHealth,
+    pub max_concurrency: String,
+    pub max_errors: String,
+    pub execution_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceSelector {
+    Ids(Vec<String>),
+    Tags(BTreeMap<String, String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PortMapping {
+    pub host: u16,
+    pub container: u16,
+}
+
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.container)
+    }
+}
+
+/// The probe the host script runs against the new container before it keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostHealth {
+    pub port: u16,
+    pub path: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct SmokeConfig {
+    pub checks: Vec<SmokeCheck>,
+    /// All checks must pass within this long after the rollout succeeded.
+    pub within: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SmokeCheck {
+    pub url: String,
+    pub expect_status: u16,
+    pub body_contains: Option<String>,
+    pub timeout: Duration,
+}
+
+impl Config {
+    /// Parses and validates a YAML document.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let deserializer = serde_norway::Deserializer::from_str(text);
+        let raw: raw::Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            // The YAML error may repeat the path; say it once.
+            let message = message
+                .strip_prefix(&format!("{path}: "))
+                .map(str::to_owned)
+                .unwrap_or(message);
+            ConfigError {
+                problems: vec![Problem {
+                    path: if path == "." { String::new() } else { path },
+                    message,
+                }],
+            }
+        })?;
+        raw.validate()
+    }
+
+    pub fn app(&self, name: &AppName) -> Option<&AppConfig> {
+        self.apps.get(name)
+    }
+
+    pub fn env(&self, app: &AppName, env: &EnvName) -> Option<&EnvConfig> {
+        self.apps.get(app)?.environments.get(env)
+    }
+
+    /// Apps whose pushes come from this repository.
+    pub fn apps_for_repository<'a>(
+        &'a self,
+        repository: &'a Repository,
+    ) -> impl Iterator<Item = (&'a AppName, &'a AppConfig)> + 'a {
+        self.apps
+            .iter()
+            .filter(move |(_, app)| &app.repository == repository)
+    }
+
+    /// Every (app, environment) pair, in a stable order.
+    pub fn environments(&self) -> impl Iterator<Item = (&AppName, &EnvName, &EnvConfig)> {
+        self.apps
+            .iter()
+            .flat_map(|(a, app)| app.environments.iter().map(move |(e, env)| (a, e, env)))
+    }
+}
+
+/// The shape of the document as written, before any value is checked.
+mod raw {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Config {
+        pub apps: BTreeMap<String, App>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct App {
+        pub repository: String,
+        pub registry: Option<String>,
+        pub environments: BTreeMap<String, Env>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Env {
+        pub deploy_on_push: Option<Push>,
+        pub target: Target,
+        #[serde(default)]
+        pub smoke: Option<Smoke>,
+        pub rollout_timeout_seconds: Option<u64>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Push {
+        #[serde(default)]
+        pub tags: Vec<String>,
+        #[serde(default)]
+        pub untagged: bool,
+    }
+
+    /// One key per kind of target; exactly one must be given.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Target {
+        pub ssm: Option<Ssm>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Ssm {
+        pub instances: Instances,
+        pub container: String,
+        #[serde(default)]
+        pub ports: Vec<String>,
+        pub health: Option<Health>,
+        pub max_concurrency: Option<String>,
+        pub max_errors: Option<String>,
+        pub execution_timeout_seconds: Option<u64>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Instances {
+        pub ids: Option<Vec<String>>,
+        pub tag: Option<BTreeMap<String, String>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Health {
+        pub port: Option<u16>,
+        pub path: Option<String>,
+        pub timeout_seconds: Option<u64>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Smoke {
+        #[serde(default)]
+        pub checks: Vec<Check>,
+        pub within_seconds: Option<u64>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Check {
+        pub url: String,
+        pub expect_status: Option<u16>,
+        pub body_contains: Option<String>,
+        pub timeout_seconds: Option<u64>,
+    }
+}
+
+/// Collects problems while walking the raw document.
+#[derive(Default)]
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn fail(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn ok<T, E: fmt::Display>(&mut self, path: &str, result: Result<T, E>) -> Option<T> {
+        result.map_err(|e| self.fail(path, e.to_string())).ok()
+    }
+
+    fn seconds(
+        &mut self,
+        path: &str,
+        value: Option<u64>,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Duration {
+        let v = value.unwrap_or(default);
+        if !(min..=max).contains(&v) {
+            self.fail(
+                path,
+                format!("{v} is out of range; use {min} to {max} seconds"),
+            );
+        }
+        Duration::from_secs(v)
+    }
+}
+
+impl raw::Config {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let mut c = Checker::default();
+        let mut apps = BTreeMap::new();
+        for (name, app) in self.apps {
+            let path = format!("apps.{name}");
+            let app_name = c.ok(&path, AppName::parse(&name));
+            let app = app.validate(&mut c, &path);
+            if let (Some(n), Some(a)) = (app_name, app) {
+                apps.insert(n, a);
+            }
+        }
+        if c.problems.is_empty() {
+            Ok(Config { apps })
+        } else {
+            Err(ConfigError {
+                problems: c.problems,
+            })
+        }
+    }
+}
+
+impl raw::App {
+    fn validate(self, c: &mut Checker, path: &str) -> Option<AppConfig> {
+        let repository = c.ok(
+            &format!("{path}.repository"),
+            Repository::parse(&self.repository),
+        );
+        let registry = match &self.registry {
+            Some(r) => c
+                .ok(&format!("{path}.registry"), Registry::parse(r))
+                .map(Some),
+            None => Some(None),
+        };
+        if self.environments.is_empty() {
+            c.fail(
+                format!("{path}.environments"),
+                "an app needs at least one environment",
+            );
+        }
+        let mut environments = BTreeMap::new();
+        for (name, env) in self.environments {
+            let env_path = format!("{path}.environments.{name}");
+            let env_name = c.ok(&env_path, EnvName::parse(&name));
+            let env = env.validate(c, &env_path);
+            if let (Some(n), Some(e)) = (env_name, env) {
+                environments.insert(n, e);
+            }
+        }
+        Some(AppConfig {
+            repository: repository?,
+            registry: registry?,
+            environments,
+        })
+    }
+}
+
+impl raw::Env {
+    fn validate(self, c: &mut Checker, path: &str) -> Option<EnvConfig> {
+        let before = c.problems.len();
+        let deploy_on_push = self.deploy_on_push.map(|p| {
+            let p_path = format!("{path}.deploy_on_push");
+            if p.tags.is_empty() && !p.untagged {
+                c.fail(
+                    &p_path,
+                    "list at least one tag pattern in `tags` (or set `untagged: true`)",
+                );
+            }
+            let tags = p
+                .tags
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| c.ok(&format!("{p_path}.tags[{i}]"), TagPattern::parse(t)))
+                .collect();
+            PushPolicy {
+                tags,
+                untagged: p.untagged,
+            }
+        });
+        let target = match self.target {
+            raw::Target { ssm: Some(ssm) } => ssm
+                .validate(c, &format!("{path}.target.ssm"))
+                .map(TargetConfig::Ssm),
+            raw::Target { ssm: None } => {
+                c.fail(format!("{path}.target"), "name the kind of target: `ssm`");
+                None
+            }
+        };
+        let smoke = self
+            .smoke
+            .map(|s| s.validate(c, &format!("{path}.smoke")))
+            .unwrap_or(SmokeConfig {
+                checks: Vec::new(),
+                within: Duration::from_secs(DEFAULT_SMOKE_WITHIN),
+            });
+        let rollout_timeout = c.seconds(
+            &format!("{path}.rollout_timeout_seconds"),
+            self.rollout_timeout_seconds,
+            900,
+            60,
+            7200,
+        );
+        if c.problems.len() > before {
+            return None;
+        }
+        Some(EnvConfig {
+            deploy_on_push,
+            target: target?,
+            smoke,
+            rollout_timeout,
+        })
+    }
+}
+
+const DEFAULT_SMOKE_WITHIN: u64 = 120;
+
+/// What the SSM document's `allowedPattern` accepts for a container name.
+pub fn container_name_ok(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || b"_.-".contains(&c))
+}
+
+fn instance_id_ok(id: &str) -> bool {
+    let hex = id.strip_prefix("i-").or_else(|| id.strip_prefix("mi-"));
+    hex.is_some_and(|h| (8..=17).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// SSM's MaxConcurrency / MaxErrors: a count or a percentage.
+fn rate_ok(value: &str) -> bool {
+    let digits = value.strip_suffix('%').unwrap_or(value);
+    !digits.is_empty() && digits.len() <= 6 && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn parse_port(text: &str) -> Option<u16> {
+    text.parse::<u16>().ok().filter(|p| *p > 0)
+}
+
+impl raw::Ssm {
+    fn validate(self, c: &mut Checker, path: &str) -> Option<SsmTarget> {
+        let before = c.problems.len();
+        let instances = match (self.instances.ids, self.instances.tag) {
+            (Some(ids), None) => {
+                if ids.is_empty() {
+                    c.fail(
+                        format!("{path}.instances.ids"),
+                        "list at least one instance id",
+                    );
+                }
+                for (i, id) in ids.iter().enumerate() {
+                    if !instance_id_ok(id) {
+                        c.fail(
+                            format!("{path}.instances.ids[{i}]"),
+                            format!("{id:?} is not an instance id like i-0123456789abcdef0"),
+                        );
+                    }
+                }
+                Some(InstanceSelector::Ids(ids))
+            }
+            (None, Some(tags)) => {
+                if tags.is_empty() {
+                    c.fail(
+                        format!("{path}.instances.tag"),
+                        "name at least one tag, e.g. { Role: web }",
+                    );
+                }
+                for (k, v) in &tags {
+                    if k.is_empty() || k.len() > 128 || v.len() > 256 {
+                        c.fail(
+                            format!("{path}.instances.tag.{k}"),
+                            "tag keys are 1-128 characters, values up to 256",
+                        );
+                    }
+                }
+                Some(InstanceSelector::Tags(tags))
+            }
+            _ => {
+                c.fail(
+                    format!("{path}.instances"),
+                    "give exactly one of `ids` or `tag`",
+                );
+                None
+            }
+        };
+        if !container_name_ok(&self.container) {
+            c.fail(
+                format!("{path}.container"),
+                format!("{:?} must be 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit", self.container),
+            );
+        }
+        let mut ports = Vec::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            let parsed = p.split_once(':').and_then(|(h, k)| {
+                Some(PortMapping {
+                    host: parse_port(h)?,
+                    container: parse_port(k)?,
+                })
+            });
+            match parsed {
+                Some(m) => ports.push(m),
+                None => c.fail(
+                    format!("{path}.ports[{i}]"),
+                    format!("{p:?} is not HOST:CONTAINER, e.g. \"80:8000\""),
+                ),
+            }
+        }
+        let health_raw = self.health.unwrap_or(raw::Health {
+            port: None,
+            path: None,
+            timeout_seconds: None,
+        });
+        let health_port = health_raw.port.or_else(|| ports.first().map(|m| m.host));
+        if health_port.is_none() {
+            c.fail(format!("{path}.health.port"), "required when no ports are published: the host probes the new container on this port");
+        }
+        let health_path = health_raw.path.unwrap_or_else(|| "/".to_owned());
+        let path_ok = health_path.starts_with('/')
+            && health_path.len() <= 200
+            && health_path
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/._~-".contains(&b));
+        if !path_ok {
+            c.fail(
+                format!("{path}.health.path"),
+                format!(
+                    "{health_path:?} must start with '/' and use only letters, digits and /._~-"
+                ),
+            );
+        }
+        let health_timeout = c.seconds(
+            &format!("{path}.health.timeout_seconds"),
+            health_raw.timeout_seconds,
+            60,
+            1,
+            600,
+        );
+        let max_concurrency = self.max_concurrency.unwrap_or_else(|| "1".to_owned());
+        if !rate_ok(&max_concurrency) {
+            c.fail(
+                format!("{path}.max_concurrency"),
+                format!(
+                    "{max_concurrency:?} must be a count like \"2\" or a percentage like \"50%\""
+                ),
+            );
+        }
+        let max_errors = self.max_errors.unwrap_or_else(|| "0".to_owned());
+        if !rate_ok(&max_errors) {
+            c.fail(
+                format!("{path}.max_errors"),
+                format!("{max_errors:?} must be a count like \"0\" or a percentage like \"10%\""),
+            );
+        }
+        let execution_timeout = c.seconds(
+            &format!("{path}.execution_timeout_seconds"),
+            self.execution_timeout_seconds,
+            600,
+            30,
+            3600,
+        );
+        if c.problems.len() > before {
+            return None;
+        }
+        Some(SsmTarget {
+            instances: instances?,
+            container: self.container,
+            ports,
+            health: HostHealth {
+                port: health_port?,
+                path: health_path,
+                timeout: health_timeout,
+            },
+            max_concurrency,
+            max_errors,
+            execution_timeout,
+        })
+    }
+}
+
+impl raw::Smoke {
+    fn validate(self, c: &mut Checker, path: &str) -> SmokeConfig {
+        let within = c.seconds(
+            &format!("{path}.within_seconds"),
+            self.within_seconds,
+            DEFAULT_SMOKE_WITHIN,
+            1,
+            600,
+        );
+        let checks = self
+            .checks
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, check)| {
+                let p = format!("{path}.checks[{i}]");
+                let url_ok = check
+                    .url
+                    .strip_prefix("http://")
+                    .or_else(|| check.url.strip_prefix("https://"))
+                    .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+                    && !check.url.chars().any(char::is_whitespace);
+                if !url_ok {
+                    c.fail(
+                        format!("{p}.url"),
+                        format!(
+                            "{:?} must be an http:// or https:// URL with a host",
+                            check.url
+                        ),
+                    );
+                }
+                let expect_status = check.expect_status.unwrap_or(200);
+                if !(100..=599).contains(&expect_status) {
+                    c.fail(
+                        format!("{p}.expect_status"),
+                        format!("{expect_status} is not an HTTP status code"),
+                    );
+                }
+                let timeout = c.seconds(
+                    &format!("{p}.timeout_seconds"),
+                    check.timeout_seconds,
+                    5,
+                    1,
+                    60,
+                );
+                url_ok.then_some(SmokeCheck {
+                    url: check.url,
+                    expect_status,
+                    body_contains: check.body_contains,
+                    timeout,
+                })
+            })
+            .collect();
+        SmokeConfig { checks, within }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apps:
+  web:
+    repository: acme/web
+    environments:
+      staging:
+        deploy_on_push: { tags: ["main-*", "v*"] }
+        target: { ssm: { instances: { tag: { Role: web-staging } }, container: web, ports: ["80:8000"] } }
+        smoke:
+          checks: [ { url: "http://10.0.1.10/health", expect_status: 200, body_contains: "ok" } ]
+          within_seconds: 120
+      qa:
+        target: { ssm: { instances: { ids: [i-0123456789abcdef0] }, container: web, health: { port: 8080, path: /healthz } } }
+"#;
+
+    fn problems(yaml: &str) -> Vec<(String, String)> {
+        Config::from_yaml(yaml)
+            .unwrap_err()
+            .problems
+            .into_iter()
+            .map(|p| (p.path, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn reads_the_documented_example_with_defaults() {
+        let config = Config::from_yaml(GOOD).unwrap();
+        let web = AppName::parse("web").unwrap();
+        let staging = config
+            .env(&web, &EnvName::parse("staging").unwrap())
+            .unwrap();
+        let TargetConfig::Ssm(ssm) = &staging.target;
+        assert_eq!(
+            ssm.health.port, 80,
+            "health probes the first published host port by default"
+        );
+        assert_eq!(ssm.health.path, "/");
+        assert_eq!(ssm.max_errors, "0");
+        assert_eq!(staging.smoke.checks[0].timeout, Duration::from_secs(5));
+        assert!(
+            staging
+                .deploy_on_push
+                .as_ref()
+                .unwrap()
+                .admits(Some(&Tag::parse("v1.0").unwrap()))
+        );
+        assert!(!staging.deploy_on_push.as_ref().unwrap().admits(None));
+        let qa = config.env(&web, &EnvName::parse("qa").unwrap()).unwrap();
+        assert!(qa.deploy_on_push.is_none());
+        assert_eq!(staging.rollout_timeout, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn unknown_fields_are_named_with_their_path() {
+        let yaml = GOOD.replace("deploy_on_push: { tags:", "deploy_on_push: { tagz:");
+        let found = problems(&yaml);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            found[0].0,
+            "apps.web.environments.staging.deploy_on_push.tagz"
+        );
+        assert!(found[0].1.contains("unknown field `tagz`"), "{found:?}");
+    }
+
+    #[test]
+    fn wrong_types_are_named_with_their_path() {
+        let yaml = GOOD.replace("within_seconds: 120", "within_seconds: soon");
+        let found = problems(&yaml);
+        assert_eq!(
+            found[0].0,
+            "apps.web.environments.staging.smoke.within_seconds"
+        );
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_with_its_path() {
+        let yaml = r#"
+apps:
+  Web:
+    repository: Acme/Web
+    environments:
+      staging:
+        deploy_on_push: { tags: ["v1;$(id)"] }
+        target: { ssm: { instances: { ids: [nope] }, container: "web;rm", ports: ["80"], max_errors: "lots" } }
+        smoke: { checks: [ { url: "ftp://x", timeout_seconds: 0 } ], within_seconds: 9999 }
+"#;
+        let found = problems(yaml);
+        let paths: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
+        for expected in [
+            "apps.Web",
+            "apps.Web.repository",
+            "apps.Web.environments.staging.deploy_on_push.tags[0]",
+            "apps.Web.environments.staging.target.ssm.instances.ids[0]",
+            "apps.Web.environments.staging.target.ssm.container",
+            "apps.Web.environments.staging.target.ssm.ports[0]",
+            "apps.Web.environments.staging.target.ssm.max_errors",
+            "apps.Web.environments.staging.smoke.within_seconds",
+            "apps.Web.environments.staging.smoke.checks[0].url",
+            "apps.Web.environments.staging.smoke.checks[0].timeout_seconds",
+        ] {
+            assert!(
+                paths.contains(&expected),
+                "missing {expected} in {found:#?}"
+            );
+        }
+        let rendered = Config::from_yaml(yaml).unwrap_err().to_string();
+        assert!(
+            rendered.contains(
+                "apps.Web.environments.staging.target.ssm.ports[0]: \"80\" is not HOST:CONTAINER"
+            ),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn instances_need_exactly_one_selector() {
+        let yaml = GOOD.replace("instances: { tag: { Role: web-staging } }", "instances: {}");
+        let found = problems(&yaml);
+        assert_eq!(
+            found[0].0,
+            "apps.web.environments.staging.target.ssm.instances"
+        );
+    }
+
+    #[test]
+    fn health_port_is_required_without_published_ports() {
+        let yaml = GOOD.replace(
+            "health: { port: 8080, path: /healthz }",
+            "health: { path: /healthz }",
+        );
+        let found = problems(&yaml);
+        assert_eq!(
+            found[0].0,
+            "apps.web.environments.qa.target.ssm.health.port"
+        );
+    }
+
+    #[test]
+    fn malformed_yaml_is_an_error_not_a_panic() {
+        let err = Config::from_yaml("apps: [unclosed").unwrap_err();
+        assert_eq!(err.problems.len(), 1);
+    }
+
+    #[test]
+    fn finds_apps_by_repository() {
+        let config = Config::from_yaml(GOOD).unwrap();
+        let repo = Repository::parse("acme/web").unwrap();
+        assert_eq!(config.apps_for_repository(&repo).count(), 1);
+        let other = Repository::parse("acme/api").unwrap();
+        assert_eq!(config.apps_for_repository(&other).count(), 0);
+    }
+}

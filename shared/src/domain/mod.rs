@@ -1,0 +1,16 @@
+//! Pure types and rules: no I/O happens here.
+
+pub mod config;
+pub mod deployment;
+pub mod event;
+pub mod image;
+pub mod lifecycle;
+pub mod names;
+pub mod policy;
+
+pub use config::{Config, ConfigError, EnvConfig, TargetConfig};
+pub use deployment::{Admission, Deployment, DeploymentId, EnvState, Request, SkipReason};
+pub use event::{EventDetail, EventType, LifecycleEvent};
+pub use image::{Digest, ImageRef, ImageRefError, PinnedImage, Registry, Repository, Tag};
+pub use lifecycle::{Kind, Outcome, Phase, Step};
+pub use names::{AppName, EnvName};

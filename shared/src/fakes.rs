@@ -1,0 +1,490 @@
+//! In-memory implementations of every port, with the same conditional-write semantics as
+//! the DynamoDB adapter, for unit tests of the services and for reasoning locally.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::domain::{
+    AppName, Config, Deployment, DeploymentId, Digest, EnvName, EnvState, LifecycleEvent,
+    PinnedImage, Registry, Repository, Tag, TargetConfig,
+};
+use crate::ports::{
+    Clock, Commit, ConfigLoadError, ConfigSource, EventPublisher, HttpProbe, ImageRegistry,
+    ProbeError, ProbeResponse, PublishError, RegistryError, ResolvedImage, RolloutStatus,
+    StateStore, StoreError, Target, TargetError, TargetRef,
+};
+
+type EnvKey = (AppName, EnvName);
+
+#[derive(Default)]
+struct StoreInner {
+    envs: HashMap<EnvKey, EnvState>,
+    deployments: BTreeMap<(AppName, EnvName, DeploymentId), Deployment>,
+    target_refs: HashMap<String, (AppName, EnvName, DeploymentId)>,
+    claims: HashSet<String>,
+    commits: usize,
+}
+
+/// A state store in memory.
+#[derive(Default, Clone)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<StoreInner>>,
+}
+
+impl MemoryStore {
+    /// Every deployment of an environment, oldest first.
+    pub fn deployments(&self, app: &AppName, env: &EnvName) -> Vec<Deployment> {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .deployments
+            .iter()
+            .filter(|((a, e, _), _)| a == app && e == env)
+            .map(|(_, d)| d.clone())
+            .collect()
+    }
+
+    /// How many commits succeeded: a way to assert that bad input wrote nothing.
+    pub fn commits(&self) -> usize {
+        self.inner.lock().unwrap().commits
+    }
+
+    /// A snapshot of everything stored, to compare before and after.
+    pub fn snapshot(&self) -> String {
+        let inner = self.inner.lock().unwrap();
+        let mut envs: Vec<_> = inner
+            .envs
+            .values()
+            .map(|e| serde_json::to_string(e).unwrap())
+            .collect();
+        envs.sort();
+        let deps: Vec<_> = inner
+            .deployments
+            .values()
+            .map(|d| serde_json::to_string(d).unwrap())
+            .collect();
+        let mut claims: Vec<_> = inner.claims.iter().cloned().collect();
+        claims.sort();
+        format!("{envs:?}\n{deps:?}\n{claims:?}")
+    }
+}
+
+#[async_trait]
+impl StateStore for MemoryStore {
+    async fn env_state(&self, app: &AppName, env: &EnvName) -> Result<EnvState, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner
+            .envs
+            .get(&(app.clone(), env.clone()))
+            .cloned()
+            .unwrap_or_else(|| EnvState::new(app.clone(), env.clone())))
+    }
+
+    async fn deployment(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        id: &DeploymentId,
+    ) -> Result<Deployment, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .deployments
+            .get(&(app.clone(), env.clone(), id.clone()))
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(format!("deployment {id} of {app}/{env}")))
+    }
+
+    async fn find_by_target_ref(&self, target_ref: &str) -> Result<Option<Deployment>, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner
+            .target_refs
+            .get(target_ref)
+            .and_then(|key| inner.deployments.get(key))
+            .cloned())
+    }
+
+    async fn recent_deployments(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        limit: usize,
+    ) -> Result<Vec<Deployment>, StoreError> {
+        let mut all = self.deployments(app, env);
+        all.reverse();
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    async fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(env) = &commit.env {
+            let stored = inner
+                .envs
+                .get(&(env.app.clone(), env.environment.clone()))
+                .map_or(0, |e| e.version);
+            if stored != env.version {
+                return Err(StoreError::Conflict(format!(
+                    "environment {}/{}",
+                    env.app, env.environment
+                )));
+            }
+        }
+        for d in &commit.deployments {
+            let key = (d.app.clone(), d.environment.clone(), d.id.clone());
+            let stored = inner.deployments.get(&key).map_or(0, |s| s.version);
+            if stored != d.version {
+                return Err(StoreError::Conflict(format!("deployment {}", d.id)));
+            }
+        }
+        if let Some(claim) = &commit.claim_event {
+            if inner.claims.contains(claim) {
+                return Err(StoreError::Duplicate(claim.clone()));
+            }
+        }
+        if let Some(env) = commit.env {
+            env.version += 1;
+            inner
+                .envs
+                .insert((env.app.clone(), env.environment.clone()), env.clone());
+        }
+        for d in commit.deployments {
+            d.version += 1;
+            let key = (d.app.clone(), d.environment.clone(), d.id.clone());
+            if commit.link_target_refs {
+                if let Some(r) = &d.target_ref {
+                    inner.target_refs.insert(r.clone(), key.clone());
+                }
+            }
+            inner.deployments.insert(key, d.clone());
+        }
+        if let Some(claim) = commit.claim_event {
+            inner.claims.insert(claim);
+        }
+        if let Some(forget) = commit.forget_event {
+            inner.claims.remove(&forget);
+        }
+        inner.commits += 1;
+        Ok(())
+    }
+}
+
+/// A registry in memory: tags point at digests; digests may be deleted.
+#[derive(Clone)]
+pub struct FakeRegistry {
+    pub registry: Registry,
+    inner: Arc<Mutex<(HashMap<(String, String), Digest>, HashSet<(String, Digest)>)>>,
+    lookups: Arc<Mutex<usize>>,
+}
+
+impl FakeRegistry {
+    pub fn new(registry: &str) -> Self {
+        Self {
+            registry: Registry::parse(registry).unwrap(),
+            inner: Arc::default(),
+            lookups: Arc::default(),
+        }
+    }
+
+    pub fn push(&self, repository: &str, tag: Option<&str>, digest: &Digest) {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(tag) = tag {
+            inner
+                .0
+                .insert((repository.to_owned(), tag.to_owned()), digest.clone());
+        }
+        inner.1.insert((repository.to_owned(), digest.clone()));
+    }
+
+    pub fn delete(&self, repository: &str, digest: &Digest) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.1.remove(&(repository.to_owned(), digest.clone()));
+        inner.0.retain(|_, d| d != digest);
+    }
+
+    pub fn lookups(&self) -> usize {
+        *self.lookups.lock().unwrap()
+    }
+
+    fn resolved(&self, repository: &Repository, digest: &Digest) -> ResolvedImage {
+        let inner = self.inner.lock().unwrap();
+        let tags = inner
+            .0
+            .iter()
+            .filter(|((r, _), d)| r == repository.as_str() && *d == digest)
+            .map(|((_, t), _)| Tag::parse(t).unwrap())
+            .collect();
+        ResolvedImage {
+            image: PinnedImage {
+                registry: self.registry.clone(),
+                repository: repository.clone(),
+                digest: digest.clone(),
+            },
+            tags,
+            pushed_at: None,
+        }
+    }
+}
+
+#[async_trait]
+impl ImageRegistry for FakeRegistry {
+    async fn resolve_tag(
+        &self,
+        repository: &Repository,
+        tag: &Tag,
+    ) -> Result<ResolvedImage, RegistryError> {
+        *self.lookups.lock().unwrap() += 1;
+        let digest = self
+            .inner
+            .lock()
+            .unwrap()
+            .0
+            .get(&(repository.to_string(), tag.to_string()))
+            .cloned();
+        match digest {
+            Some(d) => Ok(self.resolved(repository, &d)),
+            None => Err(RegistryError::NotFound(format!(
+                "tag {tag} not found in repository {repository}"
+            ))),
+        }
+    }
+
+    async fn find_digest(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<ResolvedImage, RegistryError> {
+        *self.lookups.lock().unwrap() += 1;
+        let exists = self
+            .inner
+            .lock()
+            .unwrap()
+            .1
+            .contains(&(repository.to_string(), digest.clone()));
+        if exists {
+            Ok(self.resolved(repository, digest))
+        } else {
+            Err(RegistryError::NotFound(format!(
+                "image {digest} not found in repository {repository}"
+            )))
+        }
+    }
+}
+
+/// What the fake target was asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartedRollout {
+    pub deployment_id: DeploymentId,
+    pub image: String,
+    pub target_ref: TargetRef,
+}
+
+#[derive(Default)]
+struct TargetInner {
+    started: Vec<StartedRollout>,
+    statuses: HashMap<String, RolloutStatus>,
+    refuse: VecDeque<TargetError>,
+    cancelled: Vec<String>,
+}
+
+/// A target that records rollouts; their status is whatever the test sets.
+#[derive(Default, Clone)]
+pub struct FakeTarget {
+    inner: Arc<Mutex<TargetInner>>,
+}
+
+impl FakeTarget {
+    pub fn started(&self) -> Vec<StartedRollout> {
+        self.inner.lock().unwrap().started.clone()
+    }
+
+    pub fn last(&self) -> StartedRollout {
+        self.started()
+            .last()
+            .cloned()
+            .expect("no rollout was started")
+    }
+
+    pub fn set_status(&self, target_ref: &TargetRef, status: RolloutStatus) {
+        self.inner
+            .lock()
+            .unwrap()
+            .statuses
+            .insert(target_ref.to_string(), status);
+    }
+
+    /// The next `start` fails with this error.
+    pub fn refuse_next(&self, error: TargetError) {
+        self.inner.lock().unwrap().refuse.push_back(error);
+    }
+
+    pub fn cancelled(&self) -> Vec<String> {
+        self.inner.lock().unwrap().cancelled.clone()
+    }
+}
+
+#[async_trait]
+impl Target for FakeTarget {
+    async fn start(
+        &self,
+        deployment: &Deployment,
+        _config: &TargetConfig,
+    ) -> Result<TargetRef, TargetError> {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(error) = inner.refuse.pop_front() {
+            return Err(error);
+        }
+        let target_ref = TargetRef::new("fake", &format!("cmd-{}", inner.started.len() + 1));
+        inner.started.push(StartedRollout {
+            deployment_id: deployment.id.clone(),
+            image: deployment.image.to_string(),
+            target_ref: target_ref.clone(),
+        });
+        inner
+            .statuses
+            .insert(target_ref.to_string(), RolloutStatus::InProgress);
+        Ok(target_ref)
+    }
+
+    async fn status(&self, target_ref: &TargetRef) -> Result<RolloutStatus, TargetError> {
+        self.inner
+            .lock()
+            .unwrap()
+            .statuses
+            .get(target_ref.as_str())
+            .cloned()
+            .ok_or_else(|| TargetError::NotFound(format!("no rollout {target_ref}")))
+    }
+
+    async fn cancel(&self, target_ref: &TargetRef) -> Result<(), TargetError> {
+        self.inner
+            .lock()
+            .unwrap()
+            .cancelled
+            .push(target_ref.to_string());
+        Ok(())
+    }
+}
+
+/// Records published events in order.
+#[derive(Default, Clone)]
+pub struct RecordingPublisher {
+    events: Arc<Mutex<Vec<LifecycleEvent>>>,
+}
+
+impl RecordingPublisher {
+    pub fn events(&self) -> Vec<LifecycleEvent> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Detail-types published so far, in order.
+    pub fn types(&self) -> Vec<&'static str> {
+        self.events()
+            .iter()
+            .map(|e| e.detail_type.as_str())
+            .collect()
+    }
+
+    pub fn clear(&self) {
+        self.events.lock().unwrap().clear();
+    }
+}
+
+#[async_trait]
+impl EventPublisher for RecordingPublisher {
+    async fn publish(&self, events: &[LifecycleEvent]) -> Result<(), PublishError> {
+        self.events.lock().unwrap().extend_from_slice(events);
+        Ok(())
+    }
+}
+
+/// A fixed configuration.
+pub struct FixedConfig(pub Arc<Config>);
+
+impl FixedConfig {
+    pub fn yaml(text: &str) -> Self {
+        Self(Arc::new(
+            Config::from_yaml(text).expect("test configuration is valid"),
+        ))
+    }
+}
+
+#[async_trait]
+impl ConfigSource for FixedConfig {
+    async fn load(&self) -> Result<Arc<Config>, ConfigLoadError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// A clock that moves only when told.
+#[derive(Clone)]
+pub struct ManualClock(Arc<Mutex<OffsetDateTime>>);
+
+impl ManualClock {
+    pub fn new(at: OffsetDateTime) -> Self {
+        Self(Arc::new(Mutex::new(at)))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> OffsetDateTime {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// An HTTP endpoint per URL that answers from a script, repeating the last answer.
+#[derive(Default, Clone)]
+pub struct ScriptedProbe {
+    answers: Arc<Mutex<HashMap<String, VecDeque<Result<ProbeResponse, ProbeError>>>>>,
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+impl ScriptedProbe {
+    pub fn answer(&self, url: &str, answers: Vec<Result<ProbeResponse, ProbeError>>) {
+        self.answers
+            .lock()
+            .unwrap()
+            .insert(url.to_owned(), answers.into());
+    }
+
+    pub fn ok(status: u16, body: &str) -> Result<ProbeResponse, ProbeError> {
+        Ok(ProbeResponse {
+            status,
+            body: body.to_owned(),
+        })
+    }
+
+    pub fn calls(&self, url: &str) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|u| *u == url)
+            .count()
+    }
+}
+
+#[async_trait]
+impl HttpProbe for ScriptedProbe {
+    async fn get(&self, url: &str, _timeout: Duration) -> Result<ProbeResponse, ProbeError> {
+        self.calls.lock().unwrap().push(url.to_owned());
+        let mut answers = self.answers.lock().unwrap();
+        let queue = answers
+            .get_mut(url)
+            .ok_or_else(|| ProbeError::Connect(format!("nothing listens at {url}")))?;
+        if queue.len() > 1 {
+            Ok(queue.pop_front().unwrap()?)
+        } else {
+            queue
+                .front()
+                .cloned()
+                .unwrap_or_else(|| Err(ProbeError::Connect("no answer".into())))
+        }
+    }
+}

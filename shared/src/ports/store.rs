@@ -1,0 +1,94 @@
+//! Durable state: per-environment state and deployment records, written with optimistic
+//! concurrency so that two functions never both believe they hold an environment.
+
+use async_trait::async_trait;
+
+use super::BoxError;
+use crate::domain::{AppName, Deployment, DeploymentId, EnvName, EnvState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A record changed since it was read; read it again and redo the decision.
+    #[error("{0} changed concurrently")]
+    Conflict(String),
+    /// The event was already handled: this is a repeated delivery.
+    #[error("event {0} was already handled")]
+    Duplicate(String),
+    #[error("the table throttled the request")]
+    Throttled(#[source] BoxError),
+    #[error("could not reach the table")]
+    Transient(#[source] BoxError),
+    #[error("stored record {key} is unreadable: {message}")]
+    Corrupt { key: String, message: String },
+    #[error("the table refused the request: {0}")]
+    Invalid(String, #[source] BoxError),
+}
+
+/// Writes that succeed or fail together. Every record is written at its `version + 1`, on
+/// the condition that the stored version is still `version` (absent when 0). On success the
+/// versions of the records passed in are advanced, so they can be written again.
+#[derive(Default)]
+pub struct Commit<'a> {
+    pub env: Option<&'a mut EnvState>,
+    pub deployments: Vec<&'a mut Deployment>,
+    /// Also index these deployments by their `target_ref`, for status events to find them.
+    pub link_target_refs: bool,
+    /// Claims an event id; fails with `Duplicate` when it was claimed before.
+    pub claim_event: Option<String>,
+    /// Releases an earlier claim so a retried delivery is handled again.
+    pub forget_event: Option<String>,
+}
+
+impl<'a> Commit<'a> {
+    pub fn env(env: &'a mut EnvState) -> Self {
+        Self {
+            env: Some(env),
+            ..Self::default()
+        }
+    }
+
+    pub fn deployment(deployment: &'a mut Deployment) -> Self {
+        Self {
+            deployments: vec![deployment],
+            ..Self::default()
+        }
+    }
+
+    pub fn with(mut self, deployment: &'a mut Deployment) -> Self {
+        self.deployments.push(deployment);
+        self
+    }
+
+    pub fn claiming(mut self, event: Option<String>) -> Self {
+        self.claim_event = event;
+        self
+    }
+}
+
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// The state of an environment; an empty state at version 0 if none was written yet.
+    async fn env_state(&self, app: &AppName, env: &EnvName) -> Result<EnvState, StoreError>;
+
+    async fn deployment(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        id: &DeploymentId,
+    ) -> Result<Deployment, StoreError>;
+
+    /// The deployment a target handle (an SSM command id, …) belongs to.
+    async fn find_by_target_ref(&self, target_ref: &str) -> Result<Option<Deployment>, StoreError>;
+
+    /// The latest deployments of an environment, newest first.
+    async fn recent_deployments(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        limit: usize,
+    ) -> Result<Vec<Deployment>, StoreError>;
+
+    async fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError>;
+}

@@ -1,0 +1,306 @@
+//! Starting rollouts: on an ECR push, on a request by hand, and when an environment frees
+//! up with an image queued.
+
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use tracing::info;
+
+use super::rollout::{EnvOutcome, EnvResult, launch, start_queued};
+use super::{Core, MAX_ATTEMPTS, ServiceError, too_busy};
+use crate::domain::{
+    Admission, AppName, Config, Deployment, Digest, EnvName, EventType, Kind, LifecycleEvent,
+    PinnedImage, Registry, Repository, Request, Tag,
+};
+use crate::ports::{Commit, ImageRegistry, RegistryError, StoreError, Target};
+
+/// An `ECR Image Action` push that succeeded, as EventBridge delivers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Push {
+    /// The EventBridge event id: a repeated delivery carries the same id.
+    pub event_id: String,
+    pub account: String,
+    pub region: String,
+    pub repository: Repository,
+    pub digest: Digest,
+    pub tag: Option<Tag>,
+    pub pushed_at: OffsetDateTime,
+}
+
+/// What to deploy by hand: a tag (resolved to its digest now) or a digest.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Wanted {
+    Tag(Tag),
+    Digest(Digest),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManualDeploy {
+    pub app: AppName,
+    pub environment: EnvName,
+    pub wanted: Wanted,
+    pub requested_by: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Deployer {
+    pub core: Core,
+    pub registry: Arc<dyn ImageRegistry>,
+    pub target: Arc<dyn Target>,
+}
+
+impl Deployer {
+    /// Deploys a pushed image to every environment whose tag policy admits it. A push to a
+    /// repository no app names is not an error: it deploys nothing.
+    #[tracing::instrument(skip_all, fields(event_id = %push.event_id, repository = %push.repository, digest = %push.digest, tag = ?push.tag.as_ref().map(Tag::as_str)))]
+    pub async fn on_push(&self, push: &Push) -> Result<Vec<EnvResult>, ServiceError> {
+        let config = self.core.config.load().await?;
+        let mut results = Vec::new();
+        let mut named = false;
+        for (app_name, app) in config.apps_for_repository(&push.repository) {
+            named = true;
+            let registry = match &app.registry {
+                Some(r) => r.clone(),
+                None => Registry::ecr(&push.account, &push.region).map_err(|e| {
+                    ServiceError::Invalid(format!(
+                        "push event names account {:?} / region {:?}: {e}",
+                        push.account, push.region
+                    ))
+                })?,
+            };
+            let image = PinnedImage {
+                registry,
+                repository: push.repository.clone(),
+                digest: push.digest.clone(),
+            };
+            for (env_name, env) in &app.environments {
+                let Some(policy) = &env.deploy_on_push else {
+                    continue;
+                };
+                if !policy.admits(push.tag.as_ref()) {
+                    info!(app = %app_name, env = %env_name, "tag does not match this environment's deploy_on_push");
+                    continue;
+                }
+                let request = Request {
+                    image: image.clone(),
+                    tag: push.tag.clone(),
+                    kind: Kind::Push,
+                    pushed_at: push.pushed_at,
+                    requested_by: None,
+                    reason: None,
+                };
+                let claim = format!("{}#{}#{}", push.event_id, app_name, env_name);
+                results.push(
+                    self.admit(&config, app_name, env_name, request, Some(claim))
+                        .await?,
+                );
+            }
+        }
+        if !named {
+            info!("no app deploys this repository; ignoring the push");
+        }
+        Ok(results)
+    }
+
+    /// Deploys a tag or digest by hand. Unlike a push, this may redeploy the running digest,
+    /// and it overrides a freeze or a quarantine.
+    #[tracing::instrument(skip_all, fields(app = %wanted.app, env = %wanted.environment))]
+    pub async fn manual(&self, wanted: &ManualDeploy) -> Result<EnvResult, ServiceError> {
+        let config = self.core.config.load().await?;
+        let app = config
+            .app(&wanted.app)
+            .ok_or_else(|| unknown_app(&config, &wanted.app))?;
+        if !app.environments.contains_key(&wanted.environment) {
+            return Err(unknown_env(&config, &wanted.app, &wanted.environment));
+        }
+        let (resolved, tag) = match &wanted.wanted {
+            Wanted::Tag(tag) => (
+                self.registry.resolve_tag(&app.repository, tag).await,
+                Some(tag.clone()),
+            ),
+            Wanted::Digest(digest) => (
+                self.registry.find_digest(&app.repository, digest).await,
+                None,
+            ),
+        };
+        let resolved = resolved.map_err(|e| match e {
+            RegistryError::NotFound(what) => ServiceError::NotFound(what),
+            other => other.into(),
+        })?;
+        let mut image = resolved.image;
+        if let Some(registry) = &app.registry {
+            image.registry = registry.clone();
+        }
+        let request = Request {
+            image,
+            tag: tag.or_else(|| resolved.tags.first().cloned()),
+            kind: Kind::Manual,
+            pushed_at: self.core.clock.now(),
+            requested_by: wanted.requested_by.clone(),
+            reason: wanted.reason.clone(),
+        };
+        self.admit(&config, &wanted.app, &wanted.environment, request, None)
+            .await
+    }
+
+    /// Starts the queued image of an environment that has just become free.
+    pub async fn on_environment_free(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+    ) -> Result<Option<EnvResult>, ServiceError> {
+        start_queued(&self.core, self.target.as_ref(), app, env).await
+    }
+
+    /// Starts, queues or skips one request on one environment.
+    async fn admit(
+        &self,
+        config: &Config,
+        app: &AppName,
+        env: &EnvName,
+        request: Request,
+        claim: Option<String>,
+    ) -> Result<EnvResult, ServiceError> {
+        let env_config = config
+            .env(app, env)
+            .ok_or_else(|| unknown_env(config, app, env))?;
+        let image = request.image.to_string();
+        let result = |outcome| EnvResult {
+            app: app.clone(),
+            environment: env.clone(),
+            outcome,
+        };
+        for _ in 0..MAX_ATTEMPTS {
+            let mut state = self.core.store.env_state(app, env).await?;
+            match state.admit(&request) {
+                Admission::Skip(reason) => {
+                    info!(app = %app, env = %env, %reason, "deploying nothing");
+                    let now = self.core.clock.now();
+                    let event = LifecycleEvent::environment(
+                        EventType::DeploymentSkipped,
+                        app,
+                        env,
+                        Some(reason.to_string()),
+                        now,
+                    )
+                    .with_image(
+                        &request.image,
+                        request.tag.as_ref(),
+                        request.kind,
+                    );
+                    self.core.events.publish(&[event]).await?;
+                    return Ok(result(EnvOutcome::Skipped {
+                        reason: reason.to_string(),
+                        image,
+                    }));
+                }
+                Admission::Queue { behind } => {
+                    state.queue(&request);
+                    match self
+                        .core
+                        .store
+                        .commit(Commit::env(&mut state).claiming(claim.clone()))
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(StoreError::Conflict(_)) => continue,
+                        Err(StoreError::Duplicate(_)) => return Ok(duplicate(result, image)),
+                        Err(e) => return Err(e.into()),
+                    }
+                    info!(app = %app, env = %env, behind = %behind, digest = %request.image.digest, "queued");
+                    let now = self.core.clock.now();
+                    let event = LifecycleEvent::environment(
+                        EventType::RolloutQueued,
+                        app,
+                        env,
+                        Some(format!("waiting for deployment {behind}")),
+                        now,
+                    )
+                    .with_image(
+                        &request.image,
+                        request.tag.as_ref(),
+                        request.kind,
+                    );
+                    self.core.events.publish(&[event]).await?;
+                    return Ok(result(EnvOutcome::Queued { behind, image }));
+                }
+                Admission::Start => {
+                    let mut dep = Deployment::new(
+                        app.clone(),
+                        env.clone(),
+                        request.clone(),
+                        self.core.clock.now(),
+                    );
+                    state.start(&mut dep);
+                    match self
+                        .core
+                        .store
+                        .commit(
+                            Commit::env(&mut state)
+                                .with(&mut dep)
+                                .claiming(claim.clone()),
+                        )
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(StoreError::Conflict(_)) => continue,
+                        Err(StoreError::Duplicate(_)) => return Ok(duplicate(result, image)),
+                        Err(e) => return Err(e.into()),
+                    }
+                    launch(
+                        &self.core,
+                        self.target.as_ref(),
+                        env_config,
+                        &mut dep,
+                        claim.as_deref(),
+                    )
+                    .await?;
+                    return Ok(result(EnvOutcome::Started {
+                        deployment_id: dep.id,
+                        image,
+                    }));
+                }
+            }
+        }
+        Err(too_busy(&format!("admitting an image to {app}/{env}")))
+    }
+}
+
+fn duplicate(result: impl FnOnce(EnvOutcome) -> EnvResult, image: String) -> EnvResult {
+    info!("this event was already handled; deploying nothing");
+    result(EnvOutcome::Skipped {
+        reason: "this event was already handled".into(),
+        image,
+    })
+}
+
+pub(crate) fn unknown_app(config: &Config, app: &AppName) -> ServiceError {
+    let known: Vec<&str> = config.apps.keys().map(AppName::as_str).collect();
+    ServiceError::Invalid(format!(
+        "unknown app {:?}; configured apps: {}",
+        app.as_str(),
+        list(&known)
+    ))
+}
+
+pub(crate) fn unknown_env(config: &Config, app: &AppName, env: &EnvName) -> ServiceError {
+    let known: Vec<&str> = config
+        .app(app)
+        .map(|a| a.environments.keys().map(EnvName::as_str).collect())
+        .unwrap_or_default();
+    ServiceError::Invalid(format!(
+        "app {:?} has no environment {:?}; its environments: {}",
+        app.as_str(),
+        env.as_str(),
+        list(&known)
+    ))
+}
+
+fn list(names: &[&str]) -> String {
+    if names.is_empty() {
+        "(none)".to_owned()
+    } else {
+        names.join(", ")
+    }
+}

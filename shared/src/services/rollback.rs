@@ -1,0 +1,445 @@
+//! Rolling back: after a failed rollout or a failed verification, redeploy the most recent
+//! digest verified in that environment that ECR still has. A rollback that fails is never
+//! followed by another: it freezes the environment instead.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::deploy::{unknown_app, unknown_env};
+use super::rollout::{advance, end_without_rollback, launch, rollback_failed};
+use super::{Core, MAX_ATTEMPTS, ServiceError, too_busy};
+use crate::domain::deployment::{Freeze, VerifiedDigest};
+use crate::domain::{
+    AppName, Deployment, DeploymentId, Digest, EnvName, EnvState, EventType, Kind, LifecycleEvent,
+    Phase, Request, Step,
+};
+use crate::ports::{Commit, ImageRegistry, RegistryError, StoreError, Target};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum RollbackOutcome {
+    /// A rollback deployment is rolling out.
+    Started {
+        deployment_id: DeploymentId,
+        rollback_of: Option<DeploymentId>,
+        image: String,
+    },
+    /// The failed deployment had nothing verified to go back to; the environment is free.
+    NothingToRollBackTo { deployment_id: DeploymentId },
+    /// The rollback failed; the environment is frozen.
+    RollbackFailed {
+        deployment_id: DeploymentId,
+        reason: String,
+    },
+    AlreadyHandled {
+        deployment_id: DeploymentId,
+        phase: Phase,
+    },
+}
+
+/// A rollback asked for by hand: to a given verified digest, or to the one before the
+/// current image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManualRollback {
+    pub app: AppName,
+    pub environment: EnvName,
+    pub digest: Option<Digest>,
+    pub requested_by: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Rollback {
+    pub core: Core,
+    pub registry: Arc<dyn ImageRegistry>,
+    pub target: Arc<dyn Target>,
+}
+
+impl Rollback {
+    /// Handles "Rollout Failed" and "Verification Failed".
+    #[tracing::instrument(skip_all, fields(app = %app, env = %env, deployment_id = %id))]
+    pub async fn on_failure(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        id: &DeploymentId,
+    ) -> Result<RollbackOutcome, ServiceError> {
+        let mut dep = self
+            .core
+            .store
+            .deployment(app, env, id)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound(what) => ServiceError::NotFound(what),
+                other => other.into(),
+            })?;
+        if dep.phase != Phase::Failed {
+            return Ok(RollbackOutcome::AlreadyHandled {
+                deployment_id: dep.id,
+                phase: dep.phase,
+            });
+        }
+        if dep.kind == Kind::Rollback {
+            let reason = dep
+                .reason
+                .clone()
+                .unwrap_or_else(|| "the rollback deployment failed".into());
+            rollback_failed(&self.core, &mut dep, &reason).await?;
+            let failed = dep.rollback_of.clone().unwrap_or(dep.id);
+            return Ok(RollbackOutcome::RollbackFailed {
+                deployment_id: failed,
+                reason,
+            });
+        }
+        self.roll_back(dep).await
+    }
+
+    async fn roll_back(&self, mut failed: Deployment) -> Result<RollbackOutcome, ServiceError> {
+        let config = self.core.config.load().await?;
+        let env_config = config
+            .env(&failed.app, &failed.environment)
+            .ok_or_else(|| unknown_env(&config, &failed.app, &failed.environment))?;
+        for _ in 0..MAX_ATTEMPTS {
+            let mut state = self
+                .core
+                .store
+                .env_state(&failed.app, &failed.environment)
+                .await?;
+            if !state.is_held_by(&failed.id) {
+                info!("the environment has moved on from this deployment; not rolling back");
+                return Ok(RollbackOutcome::AlreadyHandled {
+                    deployment_id: failed.id,
+                    phase: failed.phase,
+                });
+            }
+            let candidates: Vec<VerifiedDigest> = state
+                .rollback_candidates(failed.digest())
+                .cloned()
+                .collect();
+            if candidates.is_empty() {
+                let reason = format!(
+                    "{}; nothing verified to roll back to",
+                    failed.reason.as_deref().unwrap_or("deployment failed")
+                );
+                end_without_rollback(&self.core, &mut failed, &reason).await?;
+                return Ok(RollbackOutcome::NothingToRollBackTo {
+                    deployment_id: failed.id,
+                });
+            }
+            let Some(good) = self.first_still_in_registry(&failed, &candidates).await? else {
+                let tried: Vec<&str> = candidates.iter().map(|c| c.digest.as_str()).collect();
+                let reason = format!(
+                    "no verified image is still in the registry (tried {})",
+                    tried.join(", ")
+                );
+                self.unrecoverable(&mut failed, &reason).await?;
+                return Ok(RollbackOutcome::RollbackFailed {
+                    deployment_id: failed.id,
+                    reason,
+                });
+            };
+            let mut rollback = Deployment::new(
+                failed.app.clone(),
+                failed.environment.clone(),
+                Request {
+                    image: failed.image.with_digest(good.digest.clone()),
+                    tag: good.tag.clone(),
+                    kind: Kind::Rollback,
+                    // A rollback takes the failed push's place in push order, so that newer
+                    // pushes waiting in the queue still go next.
+                    pushed_at: failed.pushed_at,
+                    requested_by: None,
+                    reason: Some(format!("rolling back deployment {}", failed.id)),
+                },
+                self.core.clock.now(),
+            );
+            rollback.rollback_of = Some(failed.id.clone());
+            let note = format!(
+                "rolling back to {} (deployment {})",
+                good.digest, rollback.id
+            );
+            failed
+                .apply(Step::RollbackStarted, self.core.clock.now(), Some(note))
+                .map_err(|e| ServiceError::Conflict(e.to_string()))?;
+            failed.rolled_back_by = Some(rollback.id.clone());
+            state.release(&failed.id);
+            state.start(&mut rollback);
+            match self
+                .core
+                .store
+                .commit(
+                    Commit::env(&mut state)
+                        .with(&mut failed)
+                        .with(&mut rollback),
+                )
+                .await
+            {
+                Ok(()) => {}
+                Err(StoreError::Conflict(_)) => {
+                    failed = self
+                        .core
+                        .store
+                        .deployment(&failed.app, &failed.environment, &failed.id)
+                        .await?;
+                    if failed.phase != Phase::Failed {
+                        return Ok(RollbackOutcome::AlreadyHandled {
+                            deployment_id: failed.id,
+                            phase: failed.phase,
+                        });
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            info!(deployment_id = %rollback.id, rollback_of = %failed.id, digest = %good.digest, "rolling back");
+            self.core
+                .events
+                .publish(&[LifecycleEvent::of(EventType::RollbackStarted, &rollback)])
+                .await?;
+            let image = rollback.image.to_string();
+            // A target refusing the rollback is recorded as a failed rollback by `launch`.
+            launch(
+                &self.core,
+                self.target.as_ref(),
+                env_config,
+                &mut rollback,
+                None,
+            )
+            .await?;
+            return Ok(RollbackOutcome::Started {
+                deployment_id: rollback.id,
+                rollback_of: Some(failed.id),
+                image,
+            });
+        }
+        Err(too_busy("starting a rollback"))
+    }
+
+    /// The most recent candidate the registry still has; candidates deleted since they were
+    /// verified are passed over.
+    async fn first_still_in_registry<'a>(
+        &self,
+        failed: &Deployment,
+        candidates: &'a [VerifiedDigest],
+    ) -> Result<Option<&'a VerifiedDigest>, ServiceError> {
+        for candidate in candidates {
+            match self
+                .registry
+                .find_digest(&failed.image.repository, &candidate.digest)
+                .await
+            {
+                Ok(_) => return Ok(Some(candidate)),
+                Err(RegistryError::NotFound(_)) => {
+                    warn!(digest = %candidate.digest, "verified image is no longer in the registry; trying an older one");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The failure cannot be rolled back although verified images existed: freeze.
+    async fn unrecoverable(
+        &self,
+        failed: &mut Deployment,
+        reason: &str,
+    ) -> Result<(), ServiceError> {
+        let now = self.core.clock.now();
+        let freeze_reason = format!(
+            "automatic rollouts paused: rollback of {} failed: {reason}",
+            failed.id
+        );
+        let mut freeze = |state: &mut EnvState, d: &Deployment| {
+            state.release(&d.id);
+            state.frozen = Some(Freeze {
+                reason: freeze_reason.clone(),
+                by: "pushdeploy".into(),
+                at: now,
+            });
+        };
+        if advance(
+            &self.core,
+            failed,
+            Step::RollbackFailed,
+            Some(reason.to_owned()),
+            Some(&mut freeze),
+            None,
+        )
+        .await?
+        {
+            warn!(deployment_id = %failed.id, %reason, "rollback impossible; environment frozen");
+            self.core
+                .events
+                .publish(&[
+                    LifecycleEvent::of(EventType::RollbackFailed, failed),
+                    LifecycleEvent::environment(
+                        EventType::EnvironmentFrozen,
+                        &failed.app,
+                        &failed.environment,
+                        Some(freeze_reason.clone()),
+                        now,
+                    ),
+                ])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A rollback asked for by hand. Refused while a rollout is in flight.
+    #[tracing::instrument(skip_all, fields(app = %request.app, env = %request.environment))]
+    pub async fn manual(&self, request: &ManualRollback) -> Result<RollbackOutcome, ServiceError> {
+        let config = self.core.config.load().await?;
+        let app = config
+            .app(&request.app)
+            .ok_or_else(|| unknown_app(&config, &request.app))?;
+        let env_config = app
+            .environments
+            .get(&request.environment)
+            .ok_or_else(|| unknown_env(&config, &request.app, &request.environment))?;
+        for _ in 0..MAX_ATTEMPTS {
+            let mut state = self
+                .core
+                .store
+                .env_state(&request.app, &request.environment)
+                .await?;
+            if let Some(holder) = state.holder() {
+                return Err(ServiceError::Conflict(format!(
+                    "deployment {holder} is in progress on {}/{}; wait for it to finish (a failure rolls back by itself)",
+                    request.app, request.environment
+                )));
+            }
+            let good = choose_manual_target(&state, request.digest.as_ref())?.clone();
+            self.registry
+                .find_digest(&app.repository, &good.digest)
+                .await
+                .map_err(|e| match e {
+                    RegistryError::NotFound(_) => ServiceError::NotFound(format!(
+                        "{} is no longer in repository {}; pick another verified digest",
+                        good.digest, app.repository
+                    )),
+                    other => other.into(),
+                })?;
+            let current = state.current.clone();
+            let mut replaced = match &current {
+                Some(c) => Some(
+                    self.core
+                        .store
+                        .deployment(&request.app, &request.environment, &c.deployment_id)
+                        .await?,
+                ),
+                None => None,
+            };
+            // The image to pull: the registry of the deployment being replaced, else the app's.
+            let image = match (&replaced, &app.registry) {
+                (_, Some(registry)) => crate::domain::PinnedImage {
+                    registry: registry.clone(),
+                    repository: app.repository.clone(),
+                    digest: good.digest.clone(),
+                },
+                (Some(r), None) => r.image.with_digest(good.digest.clone()),
+                (None, None) => {
+                    return Err(ServiceError::Invalid(
+                        "nothing was deployed here yet, so the registry to pull from is unknown; set `registry` for the app".into(),
+                    ));
+                }
+            };
+            let now = self.core.clock.now();
+            let mut rollback = Deployment::new(
+                request.app.clone(),
+                request.environment.clone(),
+                Request {
+                    image,
+                    tag: good.tag.clone(),
+                    kind: Kind::Rollback,
+                    pushed_at: current.as_ref().map_or(now, |c| c.pushed_at),
+                    requested_by: request.requested_by.clone(),
+                    reason: request
+                        .reason
+                        .clone()
+                        .or_else(|| Some("rollback requested by hand".into())),
+                },
+                now,
+            );
+            // A failed deployment left standing (nothing was verified when it failed) is
+            // the one this rollback replaces.
+            let replaces_failure = replaced.as_mut().filter(|r| r.phase == Phase::Failed);
+            let mut commit_original = None;
+            if let Some(r) = replaces_failure {
+                rollback.rollback_of = Some(r.id.clone());
+                r.apply(
+                    Step::RollbackStarted,
+                    now,
+                    Some(format!("rolling back by hand (deployment {})", rollback.id)),
+                )
+                .map_err(|e| ServiceError::Conflict(e.to_string()))?;
+                r.rolled_back_by = Some(rollback.id.clone());
+                commit_original = Some(r);
+            }
+            state.start(&mut rollback);
+            let mut commit = Commit::env(&mut state).with(&mut rollback);
+            if let Some(r) = commit_original {
+                commit = commit.with(r);
+            }
+            match self.core.store.commit(commit).await {
+                Ok(()) => {}
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            info!(deployment_id = %rollback.id, digest = %good.digest, "rollback requested by hand");
+            self.core
+                .events
+                .publish(&[LifecycleEvent::of(EventType::RollbackStarted, &rollback)])
+                .await?;
+            let image = rollback.image.to_string();
+            launch(
+                &self.core,
+                self.target.as_ref(),
+                env_config,
+                &mut rollback,
+                None,
+            )
+            .await?;
+            return Ok(RollbackOutcome::Started {
+                deployment_id: rollback.id,
+                rollback_of: rollback.rollback_of,
+                image,
+            });
+        }
+        Err(too_busy("starting a rollback"))
+    }
+}
+
+fn choose_manual_target<'a>(
+    state: &'a EnvState,
+    digest: Option<&Digest>,
+) -> Result<&'a VerifiedDigest, ServiceError> {
+    let current = state.current.as_ref().map(|c| &c.digest);
+    let listed = || {
+        let all: Vec<&str> = state.verified.iter().map(|v| v.digest.as_str()).collect();
+        if all.is_empty() {
+            "none".to_owned()
+        } else {
+            all.join(", ")
+        }
+    };
+    match digest {
+        Some(d) => state.verified.iter().find(|v| &v.digest == d).ok_or_else(|| {
+            ServiceError::Invalid(format!(
+                "{d} was never verified in {}/{}; verified digests: {}. To deploy an unverified digest, use the deployer",
+                state.app,
+                state.environment,
+                listed()
+            ))
+        }),
+        None => state.verified.iter().find(|v| Some(&v.digest) != current).ok_or_else(|| {
+            ServiceError::Invalid(format!(
+                "{}/{} has no verified digest other than the current one (verified: {})",
+                state.app,
+                state.environment,
+                listed()
+            ))
+        }),
+    }
+}

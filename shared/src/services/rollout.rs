@@ -1,0 +1,369 @@
+//! Mechanics shared by the functions that start rollouts or end deployments: moving a
+//! deployment one step together with its environment, sending a deployment to its target,
+//! starting the newest queued image, and the two ways a failure ends without a working
+//! rollback.
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::{Core, MAX_ATTEMPTS, ServiceError, too_busy};
+use crate::domain::deployment::Freeze;
+use crate::domain::{
+    Admission, AppName, Deployment, DeploymentId, EnvConfig, EnvName, EnvState, EventType, Kind,
+    LifecycleEvent, Outcome, Step,
+};
+use crate::ports::{Commit, StoreError, Target};
+
+/// What a request did to one environment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum EnvOutcome {
+    Started {
+        deployment_id: DeploymentId,
+        image: String,
+    },
+    Queued {
+        behind: DeploymentId,
+        image: String,
+    },
+    Skipped {
+        reason: String,
+        image: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EnvResult {
+    pub app: AppName,
+    pub environment: EnvName,
+    #[serde(flatten)]
+    pub outcome: EnvOutcome,
+}
+
+/// A change to an environment made in the same commit as a deployment's step.
+pub(crate) type EnvChange<'a> = &'a mut (dyn FnMut(&mut EnvState, &Deployment) + Send);
+
+/// Applies `step` to the deployment and `change` to its environment in one commit. On a
+/// conflicting write both are read again and the step is redone; if the fresh deployment
+/// has already taken the step, someone else did the work and this returns `false`.
+pub(crate) async fn advance(
+    core: &Core,
+    dep: &mut Deployment,
+    step: Step,
+    note: Option<String>,
+    mut change: Option<EnvChange<'_>>,
+    forget_event: Option<String>,
+) -> Result<bool, ServiceError> {
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            *dep = core
+                .store
+                .deployment(&dep.app, &dep.environment, &dep.id)
+                .await?;
+        }
+        match dep.apply(step, core.clock.now(), note.clone()) {
+            Ok(Outcome::Changed(_)) => {}
+            Ok(Outcome::Unchanged) => return Ok(false),
+            Err(e) => {
+                return Err(ServiceError::Conflict(format!(
+                    "deployment {}: {e}",
+                    dep.id
+                )));
+            }
+        }
+        let mut state = None;
+        if let Some(change) = change.as_mut() {
+            let mut s = core.store.env_state(&dep.app, &dep.environment).await?;
+            change(&mut s, dep);
+            state = Some(s);
+        }
+        let commit = Commit {
+            env: state.as_mut(),
+            deployments: vec![&mut *dep],
+            forget_event: forget_event.clone(),
+            ..Commit::default()
+        };
+        match core.store.commit(commit).await {
+            Ok(()) => return Ok(true),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(too_busy(&format!(
+        "recording {step:?} for deployment {}",
+        dep.id
+    )))
+}
+
+/// Sends a committed, lease-holding deployment to its target. If the target refuses, the
+/// deployment fails without having touched anything and the environment is handed back;
+/// for a retryable refusal the event claim is released so the retried delivery starts
+/// afresh.
+pub(crate) async fn launch(
+    core: &Core,
+    target: &dyn Target,
+    env: &EnvConfig,
+    dep: &mut Deployment,
+    claim: Option<&str>,
+) -> Result<(), ServiceError> {
+    match target.start(dep, &env.target).await {
+        Ok(target_ref) => {
+            dep.target_ref = Some(target_ref.to_string());
+            dep.apply(Step::RolloutStarted, core.clock.now(), None)
+                .map_err(|e| ServiceError::Conflict(format!("deployment {}: {e}", dep.id)))?;
+            core.store
+                .commit(Commit {
+                    link_target_refs: true,
+                    ..Commit::deployment(dep)
+                })
+                .await?;
+            info!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, digest = %dep.digest(),
+                  target_ref = %target_ref, kind = ?dep.kind, "rollout started");
+            core.events
+                .publish(&[LifecycleEvent::of(EventType::RolloutStarted, dep)])
+                .await?;
+            Ok(())
+        }
+        Err(error) => {
+            warn!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, %error, "target refused the rollout");
+            let forget = claim.filter(|_| error.is_retryable()).map(str::to_owned);
+            fail_unstarted(
+                core,
+                dep,
+                format!("could not start the rollout: {error}"),
+                forget,
+            )
+            .await?;
+            Err(error.into())
+        }
+    }
+}
+
+/// A deployment that never touched its target fails and the environment goes back to what
+/// it ran before; for a rollback, that is a failed rollback.
+pub(crate) async fn fail_unstarted(
+    core: &Core,
+    dep: &mut Deployment,
+    reason: String,
+    forget_event: Option<String>,
+) -> Result<(), ServiceError> {
+    if dep.kind == Kind::Rollback {
+        advance(
+            core,
+            dep,
+            Step::RolloutFailed,
+            Some(reason.clone()),
+            None,
+            None,
+        )
+        .await?;
+        return rollback_failed(core, dep, &reason).await;
+    }
+    let mut hand_back = |state: &mut EnvState, dep: &Deployment| {
+        state.release(&dep.id);
+        if state
+            .current
+            .as_ref()
+            .is_some_and(|c| c.deployment_id == dep.id)
+        {
+            state.current = dep.previous.clone();
+        }
+    };
+    if advance(
+        core,
+        dep,
+        Step::RolloutFailed,
+        Some(reason),
+        Some(&mut hand_back),
+        forget_event,
+    )
+    .await?
+    {
+        core.events
+            .publish(&[LifecycleEvent::of(EventType::DeploymentFailed, dep)])
+            .await?;
+    }
+    Ok(())
+}
+
+/// Ends a failed deployment that has nothing verified to roll back to: the environment is
+/// free again, and "Deployment Failed" lets the next queued image go.
+pub(crate) async fn end_without_rollback(
+    core: &Core,
+    dep: &mut Deployment,
+    reason: &str,
+) -> Result<(), ServiceError> {
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            *dep = core
+                .store
+                .deployment(&dep.app, &dep.environment, &dep.id)
+                .await?;
+        }
+        let mut state = core.store.env_state(&dep.app, &dep.environment).await?;
+        if !state.release(&dep.id) {
+            return Ok(());
+        }
+        dep.reason = Some(reason.to_owned());
+        match core.store.commit(Commit::env(&mut state).with(dep)).await {
+            Ok(()) => {
+                info!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, %reason, "deployment failed");
+                core.events
+                    .publish(&[LifecycleEvent::of(EventType::DeploymentFailed, dep)])
+                    .await?;
+                return Ok(());
+            }
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(too_busy("ending a failed deployment"))
+}
+
+/// A rollback deployment failed, or could not start: the deployment it replaced ends in
+/// `RollbackFailed`, the environment is frozen so nothing more happens automatically, and
+/// the failure is published for the alarm. No further rollback is attempted.
+pub(crate) async fn rollback_failed(
+    core: &Core,
+    rollback: &mut Deployment,
+    reason: &str,
+) -> Result<(), ServiceError> {
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            *rollback = core
+                .store
+                .deployment(&rollback.app, &rollback.environment, &rollback.id)
+                .await?;
+        }
+        let now = core.clock.now();
+        let mut state = core
+            .store
+            .env_state(&rollback.app, &rollback.environment)
+            .await?;
+        let mut original = match &rollback.rollback_of {
+            Some(id) => Some(
+                core.store
+                    .deployment(&rollback.app, &rollback.environment, id)
+                    .await?,
+            ),
+            None => None,
+        };
+        let note = format!("rollback {} failed: {reason}", rollback.id);
+        let changed = match original.as_mut() {
+            Some(o) => matches!(
+                o.apply(Step::RollbackFailed, now, Some(note.clone())),
+                Ok(Outcome::Changed(_))
+            ),
+            // A rollback requested by hand replaces no failed deployment; it is its own record.
+            None => state.is_held_by(&rollback.id),
+        };
+        if !changed {
+            return Ok(());
+        }
+        state.release(&rollback.id);
+        if let Some(o) = &original {
+            state.release(&o.id);
+        }
+        let freeze_reason = format!("automatic rollouts paused: {note}");
+        state.frozen = Some(Freeze {
+            reason: freeze_reason.clone(),
+            by: "pushdeploy".into(),
+            at: now,
+        });
+        let mut commit = Commit::env(&mut state).with(rollback);
+        if let Some(o) = original.as_mut() {
+            commit = commit.with(o);
+        }
+        match core.store.commit(commit).await {
+            Ok(()) => {
+                warn!(deployment_id = %rollback.id, app = %rollback.app, env = %rollback.environment, %reason,
+                      "rollback failed; environment frozen");
+                let failed = original.as_ref().unwrap_or(rollback);
+                core.events
+                    .publish(&[
+                        LifecycleEvent::of(EventType::RollbackFailed, failed),
+                        LifecycleEvent::environment(
+                            EventType::EnvironmentFrozen,
+                            &rollback.app,
+                            &rollback.environment,
+                            Some(freeze_reason),
+                            now,
+                        ),
+                    ])
+                    .await?;
+                return Ok(());
+            }
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(too_busy("recording a failed rollback"))
+}
+
+/// Starts the newest queued image of an environment if it is free and not frozen.
+pub(crate) async fn start_queued(
+    core: &Core,
+    target: &dyn Target,
+    app: &AppName,
+    env: &EnvName,
+) -> Result<Option<EnvResult>, ServiceError> {
+    let config = core.config.load().await?;
+    let Some(env_config) = config.env(app, env) else {
+        return Ok(None);
+    };
+    for _ in 0..MAX_ATTEMPTS {
+        let mut state = core.store.env_state(app, env).await?;
+        let Some(queued) = state.take_queued() else {
+            return Ok(None);
+        };
+        let request = queued.into_request();
+        let image = request.image.to_string();
+        let result = |outcome| EnvResult {
+            app: app.clone(),
+            environment: env.clone(),
+            outcome,
+        };
+        let (outcome, mut dep) = match state.admit(&request) {
+            Admission::Start => {
+                let mut dep = Deployment::new(app.clone(), env.clone(), request, core.clock.now());
+                state.start(&mut dep);
+                (
+                    EnvOutcome::Started {
+                        deployment_id: dep.id.clone(),
+                        image,
+                    },
+                    Some(dep),
+                )
+            }
+            // The queued image went stale while it waited, e.g. the same digest runs already.
+            Admission::Skip(reason) => (
+                EnvOutcome::Skipped {
+                    reason: reason.to_string(),
+                    image,
+                },
+                None,
+            ),
+            Admission::Queue { .. } => {
+                unreachable!("take_queued returns only when the environment is free")
+            }
+        };
+        let commit = match dep.as_mut() {
+            Some(d) => Commit::env(&mut state).with(d),
+            None => Commit::env(&mut state),
+        };
+        match core.store.commit(commit).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        match dep.as_mut() {
+            Some(dep) => {
+                info!(deployment_id = %dep.id, app = %app, env = %env, digest = %dep.digest(), "starting the queued image");
+                launch(core, target, env_config, dep, None).await?;
+            }
+            None => info!(app = %app, env = %env, ?outcome, "dropped the queued image"),
+        }
+        return Ok(Some(result(outcome)));
+    }
+    Err(too_busy("starting the queued image"))
+}

@@ -1,0 +1,319 @@
+//! Following rollouts on their targets: status-change events as they come, and a
+//! reconciliation pass on a schedule for the events that never come.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tracing::{error, info, warn};
+
+use super::rollout::{EnvResult, advance, fail_unstarted, start_queued};
+use super::{Core, ServiceError};
+use crate::domain::{
+    AppName, Deployment, DeploymentId, EnvConfig, EnvName, EnvState, EventType, LifecycleEvent,
+    Phase, Step,
+};
+use crate::ports::{Commit, RolloutStatus, StoreError, Target, TargetRef};
+
+/// How long a hand-off may go unanswered before the reconciler repeats it.
+pub const STALE_AFTER: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum TrackOutcome {
+    Ignored {
+        reason: String,
+    },
+    InProgress {
+        deployment_id: DeploymentId,
+    },
+    Succeeded {
+        deployment_id: DeploymentId,
+    },
+    Failed {
+        deployment_id: DeploymentId,
+        reason: String,
+    },
+    AlreadyRecorded {
+        deployment_id: DeploymentId,
+        phase: Phase,
+    },
+}
+
+/// What one reconciliation pass did, environment by environment.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReconcileReport {
+    pub checked: usize,
+    pub actions: Vec<ReconcileAction>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReconcileAction {
+    pub app: AppName,
+    pub environment: EnvName,
+    pub action: String,
+}
+
+#[derive(Clone)]
+pub struct Tracker {
+    pub core: Core,
+    pub target: Arc<dyn Target>,
+}
+
+impl Tracker {
+    /// A status change of a target rollout. `reported` is the status the event carries when
+    /// it is about the whole rollout; otherwise (a per-host event) the status is read back.
+    #[tracing::instrument(skip_all, fields(target_ref = %target_ref))]
+    pub async fn on_status(
+        &self,
+        target_ref: &TargetRef,
+        reported: Option<RolloutStatus>,
+    ) -> Result<TrackOutcome, ServiceError> {
+        let Some(dep) = self
+            .core
+            .store
+            .find_by_target_ref(target_ref.as_str())
+            .await?
+        else {
+            info!("no deployment started this rollout; ignoring");
+            return Ok(TrackOutcome::Ignored {
+                reason: format!("no deployment started {target_ref}"),
+            });
+        };
+        let status = match reported {
+            Some(s @ (RolloutStatus::Succeeded | RolloutStatus::Failed(_))) => s,
+            _ => self.target.status(target_ref).await?,
+        };
+        self.record(dep, status).await
+    }
+
+    async fn record(
+        &self,
+        mut dep: Deployment,
+        status: RolloutStatus,
+    ) -> Result<TrackOutcome, ServiceError> {
+        let id = dep.id.clone();
+        match status {
+            RolloutStatus::InProgress => Ok(TrackOutcome::InProgress { deployment_id: id }),
+            RolloutStatus::Succeeded => {
+                if !advance(
+                    &self.core,
+                    &mut dep,
+                    Step::RolloutSucceeded,
+                    None,
+                    None,
+                    None,
+                )
+                .await?
+                {
+                    return Ok(TrackOutcome::AlreadyRecorded {
+                        deployment_id: id,
+                        phase: dep.phase,
+                    });
+                }
+                info!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, digest = %dep.digest(), "rollout succeeded");
+                self.core
+                    .events
+                    .publish(&[LifecycleEvent::of(EventType::RolloutSucceeded, &dep)])
+                    .await?;
+                Ok(TrackOutcome::Succeeded { deployment_id: id })
+            }
+            RolloutStatus::Failed(reason) => self.fail(dep, reason).await,
+        }
+    }
+
+    /// A failed rollout quarantines its digest here and hands over to the rollback.
+    async fn fail(
+        &self,
+        mut dep: Deployment,
+        reason: String,
+    ) -> Result<TrackOutcome, ServiceError> {
+        let id = dep.id.clone();
+        let now = self.core.clock.now();
+        let why = reason.clone();
+        let mut quarantine = |state: &mut EnvState, d: &Deployment| state.quarantine(d, &why, now);
+        if !advance(
+            &self.core,
+            &mut dep,
+            Step::RolloutFailed,
+            Some(reason.clone()),
+            Some(&mut quarantine),
+            None,
+        )
+        .await?
+        {
+            return Ok(TrackOutcome::AlreadyRecorded {
+                deployment_id: id,
+                phase: dep.phase,
+            });
+        }
+        warn!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, digest = %dep.digest(), %reason, "rollout failed");
+        self.core
+            .events
+            .publish(&[LifecycleEvent::of(EventType::RolloutFailed, &dep)])
+            .await?;
+        Ok(TrackOutcome::Failed {
+            deployment_id: id,
+            reason,
+        })
+    }
+
+    /// Re-reads every environment: in-flight rollouts are checked against their target and
+    /// timed out, lost hand-offs are repeated, and queued images start on free environments.
+    pub async fn reconcile(&self) -> Result<ReconcileReport, ServiceError> {
+        let config = self.core.config.load().await?;
+        let mut report = ReconcileReport::default();
+        for (app, env, env_config) in config.environments() {
+            report.checked += 1;
+            match self.reconcile_env(app, env, env_config).await {
+                Ok(Some(action)) => {
+                    info!(app = %app, env = %env, %action, "reconciled");
+                    report.actions.push(ReconcileAction {
+                        app: app.clone(),
+                        environment: env.clone(),
+                        action,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    error!(app = %app, env = %env, error = %e, "reconciliation failed");
+                    report.errors.push(format!("{app}/{env}: {e}"));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn reconcile_env(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        env_config: &EnvConfig,
+    ) -> Result<Option<String>, ServiceError> {
+        let mut state = self.core.store.env_state(app, env).await?;
+        let Some(holder) = state.holder().cloned() else {
+            if state.queued.is_some() && state.frozen.is_none() {
+                let started = start_queued(&self.core, self.target.as_ref(), app, env).await?;
+                return Ok(started.map(|r: EnvResult| format!("queued image: {:?}", r.outcome)));
+            }
+            return Ok(None);
+        };
+        let dep = match self.core.store.deployment(app, env, &holder).await {
+            Ok(dep) => dep,
+            Err(StoreError::NotFound(_)) => {
+                // A lease without its record cannot end by itself; free the environment.
+                state.release(&holder);
+                self.core.store.commit(Commit::env(&mut state)).await?;
+                return Ok(Some(format!(
+                    "released a lease held by missing deployment {holder}"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let now = self.core.clock.now();
+        let age = (now - dep.updated_at).try_into().unwrap_or(Duration::ZERO);
+        match dep.phase {
+            Phase::Requested if age > STALE_AFTER => {
+                let mut dep = dep;
+                self.never_started(&mut dep).await?;
+                Ok(Some(format!(
+                    "deployment {} never reached its target",
+                    dep.id
+                )))
+            }
+            Phase::RollingOut => {
+                let Some(target_ref) = dep.target_ref.as_deref().and_then(TargetRef::parse) else {
+                    let mut dep = dep;
+                    self.never_started(&mut dep).await?;
+                    return Ok(Some("rolling out without a target handle".into()));
+                };
+                let status = self.target.status(&target_ref).await?;
+                if status == RolloutStatus::InProgress && age > env_config.rollout_timeout {
+                    if let Err(e) = self.target.cancel(&target_ref).await {
+                        warn!(deployment_id = %dep.id, error = %e, "could not cancel the timed-out rollout");
+                    }
+                    let reason = format!(
+                        "timed out after {} seconds",
+                        env_config.rollout_timeout.as_secs()
+                    );
+                    let outcome = self.fail(dep, reason).await?;
+                    return Ok(Some(format!("{outcome:?}")));
+                }
+                match self.record(dep, status).await? {
+                    TrackOutcome::InProgress { .. } => Ok(None),
+                    outcome => Ok(Some(format!("{outcome:?}"))),
+                }
+            }
+            Phase::RolledOut if age > STALE_AFTER => {
+                self.core
+                    .events
+                    .publish(&[LifecycleEvent::of(EventType::RolloutSucceeded, &dep)])
+                    .await?;
+                Ok(Some(format!("repeated Rollout Succeeded for {}", dep.id)))
+            }
+            Phase::Verifying if age > env_config.smoke.within + STALE_AFTER * 2 => {
+                let mut dep = dep;
+                let reason = format!(
+                    "verification did not finish within {} seconds",
+                    (env_config.smoke.within + STALE_AFTER * 2).as_secs()
+                );
+                let why = reason.clone();
+                let mut quarantine =
+                    |state: &mut EnvState, d: &Deployment| state.quarantine(d, &why, now);
+                if advance(
+                    &self.core,
+                    &mut dep,
+                    Step::VerificationFailed,
+                    Some(reason),
+                    Some(&mut quarantine),
+                    None,
+                )
+                .await?
+                {
+                    self.core
+                        .events
+                        .publish(&[LifecycleEvent::of(EventType::VerificationFailed, &dep)])
+                        .await?;
+                }
+                Ok(Some(format!("failed stuck verification of {}", dep.id)))
+            }
+            Phase::Failed if age > STALE_AFTER => {
+                self.core
+                    .events
+                    .publish(&[LifecycleEvent::of(EventType::RolloutFailed, &dep)])
+                    .await?;
+                Ok(Some(format!("repeated Rollout Failed for {}", dep.id)))
+            }
+            phase if phase.is_final() => {
+                state.release(&holder);
+                self.core.store.commit(Commit::env(&mut state)).await?;
+                Ok(Some(format!(
+                    "released a lease held by finished deployment {holder}"
+                )))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A deployment that holds its environment but never reached the target (its function
+    /// stopped between the two writes) fails, and the environment is handed back.
+    async fn never_started(&self, dep: &mut Deployment) -> Result<(), ServiceError> {
+        fail_unstarted(
+            &self.core,
+            dep,
+            "the rollout never reached its target".into(),
+            None,
+        )
+        .await
+    }
+
+    /// Starts a queued image (used after the environment frees up).
+    pub async fn start_queued(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+    ) -> Result<Option<EnvResult>, ServiceError> {
+        start_queued(&self.core, self.target.as_ref(), app, env).await
+    }
+}

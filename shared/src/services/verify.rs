@@ -1,0 +1,266 @@
+//! Proving a rollout healthy: HTTP smoke checks, run in parallel, each retried with backoff
+//! until the environment's deadline. Passing makes the digest the environment's last
+//! verified image; failing hands the deployment to the rollback.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::rollout::advance;
+use super::{Core, MAX_ATTEMPTS, ServiceError, too_busy};
+use crate::domain::config::{SmokeCheck, SmokeConfig};
+use crate::domain::{
+    AppName, Deployment, DeploymentId, EnvName, EnvState, EventType, LifecycleEvent, Outcome,
+    Phase, Step,
+};
+use crate::ports::{Commit, HttpProbe, StoreError};
+
+/// The longest pause between two attempts of one check.
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum VerifyOutcome {
+    Verified {
+        deployment_id: DeploymentId,
+        checks: Vec<CheckReport>,
+    },
+    Failed {
+        deployment_id: DeploymentId,
+        reason: String,
+        checks: Vec<CheckReport>,
+    },
+    AlreadyHandled {
+        deployment_id: DeploymentId,
+        phase: Phase,
+    },
+}
+
+/// How one smoke check went.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckReport {
+    pub url: String,
+    pub passed: bool,
+    pub attempts: u32,
+    /// The last failure, when it did not pass.
+    pub error: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Verifier {
+    pub core: Core,
+    pub probe: Arc<dyn HttpProbe>,
+}
+
+impl Verifier {
+    #[tracing::instrument(skip_all, fields(app = %app, env = %env, deployment_id = %id))]
+    pub async fn on_rollout_succeeded(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        id: &DeploymentId,
+    ) -> Result<VerifyOutcome, ServiceError> {
+        let mut dep = self
+            .core
+            .store
+            .deployment(app, env, id)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound(what) => ServiceError::NotFound(what),
+                other => other.into(),
+            })?;
+        let config = self.core.config.load().await?;
+        if !advance(
+            &self.core,
+            &mut dep,
+            Step::VerificationStarted,
+            None,
+            None,
+            None,
+        )
+        .await?
+        {
+            return Ok(VerifyOutcome::AlreadyHandled {
+                deployment_id: dep.id,
+                phase: dep.phase,
+            });
+        }
+        self.core
+            .events
+            .publish(&[LifecycleEvent::of(EventType::VerificationStarted, &dep)])
+            .await?;
+        let checks = match config.env(app, env) {
+            Some(env_config) => run_checks(self.probe.as_ref(), &env_config.smoke).await,
+            None => vec![CheckReport {
+                url: String::new(),
+                passed: false,
+                attempts: 0,
+                error: Some(format!("{app}/{env} is no longer configured")),
+            }],
+        };
+        let failures: Vec<String> = checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| format!("{}: {}", c.url, c.error.as_deref().unwrap_or("failed")))
+            .collect();
+        if failures.is_empty() {
+            self.pass(&mut dep).await?;
+            Ok(VerifyOutcome::Verified {
+                deployment_id: dep.id,
+                checks,
+            })
+        } else {
+            let reason = format!("smoke test failed: {}", failures.join("; "));
+            self.fail(&mut dep, &reason).await?;
+            Ok(VerifyOutcome::Failed {
+                deployment_id: dep.id,
+                reason,
+                checks,
+            })
+        }
+    }
+
+    /// The digest becomes the last verified one, the environment is free, and a rollback
+    /// that got here marks the deployment it replaced as rolled back.
+    async fn pass(&self, dep: &mut Deployment) -> Result<(), ServiceError> {
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                *dep = self
+                    .core
+                    .store
+                    .deployment(&dep.app, &dep.environment, &dep.id)
+                    .await?;
+            }
+            let now = self.core.clock.now();
+            if dep
+                .apply(Step::VerificationPassed, now, None)
+                .map_err(|e| ServiceError::Conflict(e.to_string()))?
+                == Outcome::Unchanged
+            {
+                return Ok(());
+            }
+            let mut state = self
+                .core
+                .store
+                .env_state(&dep.app, &dep.environment)
+                .await?;
+            state.record_verified(dep, now);
+            state.release(&dep.id);
+            let mut original = match &dep.rollback_of {
+                Some(id) => Some(
+                    self.core
+                        .store
+                        .deployment(&dep.app, &dep.environment, id)
+                        .await?,
+                ),
+                None => None,
+            };
+            let rolled_back = original.as_mut().is_some_and(|o| {
+                matches!(
+                    o.apply(Step::RollbackSucceeded, now, None),
+                    Ok(Outcome::Changed(_))
+                )
+            });
+            let mut commit = Commit::env(&mut state).with(dep);
+            if rolled_back {
+                commit = commit.with(original.as_mut().expect("checked above"));
+            }
+            match self.core.store.commit(commit).await {
+                Ok(()) => {
+                    info!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, digest = %dep.digest(), "verified");
+                    let mut events = vec![LifecycleEvent::of(EventType::DeploymentVerified, dep)];
+                    if let Some(o) = original.filter(|_| rolled_back) {
+                        events.push(LifecycleEvent::of(EventType::RollbackSucceeded, &o));
+                    }
+                    self.core.events.publish(&events).await?;
+                    return Ok(());
+                }
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(too_busy("recording a verification"))
+    }
+
+    /// A digest that failed its smoke tests is quarantined here and handed to the rollback.
+    async fn fail(&self, dep: &mut Deployment, reason: &str) -> Result<(), ServiceError> {
+        let now = self.core.clock.now();
+        let mut quarantine =
+            |state: &mut EnvState, d: &Deployment| state.quarantine(d, reason, now);
+        if advance(
+            &self.core,
+            dep,
+            Step::VerificationFailed,
+            Some(reason.to_owned()),
+            Some(&mut quarantine),
+            None,
+        )
+        .await?
+        {
+            warn!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, digest = %dep.digest(), %reason, "verification failed");
+            self.core
+                .events
+                .publish(&[LifecycleEvent::of(EventType::VerificationFailed, dep)])
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs every check in parallel until it passes or the deadline passes.
+pub async fn run_checks(probe: &dyn HttpProbe, smoke: &SmokeConfig) -> Vec<CheckReport> {
+    let deadline = Instant::now() + smoke.within;
+    futures::future::join_all(
+        smoke
+            .checks
+            .iter()
+            .map(|check| run_check(probe, check, deadline)),
+    )
+    .await
+}
+
+async fn run_check(probe: &dyn HttpProbe, check: &SmokeCheck, deadline: Instant) -> CheckReport {
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let timeout = check.timeout.min(remaining).max(Duration::from_millis(100));
+        let error = match probe.get(&check.url, timeout).await {
+            Ok(response) if response.status != check.expect_status => {
+                format!(
+                    "status {} (expected {})",
+                    response.status, check.expect_status
+                )
+            }
+            Ok(response) => match &check.body_contains {
+                Some(needle) if !response.body.contains(needle.as_str()) => {
+                    format!("body does not contain {needle:?}")
+                }
+                _ => {
+                    return CheckReport {
+                        url: check.url.clone(),
+                        passed: true,
+                        attempts,
+                        error: None,
+                    };
+                }
+            },
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() + backoff >= deadline {
+            return CheckReport {
+                url: check.url.clone(),
+                passed: false,
+                attempts,
+                error: Some(error),
+            };
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,119 @@
+//! The functions' settings, read from the environment once per cold start. A missing or
+//! empty variable is an error that names it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("environment variable {0} is not set")]
+    Missing(&'static str),
+    #[error("environment variable {name} is invalid: {message}")]
+    Invalid { name: &'static str, message: String },
+}
+
+/// Where the configuration document lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigLocation {
+    /// An SSM parameter (in AWS).
+    Parameter(String),
+    /// A file (local runs).
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `PUSHDEPLOY_TABLE`: the DynamoDB table.
+    pub table: String,
+    /// `PUSHDEPLOY_EVENT_BUS`: the bus lifecycle events go to.
+    pub event_bus: String,
+    /// `PUSHDEPLOY_CONFIG_PARAMETER`, or `PUSHDEPLOY_CONFIG_FILE` for local runs.
+    pub config: ConfigLocation,
+    /// `PUSHDEPLOY_CONFIG_TTL_SECONDS`: how long a container reuses the parameter (default 30).
+    pub config_ttl: Duration,
+    /// `PUSHDEPLOY_SSM_DOCUMENT`: the Command document rollouts run (functions that start
+    /// or track rollouts need it).
+    pub ssm_document: Option<String>,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let value = |name: &'static str| get(name).filter(|v| !v.trim().is_empty());
+        let required = |name: &'static str| value(name).ok_or(SettingsError::Missing(name));
+        let config = match (
+            value("PUSHDEPLOY_CONFIG_FILE"),
+            value("PUSHDEPLOY_CONFIG_PARAMETER"),
+        ) {
+            (Some(file), _) => ConfigLocation::File(file.into()),
+            (None, Some(parameter)) => ConfigLocation::Parameter(parameter),
+            (None, None) => return Err(SettingsError::Missing("PUSHDEPLOY_CONFIG_PARAMETER")),
+        };
+        let config_ttl = match value("PUSHDEPLOY_CONFIG_TTL_SECONDS") {
+            None => Duration::from_secs(30),
+            Some(v) => Duration::from_secs(v.parse().map_err(|_| SettingsError::Invalid {
+                name: "PUSHDEPLOY_CONFIG_TTL_SECONDS",
+                message: format!("{v:?} is not a number of seconds"),
+            })?),
+        };
+        Ok(Self {
+            table: required("PUSHDEPLOY_TABLE")?,
+            event_bus: required("PUSHDEPLOY_EVENT_BUS")?,
+            config,
+            config_ttl,
+            ssm_document: value("PUSHDEPLOY_SSM_DOCUMENT"),
+        })
+    }
+
+    pub fn require_document(&self) -> Result<&str, SettingsError> {
+        self.ssm_document
+            .as_deref()
+            .ok_or(SettingsError::Missing("PUSHDEPLOY_SSM_DOCUMENT"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn a_missing_variable_is_named() {
+        let err = from(&[
+            ("PUSHDEPLOY_EVENT_BUS", "b"),
+            ("PUSHDEPLOY_CONFIG_PARAMETER", "/p"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment variable PUSHDEPLOY_TABLE is not set"
+        );
+    }
+
+    #[test]
+    fn a_config_file_wins_over_the_parameter_for_local_runs() {
+        let s = from(&[
+            ("PUSHDEPLOY_TABLE", "t"),
+            ("PUSHDEPLOY_EVENT_BUS", "b"),
+            ("PUSHDEPLOY_CONFIG_PARAMETER", "/p"),
+            ("PUSHDEPLOY_CONFIG_FILE", "/tmp/c.yaml"),
+        ])
+        .unwrap();
+        assert_eq!(s.config, ConfigLocation::File("/tmp/c.yaml".into()));
+        assert_eq!(
+            s.require_document(),
+            Err(SettingsError::Missing("PUSHDEPLOY_SSM_DOCUMENT"))
+        );
+    }
+}
