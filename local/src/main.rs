@@ -1,0 +1,5 @@
+//! `pushdeploy-local`: runs pushdeploy locally.
+
+fn main() -> anyhow::Result<()> {
+    anyhow::bail!("not built yet")
+}

@@ -1,0 +1,141 @@
+//! The local AWS control plane: a moto server on a free loopback port, stopped when dropped.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+
+/// The region every local run uses.
+pub const REGION: &str = "us-east-1";
+/// The account id moto reports.
+pub const ACCOUNT: &str = "123456789012";
+
+pub struct Moto {
+    child: Child,
+    port: u16,
+}
+
+/// The repository root (where `Cargo.toml` of the workspace is).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("local/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// A program from the project's Python virtualenv (`make` creates it), else from `PATH`.
+pub fn venv_tool(name: &str) -> PathBuf {
+    let venv = std::env::var_os("PUSHDEPLOY_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv"));
+    let candidate = venv.join("bin").join(name);
+    if candidate.exists() {
+        candidate
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Moto {
+    /// Starts a fresh server and waits until it answers. Its output goes to `log`.
+    pub fn start(log: &Path) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let program = venv_tool("moto_server");
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(&program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (run `make setup` to install moto into .venv)",
+                    program.display()
+                )
+            })?;
+        let mut moto = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !moto.answers() {
+            if let Some(status) = moto.child.try_wait()? {
+                bail!("moto server exited with {status}; see {}", log.display());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "moto server did not answer on port {port} within 30 s; see {}",
+                    log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(moto)
+    }
+
+    fn answers(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let request = format!(
+            "GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1:{}\r\n\r\n",
+            self.port
+        );
+        if stream.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).is_ok()
+            && head.starts_with(b"HTTP/1.")
+            && &head[9..12] == b"200"
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// An SDK configuration that talks to this server, with retries off: moto answers
+    /// operations it does not implement with 500, which must not be retried.
+    pub async fn sdk_config(&self) -> SdkConfig {
+        aws_config::defaults(BehaviorVersion::latest())
+            .endpoint_url(self.endpoint())
+            .region(Region::new(REGION))
+            .credentials_provider(Credentials::new("test", "test", None, None, "moto"))
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
+            .load()
+            .await
+    }
+
+    /// The environment a process (a function, the AWS CLI) needs to reach this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_REGION", REGION.to_owned()),
+            ("AWS_DEFAULT_REGION", REGION.to_owned()),
+            ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+            ("AWS_MAX_ATTEMPTS", "1".to_owned()),
+        ]
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
