@@ -321,12 +321,11 @@ pub fn to_json(value: &Yaml, resolve: &dyn Fn(&str) -> Option<String>) -> anyhow
             )
         }
         Yaml::Mapping(map) => {
-            if map.len() == 1 {
-                if let Some((Yaml::String(key), inner)) = map.iter().next() {
-                    if key == "Ref" || key.starts_with("Fn::") {
-                        return intrinsic(key.trim_start_matches("Fn::"), inner, resolve, &lookup);
-                    }
-                }
+            if map.len() == 1
+                && let Some((Yaml::String(key), inner)) = map.iter().next()
+                && (key == "Ref" || key.starts_with("Fn::"))
+            {
+                return intrinsic(key.trim_start_matches("Fn::"), inner, resolve, &lookup);
             }
             let mut out = Map::new();
             for (k, v) in map {
