@@ -139,10 +139,10 @@ impl StateStore for MemoryStore {
                 return Err(StoreError::Conflict(format!("deployment {}", d.id)));
             }
         }
-        if let Some(claim) = &commit.claim_event {
-            if inner.claims.contains(claim) {
-                return Err(StoreError::Duplicate(claim.clone()));
-            }
+        if let Some(claim) = &commit.claim_event
+            && inner.claims.contains(claim)
+        {
+            return Err(StoreError::Duplicate(claim.clone()));
         }
         if let Some(env) = commit.env {
             env.version += 1;
@@ -153,10 +153,10 @@ impl StateStore for MemoryStore {
         for d in commit.deployments {
             d.version += 1;
             let key = (d.app.clone(), d.environment.clone(), d.id.clone());
-            if commit.link_target_refs {
-                if let Some(r) = &d.target_ref {
-                    inner.target_refs.insert(r.clone(), key.clone());
-                }
+            if commit.link_target_refs
+                && let Some(r) = &d.target_ref
+            {
+                inner.target_refs.insert(r.clone(), key.clone());
             }
             inner.deployments.insert(key, d.clone());
         }
@@ -171,11 +171,18 @@ impl StateStore for MemoryStore {
     }
 }
 
+/// Tags by (repository, tag), and the (repository, digest) pairs that exist.
+#[derive(Default)]
+struct RegistryInner {
+    tags: HashMap<(String, String), Digest>,
+    images: HashSet<(String, Digest)>,
+}
+
 /// A registry in memory: tags point at digests; digests may be deleted.
 #[derive(Clone)]
 pub struct FakeRegistry {
     pub registry: Registry,
-    inner: Arc<Mutex<(HashMap<(String, String), Digest>, HashSet<(String, Digest)>)>>,
+    inner: Arc<Mutex<RegistryInner>>,
     lookups: Arc<Mutex<usize>>,
 }
 
@@ -192,16 +199,18 @@ impl FakeRegistry {
         let mut inner = self.inner.lock().unwrap();
         if let Some(tag) = tag {
             inner
-                .0
+                .tags
                 .insert((repository.to_owned(), tag.to_owned()), digest.clone());
         }
-        inner.1.insert((repository.to_owned(), digest.clone()));
+        inner.images.insert((repository.to_owned(), digest.clone()));
     }
 
     pub fn delete(&self, repository: &str, digest: &Digest) {
         let mut inner = self.inner.lock().unwrap();
-        inner.1.remove(&(repository.to_owned(), digest.clone()));
-        inner.0.retain(|_, d| d != digest);
+        inner
+            .images
+            .remove(&(repository.to_owned(), digest.clone()));
+        inner.tags.retain(|_, d| d != digest);
     }
 
     pub fn lookups(&self) -> usize {
@@ -211,7 +220,7 @@ impl FakeRegistry {
     fn resolved(&self, repository: &Repository, digest: &Digest) -> ResolvedImage {
         let inner = self.inner.lock().unwrap();
         let tags = inner
-            .0
+            .tags
             .iter()
             .filter(|((r, _), d)| r == repository.as_str() && *d == digest)
             .map(|((_, t), _)| Tag::parse(t).unwrap())
@@ -240,7 +249,7 @@ impl ImageRegistry for FakeRegistry {
             .inner
             .lock()
             .unwrap()
-            .0
+            .tags
             .get(&(repository.to_string(), tag.to_string()))
             .cloned();
         match digest {
@@ -261,7 +270,7 @@ impl ImageRegistry for FakeRegistry {
             .inner
             .lock()
             .unwrap()
-            .1
+            .images
             .contains(&(repository.to_string(), digest.clone()));
         if exists {
             Ok(self.resolved(repository, digest))
@@ -438,10 +447,12 @@ impl Clock for ManualClock {
     }
 }
 
+type Answers = HashMap<String, VecDeque<Result<ProbeResponse, ProbeError>>>;
+
 /// An HTTP endpoint per URL that answers from a script, repeating the last answer.
 #[derive(Default, Clone)]
 pub struct ScriptedProbe {
-    answers: Arc<Mutex<HashMap<String, VecDeque<Result<ProbeResponse, ProbeError>>>>>,
+    answers: Arc<Mutex<Answers>>,
     calls: Arc<Mutex<Vec<String>>>,
 }
 

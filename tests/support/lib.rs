@@ -1,1 +1,388 @@
-//! Support for the integration tests.
+//! Support for the integration tests: a moto server provisioned from `template.yaml`, the
+//! real AWS adapters pointed at it, a smoke-check endpoint the test controls, and helpers
+//! that play the parts of ECR and SSM (which emit no events under moto).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, KeySchemaElement, KeyType, ScalarAttributeType,
+};
+use pushdeploy::adapters::dynamodb::DynamoStore;
+use pushdeploy::adapters::ecr::EcrRegistry;
+use pushdeploy::adapters::eventbridge::EventBridgePublisher;
+use pushdeploy::adapters::http_probe::ReqwestProbe;
+use pushdeploy::adapters::ssm::SsmRunCommand;
+use pushdeploy::adapters::ssm_config::ParameterConfig;
+use pushdeploy::domain::{AppName, Digest, EnvName, LifecycleEvent};
+use pushdeploy::ports::{Clock, EventPublisher, PublishError, SystemClock};
+use pushdeploy::services::{Control, Core, Deployer, Rollback, Tracker, Verifier};
+use pushdeploy_local::moto::Moto;
+use pushdeploy_local::template::Template;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const TABLE: &str = "pushdeploy-test";
+pub const BUS: &str = "pushdeploy-test";
+pub const DOCUMENT: &str = "pushdeploy-deploy";
+pub const PARAMETER: &str = "/pushdeploy/config";
+pub const REPOSITORY: &str = "acme/web";
+
+/// A moto server with pushdeploy's resources, and every function's use case wired to it
+/// with the real adapters.
+pub struct World {
+    _moto: Moto,
+    _dir: TempDir,
+    pub sdk: SdkConfig,
+    pub deployer: Deployer,
+    pub tracker: Tracker,
+    pub verifier: Verifier,
+    pub rollback: Rollback,
+    pub control: Control,
+    /// Every lifecycle event published, in order (they also went to moto's bus).
+    pub published: Recorder,
+    pub endpoint: SmokeEndpoint,
+    pushes: Mutex<u32>,
+}
+
+impl World {
+    /// Starts moto and provisions the table (keys from `template.yaml`), the bus, the
+    /// repository, the SSM document (content from `template.yaml`) and the configuration.
+    pub async fn start(config_yaml: &str) -> anyhow::Result<Self> {
+        let dir = TempDir::new("pushdeploy-it")?;
+        let moto = Moto::start(&dir.0.join("moto.log"))?;
+        let sdk = moto.sdk_config().await;
+        provision(&sdk).await?;
+        let endpoint = SmokeEndpoint::start().await?;
+        let world_config = config_yaml.replace("{smoke}", &endpoint.url());
+        put_config(&sdk, &world_config).await?;
+        let published = Recorder::new(EventBridgePublisher::new(
+            aws_sdk_eventbridge::Client::new(&sdk),
+            BUS,
+        ));
+        let core = Core {
+            store: Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), TABLE)),
+            events: Arc::new(published.clone()),
+            config: Arc::new(ParameterConfig::new(
+                aws_sdk_ssm::Client::new(&sdk),
+                PARAMETER,
+                Duration::ZERO,
+            )),
+            clock: Arc::new(SystemClock),
+        };
+        let target = Arc::new(SsmRunCommand::new(aws_sdk_ssm::Client::new(&sdk), DOCUMENT));
+        let registry = Arc::new(EcrRegistry::new(aws_sdk_ecr::Client::new(&sdk)));
+        Ok(Self {
+            deployer: Deployer {
+                core: core.clone(),
+                registry: registry.clone(),
+                target: target.clone(),
+            },
+            tracker: Tracker {
+                core: core.clone(),
+                target: target.clone(),
+            },
+            verifier: Verifier {
+                core: core.clone(),
+                probe: Arc::new(ReqwestProbe::new()?),
+            },
+            rollback: Rollback {
+                core: core.clone(),
+                registry,
+                target,
+            },
+            control: Control { core },
+            published,
+            endpoint,
+            sdk,
+            _moto: moto,
+            _dir: dir,
+            pushes: Mutex::new(0),
+        })
+    }
+
+    /// Records an image in ECR (moto) under `digest` with `tag`, and returns the
+    /// `ECR Image Action` event AWS would send for the push.
+    pub async fn push(&self, tag: &str, digest: &Digest) -> anyhow::Result<Value> {
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": { "mediaType": "application/vnd.docker.container.image.v1+json", "size": 2, "digest": digest.as_str() },
+            "layers": [ { "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 2, "digest": digest.as_str() } ]
+        });
+        aws_sdk_ecr::Client::new(&self.sdk)
+            .put_image()
+            .repository_name(REPOSITORY)
+            .image_manifest(manifest.to_string())
+            .image_digest(digest.as_str())
+            .image_tag(tag)
+            .send()
+            .await
+            .context("PutImage")?;
+        let n = {
+            let mut pushes = self.pushes.lock().unwrap();
+            *pushes += 1;
+            *pushes
+        };
+        let time = SystemClock.now() + time::Duration::seconds(n as i64);
+        Ok(json!({
+            "version": "0",
+            "id": format!("push-{n}-{tag}"),
+            "detail-type": "ECR Image Action",
+            "source": "aws.ecr",
+            "account": pushdeploy_local::moto::ACCOUNT,
+            "time": time.format(&time::format_description::well_known::Rfc3339)?,
+            "region": pushdeploy_local::moto::REGION,
+            "resources": [],
+            "detail": {
+                "result": "SUCCESS",
+                "repository-name": REPOSITORY,
+                "image-digest": digest.as_str(),
+                "action-type": "PUSH",
+                "image-tag": tag
+            }
+        }))
+    }
+
+    /// The SSM commands sent so far, oldest first: (command id, Image parameter).
+    pub async fn commands(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let out = aws_sdk_ssm::Client::new(&self.sdk)
+            .list_commands()
+            .send()
+            .await?;
+        let mut commands: Vec<_> = out
+            .commands()
+            .iter()
+            .map(|c| {
+                let image = c
+                    .parameters()
+                    .and_then(|p| p.get("Image"))
+                    .and_then(|v| v.first())
+                    .cloned();
+                (
+                    c.requested_date_time()
+                        .map(|t| t.as_nanos())
+                        .unwrap_or_default(),
+                    c.command_id().unwrap_or_default().to_owned(),
+                    image.unwrap_or_default(),
+                )
+            })
+            .collect();
+        commands.sort();
+        Ok(commands
+            .into_iter()
+            .map(|(_, id, image)| (id, image))
+            .collect())
+    }
+
+    /// Every item of the state table, to show that a refused request wrote nothing.
+    pub async fn table_snapshot(&self) -> anyhow::Result<Vec<String>> {
+        let out = aws_sdk_dynamodb::Client::new(&self.sdk)
+            .scan()
+            .table_name(TABLE)
+            .send()
+            .await?;
+        let mut items: Vec<String> = out
+            .items()
+            .iter()
+            .map(|item| format!("{:?}", item.iter().collect::<BTreeMap<_, _>>()))
+            .collect();
+        items.sort();
+        Ok(items)
+    }
+
+    pub async fn put_config(&self, yaml: &str) -> anyhow::Result<()> {
+        put_config(&self.sdk, &yaml.replace("{smoke}", &self.endpoint.url())).await
+    }
+}
+
+pub fn names(app: &str, env: &str) -> (AppName, EnvName) {
+    (AppName::parse(app).unwrap(), EnvName::parse(env).unwrap())
+}
+
+/// A digest made of one repeated hex character, for readable tests.
+pub fn digest(c: char) -> Digest {
+    Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
+}
+
+async fn provision(sdk: &SdkConfig) -> anyhow::Result<()> {
+    let template = Template::load_default()?;
+    let table = template.table("StateTable")?;
+    let mut create = aws_sdk_dynamodb::Client::new(sdk)
+        .create_table()
+        .table_name(TABLE)
+        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest);
+    for (name, kind) in [
+        (Some(table.hash_key.clone()), KeyType::Hash),
+        (table.range_key.clone(), KeyType::Range),
+    ] {
+        let Some(name) = name else { continue };
+        create = create
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(&name)
+                    .key_type(kind)
+                    .build()?,
+            )
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(&name)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()?,
+            );
+    }
+    create.send().await.context("CreateTable")?;
+    aws_sdk_eventbridge::Client::new(sdk)
+        .create_event_bus()
+        .name(BUS)
+        .send()
+        .await
+        .context("CreateEventBus")?;
+    aws_sdk_ecr::Client::new(sdk)
+        .create_repository()
+        .repository_name(REPOSITORY)
+        .send()
+        .await
+        .context("CreateRepository")?;
+    let document = template.document()?;
+    aws_sdk_ssm::Client::new(sdk)
+        .create_document()
+        .name(DOCUMENT)
+        .document_type(aws_sdk_ssm::types::DocumentType::Command)
+        .document_format(aws_sdk_ssm::types::DocumentFormat::Json)
+        .content(document.content.to_string())
+        .send()
+        .await
+        .context("CreateDocument")?;
+    Ok(())
+}
+
+async fn put_config(sdk: &SdkConfig, yaml: &str) -> anyhow::Result<()> {
+    aws_sdk_ssm::Client::new(sdk)
+        .put_parameter()
+        .name(PARAMETER)
+        .value(yaml)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .overwrite(true)
+        .send()
+        .await
+        .context("PutParameter")?;
+    Ok(())
+}
+
+/// Publishes to moto's bus for real, and remembers what was published so a test can hand
+/// each event to the next function, as the template's rules would.
+#[derive(Clone)]
+pub struct Recorder {
+    inner: Arc<EventBridgePublisher>,
+    events: Arc<Mutex<Vec<LifecycleEvent>>>,
+}
+
+impl Recorder {
+    fn new(inner: EventBridgePublisher) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            events: Arc::default(),
+        }
+    }
+
+    pub fn all(&self) -> Vec<LifecycleEvent> {
+        self.events.lock().unwrap().clone()
+    }
+
+    pub fn types(&self) -> Vec<&'static str> {
+        self.all().iter().map(|e| e.detail_type.as_str()).collect()
+    }
+
+    /// The most recent event of this detail-type.
+    pub fn last(&self, detail_type: &str) -> LifecycleEvent {
+        self.all()
+            .into_iter()
+            .rev()
+            .find(|e| e.detail_type.as_str() == detail_type)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {detail_type:?} event was published; got {:?}",
+                    self.types()
+                )
+            })
+    }
+}
+
+#[async_trait]
+impl EventPublisher for Recorder {
+    async fn publish(&self, events: &[LifecycleEvent]) -> Result<(), PublishError> {
+        self.inner.publish(events).await?;
+        self.events.lock().unwrap().extend_from_slice(events);
+        Ok(())
+    }
+}
+
+/// The service a smoke check probes: answers every request with what the test set.
+pub struct SmokeEndpoint {
+    port: u16,
+    answer: Arc<Mutex<(u16, String)>>,
+}
+
+impl SmokeEndpoint {
+    async fn start() -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let answer = Arc::new(Mutex::new((200, "ok".to_owned())));
+        let shared = answer.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (status, body) = shared.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 2048];
+                    let _ = socket.read(&mut buf).await;
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        Ok(Self { port, answer })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/health", self.port)
+    }
+
+    /// What every following request gets.
+    pub fn answer(&self, status: u16, body: &str) {
+        *self.answer.lock().unwrap() = (status, body.to_owned());
+    }
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> anyhow::Result<Self> {
+        let path =
+            std::env::temp_dir().join(format!("{prefix}-{}-{}", std::process::id(), ulid_like()));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn ulid_like() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}

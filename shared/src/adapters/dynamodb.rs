@@ -276,25 +276,25 @@ impl StateStore for DynamoStore {
                     .build(),
             );
             what.push(format!("deployment {}", dep.id));
-            if commit.link_target_refs {
-                if let Some(target_ref) = &dep.target_ref {
-                    let item = Item::from([
-                        ("pk".into(), s(format!("REF#{target_ref}"))),
-                        ("sk".into(), s("REF")),
-                        ("app".into(), s(dep.app.as_str())),
-                        ("environment".into(), s(dep.environment.as_str())),
-                        ("deployment_id".into(), s(dep.id.as_str())),
-                    ]);
-                    let put = Put::builder()
-                        .table_name(&self.table)
-                        .set_item(Some(item))
-                        .build()
-                        .map_err(|e| {
-                            StoreError::Invalid(format!("cannot build put: {e}"), Box::new(e))
-                        })?;
-                    writes.push(TransactWriteItem::builder().put(put).build());
-                    what.push(format!("handle {target_ref}"));
-                }
+            if commit.link_target_refs
+                && let Some(target_ref) = &dep.target_ref
+            {
+                let item = Item::from([
+                    ("pk".into(), s(format!("REF#{target_ref}"))),
+                    ("sk".into(), s("REF")),
+                    ("app".into(), s(dep.app.as_str())),
+                    ("environment".into(), s(dep.environment.as_str())),
+                    ("deployment_id".into(), s(dep.id.as_str())),
+                ]);
+                let put = Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .build()
+                    .map_err(|e| {
+                        StoreError::Invalid(format!("cannot build put: {e}"), Box::new(e))
+                    })?;
+                writes.push(TransactWriteItem::builder().put(put).build());
+                what.push(format!("handle {target_ref}"));
             }
         }
         let claim_index = commit.claim_event.as_ref().map(|claim| {
@@ -376,10 +376,10 @@ fn transaction_error(
                     .filter(|(_, r)| r.code() == Some("ConditionalCheckFailed"))
                     .map(|(i, _)| i)
                     .collect();
-                if let (Some(i), Some(claim)) = (claim_index, claim) {
-                    if failed.contains(&i) {
-                        return StoreError::Duplicate(claim.to_owned());
-                    }
+                if let (Some(i), Some(claim)) = (claim_index, claim)
+                    && failed.contains(&i)
+                {
+                    return StoreError::Duplicate(claim.to_owned());
                 }
                 if !failed.is_empty() {
                     let names: Vec<&str> = failed

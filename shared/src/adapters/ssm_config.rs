@@ -36,10 +36,10 @@ impl ParameterConfig {
 impl ConfigSource for ParameterConfig {
     async fn load(&self) -> Result<Arc<Config>, ConfigLoadError> {
         let mut cached = self.cached.lock().await;
-        if let Some((at, config)) = cached.as_ref() {
-            if at.elapsed() < self.ttl {
-                return Ok(config.clone());
-            }
+        if let Some((at, config)) = cached.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return Ok(config.clone());
         }
         let out = self
             .client
@@ -70,13 +70,13 @@ impl ParameterConfig {
         &self,
         error: SdkError<GetParameterError, aws_smithy_runtime_api::http::Response>,
     ) -> ConfigLoadError {
-        if let SdkError::ServiceError(context) = &error {
-            if let GetParameterError::ParameterNotFound(_) = context.err() {
-                return ConfigLoadError::NotFound(format!(
-                    "SSM parameter {} does not exist; put the configuration YAML there",
-                    self.name
-                ));
-            }
+        if let SdkError::ServiceError(context) = &error
+            && let GetParameterError::ParameterNotFound(_) = context.err()
+        {
+            return ConfigLoadError::NotFound(format!(
+                "SSM parameter {} does not exist; put the configuration YAML there",
+                self.name
+            ));
         }
         let retryable = classify(&error) != ErrorClass::Permanent;
         ConfigLoadError::Unavailable {

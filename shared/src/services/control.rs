@@ -102,10 +102,10 @@ impl Control {
         let config = self.core.config.load().await?;
         if let Some(app) = app {
             let app_config = config.app(app).ok_or_else(|| unknown_app(&config, app))?;
-            if let Some(env) = env {
-                if !app_config.environments.contains_key(env) {
-                    return Err(unknown_env(&config, app, env));
-                }
+            if let Some(env) = env
+                && !app_config.environments.contains_key(env)
+            {
+                return Err(unknown_env(&config, app, env));
             }
         } else if env.is_some() {
             return Err(ServiceError::Invalid(
