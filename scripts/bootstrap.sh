@@ -32,6 +32,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The test runner; machines usually have it, a bare toolchain does not.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "bootstrap: installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+
 stamp="$venv/.pushdeploy-stamp"
 wanted=$(printf '%s\n' "${python_packages[@]}")
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then

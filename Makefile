@@ -1,0 +1,51 @@
+# The two commands of the README: `make demo` and `make test`. Both install what they need
+# first (scripts/bootstrap.sh: Debian packages and a Python venv in .venv).
+
+SHELL := /bin/bash
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+export SAM_CLI_TELEMETRY := 0
+export CARGO_TERM_COLOR ?= auto
+
+.PHONY: demo test setup build lint unit sam-build bench up clean
+
+## Installs Debian packages and the Python tools (moto, cargo-lambda, SAM CLI, cfn-lint).
+setup:
+	@scripts/bootstrap.sh
+
+## Runs the local stack and shows a rollout, a failed smoke test and the rollback.
+demo: setup
+	cargo build --workspace --bins
+	target/debug/pushdeploy-local demo
+
+## Keeps a local stack running for trying things by hand.
+up: setup
+	cargo build --workspace --bins
+	target/debug/pushdeploy-local up
+
+## The whole test suite: formatting, lints, every test tier, the template checks, and
+## a `sam build` of every function.
+test: setup lint
+	cargo build --workspace --all-targets
+	cargo nextest run --workspace --no-fail-fast
+	scripts/sam-build.sh
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	shellcheck scripts/*.sh .ci/run
+
+## Only the fast tiers (domain, adapters, handlers): no emulator, no containers.
+unit:
+	cargo nextest run --workspace --lib --bins
+
+sam-build: setup
+	scripts/sam-build.sh
+
+## Measures the performance budget of the release binaries (see README).
+bench: setup
+	cargo build --release -p deployer -p tracker -p verifier -p rollback -p control
+	cargo run -q -p pushdeploy-tests --bin budget
+
+clean:
+	cargo clean
+	rm -rf .aws-sam
