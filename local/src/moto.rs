@@ -53,8 +53,12 @@ impl Moto {
         let program = venv_tool("moto_server");
         let out =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        // Recording stays off unless started through the API (see `Moto::record`); when on,
+        // it goes beside the log instead of into the working directory.
+        let recording = log.with_extension("recording.jsonl");
         let child = Command::new(&program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("MOTO_RECORDER_FILEPATH", &recording)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
