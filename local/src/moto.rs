@@ -87,21 +87,49 @@ impl Moto {
     }
 
     fn answers(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        self.api("GET", "/moto-api/")
+            .is_ok_and(|(status, _)| status == 200)
+    }
+
+    /// A plain HTTP/1.0 request to moto's own API: (status, body).
+    fn api(&self, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let request = format!(
-            "GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1:{}\r\n\r\n",
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\n\r\n",
             self.port
         );
-        if stream.write_all(request.as_bytes()).is_err() {
-            return false;
-        }
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).is_ok()
-            && head.starts_with(b"HTTP/1.")
-            && &head[9..12] == b"200"
+        stream.write_all(request.as_bytes())?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// Runs `during` with moto recording every AWS request, and returns the requests: each
+    /// a JSON object with `method`, `url` and `headers` (`X-Amz-Target` names the operation
+    /// of JSON-protocol services).
+    pub fn record<T>(
+        &self,
+        during: impl FnOnce() -> T,
+    ) -> anyhow::Result<(T, Vec<serde_json::Value>)> {
+        self.api("POST", "/moto-api/recorder/reset-recording")?;
+        self.api("POST", "/moto-api/recorder/start-recording")?;
+        let out = during();
+        self.api("POST", "/moto-api/recorder/stop-recording")?;
+        let (_, body) = self.api("GET", "/moto-api/recorder/download-recording")?;
+        let requests = body
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        Ok((out, requests))
     }
 
     pub fn endpoint(&self) -> String {
