@@ -115,15 +115,24 @@ impl World {
             "config": { "mediaType": "application/vnd.docker.container.image.v1+json", "size": 2, "digest": digest.as_str() },
             "layers": [ { "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 2, "digest": digest.as_str() } ]
         });
-        aws_sdk_ecr::Client::new(&self.sdk)
+        let put = aws_sdk_ecr::Client::new(&self.sdk)
             .put_image()
             .repository_name(REPOSITORY)
             .image_manifest(manifest.to_string())
             .image_digest(digest.as_str())
             .image_tag(tag)
             .send()
-            .await
-            .context("PutImage")?;
+            .await;
+        // Pushing the same image with the same tag again is a no-op in a registry; ECR
+        // answers ImageAlreadyExists and still emits the push event.
+        if let Err(e) = put {
+            let exists = e
+                .as_service_error()
+                .is_some_and(|e| e.is_image_already_exists_exception());
+            if !exists {
+                return Err(anyhow::Error::new(e).context("PutImage"));
+            }
+        }
         let n = {
             let mut pushes = self.pushes.lock().unwrap();
             *pushes += 1;
@@ -210,7 +219,8 @@ pub fn digest(c: char) -> Digest {
     Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
 }
 
-async fn provision(sdk: &SdkConfig) -> anyhow::Result<()> {
+/// Creates in moto the resources the functions use, shaped as `template.yaml` defines them.
+pub async fn provision(sdk: &SdkConfig) -> anyhow::Result<()> {
     let template = Template::load_default()?;
     let table = template.table("StateTable")?;
     let mut create = aws_sdk_dynamodb::Client::new(sdk)
@@ -262,7 +272,8 @@ async fn provision(sdk: &SdkConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn put_config(sdk: &SdkConfig, yaml: &str) -> anyhow::Result<()> {
+/// Puts the configuration document into the SSM parameter the functions read.
+pub async fn put_config(sdk: &SdkConfig, yaml: &str) -> anyhow::Result<()> {
     aws_sdk_ssm::Client::new(sdk)
         .put_parameter()
         .name(PARAMETER)
