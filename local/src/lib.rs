@@ -2,5 +2,18 @@
 //! their real binaries, event routing read from `template.yaml`, a local OCI registry
 //! and a real container host.
 
+pub mod app;
+pub mod demo;
+pub mod document;
+pub mod host;
+pub mod images;
+pub mod lambdas;
 pub mod moto;
+pub mod podman;
+pub mod registry;
+pub mod router;
+pub mod run;
+pub mod signals;
+pub mod stack;
 pub mod template;
+pub mod timeline;

@@ -16,7 +16,8 @@ pub const REGION: &str = "us-east-1";
 pub const ACCOUNT: &str = "123456789012";
 
 pub struct Moto {
-    child: Child,
+    /// The server process, when this value owns it (a local stack's run owns its own).
+    child: Option<Child>,
     port: u16,
 }
 
@@ -69,10 +70,19 @@ impl Moto {
                     program.display()
                 )
             })?;
-        let mut moto = Self { child, port };
+        let mut moto = Self {
+            child: Some(child),
+            port,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !moto.answers() {
-            if let Some(status) = moto.child.try_wait()? {
+            if let Some(status) = moto
+                .child
+                .as_mut()
+                .map(Child::try_wait)
+                .transpose()?
+                .flatten()
+            {
                 bail!("moto server exited with {status}; see {}", log.display());
             }
             if Instant::now() > deadline {
@@ -84,6 +94,49 @@ impl Moto {
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(moto)
+    }
+
+    /// Starts a server for a local stack's run, with the SSM agent's reply channel that
+    /// real hosts need (see `local/moto/moto_with_hosts.py`): commands start Pending and end
+    /// as the host reports them, instead of moto's immediate Success. The run owns the
+    /// process and stops it.
+    pub async fn start_for_hosts(run: &crate::run::Run) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let python = venv_tool("python3");
+        let script = workspace_root().join("local/moto/moto_with_hosts.py");
+        let mut command = Command::new(&python);
+        command
+            .arg(&script)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        run.spawn("moto", command).with_context(|| {
+            format!(
+                "starting moto with {} (run `make setup` to install moto into .venv)",
+                python.display()
+            )
+        })?;
+        let moto = Self { child: None, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !moto.answers() {
+            if let Some(status) = run.exited("moto") {
+                bail!(
+                    "moto server exited with {status}; see {}",
+                    run.log("moto").display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "moto server did not answer on port {port} within 30 s; see {}",
+                    run.log("moto").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(moto)
+    }
+
+    /// Where the local host agent reports Run Command invocations (see `start_for_hosts`).
+    pub fn host_reply_url(&self) -> String {
+        format!("{}/_pushdeploy_local/ssm/invocation", self.endpoint())
     }
 
     fn answers(&self) -> bool {
@@ -167,7 +220,9 @@ impl Moto {
 
 impl Drop for Moto {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

@@ -207,45 +207,82 @@ impl Template {
                 .ok_or_else(|| anyhow!("{id} has no Content"))?,
             &|_| None,
         )?;
-        let mut parameters = Vec::new();
-        for (name, p) in content
-            .get("parameters")
-            .and_then(Json::as_object)
+        // Content may also be given as the document's JSON or YAML text.
+        let content = match content {
+            Json::String(text) => to_json(
+                &serde_norway::from_str::<Yaml>(&text)
+                    .with_context(|| format!("parsing the Content of {id}"))?,
+                &|_| None,
+            )?,
+            other => other,
+        };
+        Document::from_content(id, content)
+    }
+
+    /// The defaults of the template's `Parameters`, as strings.
+    pub fn parameter_defaults(&self) -> BTreeMap<String, String> {
+        self.root
+            .get("Parameters")
+            .and_then(Yaml::as_mapping)
             .into_iter()
             .flatten()
-        {
-            parameters.push(DocumentParameter {
-                name: name.clone(),
-                allowed_pattern: p
-                    .get("allowedPattern")
-                    .and_then(Json::as_str)
-                    .map(str::to_owned),
-                default: p.get("default").and_then(Json::as_str).map(str::to_owned),
-            });
+            .filter_map(|(name, p)| {
+                let default = match p.get("Default")? {
+                    Yaml::String(s) => s.clone(),
+                    Yaml::Number(n) => n.to_string(),
+                    Yaml::Bool(b) => b.to_string(),
+                    _ => return None,
+                };
+                Some((name.as_str()?.to_owned(), default))
+            })
+            .collect()
+    }
+
+    /// A property of a serverless function, or else of `Globals.Function`.
+    pub fn function_property(&self, logical_id: &str, key: &str) -> Option<&Yaml> {
+        self.resource(logical_id)
+            .and_then(|(_, props)| props.get(key))
+            .or_else(|| self.at(&["Globals", "Function", key]))
+    }
+
+    /// A function's environment variables: `Globals.Function` first, then its own, each
+    /// resolved through `resolve`. Variables that cannot be resolved locally are returned
+    /// apart, with the reason.
+    pub fn function_environment(
+        &self,
+        logical_id: &str,
+        resolve: &dyn Fn(&str) -> Option<String>,
+    ) -> (BTreeMap<String, String>, Vec<String>) {
+        let own = self
+            .resource(logical_id)
+            .and_then(|(_, props)| props.get("Environment"));
+        let global = self.at(&["Globals", "Function", "Environment"]);
+        let mut vars = BTreeMap::new();
+        let mut unresolved = Vec::new();
+        for environment in [global, own].into_iter().flatten() {
+            for (name, value) in environment
+                .get("Variables")
+                .and_then(Yaml::as_mapping)
+                .into_iter()
+                .flatten()
+            {
+                let Some(name) = name.as_str() else { continue };
+                match to_json(value, resolve) {
+                    Ok(Json::String(s)) => {
+                        vars.insert(name.to_owned(), s);
+                    }
+                    Ok(Json::Number(n)) => {
+                        vars.insert(name.to_owned(), n.to_string());
+                    }
+                    Ok(Json::Bool(b)) => {
+                        vars.insert(name.to_owned(), b.to_string());
+                    }
+                    Ok(other) => unresolved.push(format!("{name}: not a scalar ({other})")),
+                    Err(e) => unresolved.push(format!("{name}: {e}")),
+                }
+            }
         }
-        let steps = content
-            .get("mainSteps")
-            .and_then(Json::as_array)
-            .ok_or_else(|| anyhow!("{id} has no mainSteps"))?;
-        let step = steps
-            .iter()
-            .find(|s| s.get("action").and_then(Json::as_str) == Some("aws:runShellScript"))
-            .ok_or_else(|| anyhow!("{id} has no aws:runShellScript step"))?;
-        let lines = step
-            .pointer("/inputs/runCommand")
-            .and_then(Json::as_array)
-            .ok_or_else(|| anyhow!("{id}: the aws:runShellScript step has no runCommand list"))?;
-        let script = lines
-            .iter()
-            .filter_map(Json::as_str)
-            .collect::<Vec<_>>()
-            .join("\n");
-        Ok(Document {
-            logical_id: id.to_owned(),
-            content,
-            parameters,
-            script,
-        })
+        (vars, unresolved)
     }
 
     /// The key schema and TTL attribute of a DynamoDB table resource.
@@ -274,6 +311,60 @@ impl Template {
                 .and_then(Json::as_str)
                 .map(str::to_owned),
         })
+    }
+}
+
+impl Document {
+    /// Reads a Command document's content (as `CreateDocument` takes it and `GetDocument`
+    /// returns it): its parameters and the script of its `aws:runShellScript` step.
+    pub fn from_content(logical_id: &str, content: Json) -> anyhow::Result<Self> {
+        let id = logical_id;
+        let mut parameters = Vec::new();
+        for (name, p) in content
+            .get("parameters")
+            .and_then(Json::as_object)
+            .into_iter()
+            .flatten()
+        {
+            parameters.push(DocumentParameter {
+                name: name.clone(),
+                allowed_pattern: p
+                    .get("allowedPattern")
+                    .and_then(Json::as_str)
+                    .map(str::to_owned),
+                default: p.get("default").and_then(Json::as_str).map(str::to_owned),
+            });
+        }
+        let step = Self::shell_step_of(&content)
+            .ok_or_else(|| anyhow!("{id} has no aws:runShellScript step in mainSteps"))?;
+        let lines = step
+            .pointer("/inputs/runCommand")
+            .and_then(Json::as_array)
+            .ok_or_else(|| anyhow!("{id}: the aws:runShellScript step has no runCommand list"))?;
+        let script = lines
+            .iter()
+            .filter_map(Json::as_str)
+            .collect::<Vec<_>>()
+            .join("\n");
+        Ok(Document {
+            logical_id: id.to_owned(),
+            content,
+            parameters,
+            script,
+        })
+    }
+
+    fn shell_step_of(content: &Json) -> Option<&Json> {
+        content
+            .get("mainSteps")
+            .and_then(Json::as_array)?
+            .iter()
+            .find(|s| s.get("action").and_then(Json::as_str) == Some("aws:runShellScript"))
+    }
+
+    /// The `inputs` of the `aws:runShellScript` step (`timeoutSeconds`, `workingDirectory`, …).
+    pub fn shell_inputs(&self) -> Option<&Json> {
+        Self::shell_step_of(&self.content).and_then(|s| s.get("inputs"))
     }
 }
 

@@ -92,10 +92,10 @@ fn serve(stream: TcpStream, pending: &Mutex<Receiver<Value>>, report: &Sender<(I
             if header == "\r\n" {
                 break;
             }
-            if let Some((k, v)) = header.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
+            if let Some((k, v)) = header.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap_or(0);
             }
         }
         let mut body = vec![0; length];
