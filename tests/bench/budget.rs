@@ -1,5 +1,5 @@
-//! budget: measures the release function binaries against the performance budget of
-//! DESIGN.md — cold-start init time, peak memory, zip size, AWS calls and CPU time per
+//! budget: measures the release function binaries against the performance budget in the
+//! README — cold-start init time, peak memory, zip size, AWS calls and CPU time per
 //! invocation — running each binary against a minimal Lambda runtime API and moto.
 //!
 //! Run with `make bench` (it builds the release binaries first).
