@@ -96,15 +96,7 @@ impl Podman {
             .output()
             .await
             .context("running podman (Debian package podman; run scripts/bootstrap.sh)")?;
-        if !out.status.success() {
-            bail!(
-                "podman {} failed ({}): {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_of(args, out)
     }
 
     /// Like `output`, feeding `input` on standard input (e.g. a password).
@@ -122,15 +114,7 @@ impl Podman {
         stdin.write_all(input.as_bytes()).await?;
         drop(stdin);
         let out = child.wait_with_output().await?;
-        if !out.status.success() {
-            bail!(
-                "podman {} failed ({}): {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_of(args, out)
     }
 
     /// A shell line that removes every container of this storage (for cleanup and the
@@ -172,4 +156,17 @@ impl Podman {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
         Ok(())
     }
+}
+
+/// The standard output of a podman run that succeeded, or an error quoting its stderr.
+fn stdout_of(args: &[&str], out: std::process::Output) -> anyhow::Result<String> {
+    if !out.status.success() {
+        bail!(
+            "podman {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

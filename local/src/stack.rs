@@ -666,55 +666,12 @@ fn local_functions(
 /// from the template), the bus, the configuration parameter, the SSM document (content from
 /// the template) and the dead-letter queue.
 async fn provision(sdk: &SdkConfig, template: &Template, names: &Names) -> anyhow::Result<()> {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-        TimeToLiveSpecification,
-    };
     let table_id = template
         .resources()
         .find(|(_, ty, _)| *ty == "AWS::DynamoDB::Table")
         .map(|(id, _, _)| id.to_owned())
         .ok_or_else(|| anyhow!("the template defines no table"))?;
-    let table = template.table(&table_id)?;
-    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
-    let mut create = dynamodb
-        .create_table()
-        .table_name(&names.table)
-        .billing_mode(BillingMode::PayPerRequest);
-    for (name, kind) in [
-        (Some(table.hash_key.clone()), KeyType::Hash),
-        (table.range_key.clone(), KeyType::Range),
-    ] {
-        let Some(name) = name else { continue };
-        create = create
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name(&name)
-                    .key_type(kind)
-                    .build()?,
-            )
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(&name)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()?,
-            );
-    }
-    create.send().await.context("CreateTable")?;
-    if let Some(ttl) = &table.ttl_attribute {
-        dynamodb
-            .update_time_to_live()
-            .table_name(&names.table)
-            .time_to_live_specification(
-                TimeToLiveSpecification::builder()
-                    .attribute_name(ttl)
-                    .enabled(true)
-                    .build()?,
-            )
-            .send()
-            .await
-            .context("UpdateTimeToLive")?;
-    }
+    create_table(sdk, template, &table_id, &names.table).await?;
     aws_sdk_eventbridge::Client::new(sdk)
         .create_event_bus()
         .name(&names.bus)
@@ -792,4 +749,59 @@ fn random_hex(len: usize) -> String {
     }
     out.truncate(len);
     out
+}
+
+/// Creates in moto the DynamoDB table `id` of the template under `name`: its keys, and its
+/// TTL attribute when it has one.
+pub async fn create_table(
+    sdk: &SdkConfig,
+    template: &Template,
+    id: &str,
+    name: &str,
+) -> anyhow::Result<()> {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        TimeToLiveSpecification,
+    };
+    let table = template.table(id)?;
+    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+    let mut create = dynamodb
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest);
+    for (name, kind) in [
+        (Some(table.hash_key.clone()), KeyType::Hash),
+        (table.range_key.clone(), KeyType::Range),
+    ] {
+        let Some(name) = name else { continue };
+        create = create
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(&name)
+                    .key_type(kind)
+                    .build()?,
+            )
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(&name)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()?,
+            );
+    }
+    create.send().await.context("CreateTable")?;
+    if let Some(ttl) = &table.ttl_attribute {
+        dynamodb
+            .update_time_to_live()
+            .table_name(name)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .attribute_name(ttl)
+                    .enabled(true)
+                    .build()?,
+            )
+            .send()
+            .await
+            .context("UpdateTimeToLive")?;
+    }
+    Ok(())
 }

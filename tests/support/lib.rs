@@ -10,9 +10,6 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use aws_config::SdkConfig;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, KeySchemaElement, KeyType, ScalarAttributeType,
-};
 use pushdeploy::adapters::dynamodb::DynamoStore;
 use pushdeploy::adapters::ecr::EcrRegistry;
 use pushdeploy::adapters::eventbridge::EventBridgePublisher;
@@ -23,6 +20,7 @@ use pushdeploy::domain::{AppName, Digest, EnvName, LifecycleEvent};
 use pushdeploy::ports::{Clock, EventPublisher, PublishError, SystemClock};
 use pushdeploy::services::{Control, Core, Deployer, Rollback, Tracker, Verifier};
 use pushdeploy_local::moto::Moto;
+use pushdeploy_local::stack::create_table;
 use pushdeploy_local::template::Template;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -222,31 +220,7 @@ pub fn digest(c: char) -> Digest {
 /// Creates in moto the resources the functions use, shaped as `template.yaml` defines them.
 pub async fn provision(sdk: &SdkConfig) -> anyhow::Result<()> {
     let template = Template::load_default()?;
-    let table = template.table("StateTable")?;
-    let mut create = aws_sdk_dynamodb::Client::new(sdk)
-        .create_table()
-        .table_name(TABLE)
-        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest);
-    for (name, kind) in [
-        (Some(table.hash_key.clone()), KeyType::Hash),
-        (table.range_key.clone(), KeyType::Range),
-    ] {
-        let Some(name) = name else { continue };
-        create = create
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name(&name)
-                    .key_type(kind)
-                    .build()?,
-            )
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(&name)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()?,
-            );
-    }
-    create.send().await.context("CreateTable")?;
+    create_table(sdk, &template, "StateTable", TABLE).await?;
     aws_sdk_eventbridge::Client::new(sdk)
         .create_event_bus()
         .name(BUS)
