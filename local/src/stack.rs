@@ -376,16 +376,7 @@ impl Stack {
 
     /// Puts a configuration document into the SSM parameter the functions read.
     pub async fn put_config(&self, yaml: &str) -> anyhow::Result<()> {
-        aws_sdk_ssm::Client::new(&self.sdk)
-            .put_parameter()
-            .name(&self.names.parameter)
-            .value(yaml)
-            .r#type(aws_sdk_ssm::types::ParameterType::String)
-            .overwrite(true)
-            .send()
-            .await
-            .context("PutParameter (configuration)")?;
-        Ok(())
+        put_config(&self.sdk, &self.names.parameter, yaml).await
     }
 
     /// Builds an app version into an image on the builder.
@@ -678,15 +669,8 @@ async fn provision(sdk: &SdkConfig, template: &Template, names: &Names) -> anyho
         .send()
         .await
         .context("CreateEventBus")?;
+    put_config(sdk, &names.parameter, "apps: {}\n").await?;
     let ssm = aws_sdk_ssm::Client::new(sdk);
-    ssm.put_parameter()
-        .name(&names.parameter)
-        .value("apps: {}\n")
-        .r#type(aws_sdk_ssm::types::ParameterType::String)
-        .overwrite(true)
-        .send()
-        .await
-        .context("PutParameter")?;
     let document = template.document()?;
     ssm.create_document()
         .name(&names.document)
@@ -803,5 +787,19 @@ pub async fn create_table(
             .await
             .context("UpdateTimeToLive")?;
     }
+    Ok(())
+}
+
+/// Puts a configuration document into the SSM parameter `name`.
+pub async fn put_config(sdk: &SdkConfig, name: &str, yaml: &str) -> anyhow::Result<()> {
+    aws_sdk_ssm::Client::new(sdk)
+        .put_parameter()
+        .name(name)
+        .value(yaml)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .overwrite(true)
+        .send()
+        .await
+        .with_context(|| format!("PutParameter {name} (configuration)"))?;
     Ok(())
 }

@@ -248,16 +248,7 @@ pub async fn provision(sdk: &SdkConfig) -> anyhow::Result<()> {
 
 /// Puts the configuration document into the SSM parameter the functions read.
 pub async fn put_config(sdk: &SdkConfig, yaml: &str) -> anyhow::Result<()> {
-    aws_sdk_ssm::Client::new(sdk)
-        .put_parameter()
-        .name(PARAMETER)
-        .value(yaml)
-        .r#type(aws_sdk_ssm::types::ParameterType::String)
-        .overwrite(true)
-        .send()
-        .await
-        .context("PutParameter")?;
-    Ok(())
+    pushdeploy_local::stack::put_config(sdk, PARAMETER, yaml).await
 }
 
 /// Publishes to moto's bus for real, and remembers what was published so a test can hand
