@@ -663,23 +663,9 @@ async fn provision(sdk: &SdkConfig, template: &Template, names: &Names) -> anyho
         .map(|(id, _, _)| id.to_owned())
         .ok_or_else(|| anyhow!("the template defines no table"))?;
     create_table(sdk, template, &table_id, &names.table).await?;
-    aws_sdk_eventbridge::Client::new(sdk)
-        .create_event_bus()
-        .name(&names.bus)
-        .send()
-        .await
-        .context("CreateEventBus")?;
+    create_bus(sdk, &names.bus).await?;
     put_config(sdk, &names.parameter, "apps: {}\n").await?;
-    let ssm = aws_sdk_ssm::Client::new(sdk);
-    let document = template.document()?;
-    ssm.create_document()
-        .name(&names.document)
-        .document_type(aws_sdk_ssm::types::DocumentType::Command)
-        .document_format(aws_sdk_ssm::types::DocumentFormat::Json)
-        .content(document.content.to_string())
-        .send()
-        .await
-        .context("CreateDocument")?;
+    create_document(sdk, template, &names.document).await?;
     if let Some(url) = &names.dead_letter_queue {
         let name = url.rsplit('/').next().unwrap_or(url);
         aws_sdk_sqs::Client::new(sdk)
@@ -801,5 +787,35 @@ pub async fn put_config(sdk: &SdkConfig, name: &str, yaml: &str) -> anyhow::Resu
         .send()
         .await
         .with_context(|| format!("PutParameter {name} (configuration)"))?;
+    Ok(())
+}
+
+/// Creates the event bus `name` in moto.
+pub async fn create_bus(sdk: &SdkConfig, name: &str) -> anyhow::Result<()> {
+    aws_sdk_eventbridge::Client::new(sdk)
+        .create_event_bus()
+        .name(name)
+        .send()
+        .await
+        .with_context(|| format!("CreateEventBus {name}"))?;
+    Ok(())
+}
+
+/// Creates in moto the template's SSM Command document under `name`, with its content.
+pub async fn create_document(
+    sdk: &SdkConfig,
+    template: &Template,
+    name: &str,
+) -> anyhow::Result<()> {
+    let document = template.document()?;
+    aws_sdk_ssm::Client::new(sdk)
+        .create_document()
+        .name(name)
+        .document_type(aws_sdk_ssm::types::DocumentType::Command)
+        .document_format(aws_sdk_ssm::types::DocumentFormat::Json)
+        .content(document.content.to_string())
+        .send()
+        .await
+        .with_context(|| format!("CreateDocument {name}"))?;
     Ok(())
 }

@@ -20,7 +20,7 @@ use pushdeploy::domain::{AppName, Digest, EnvName, LifecycleEvent};
 use pushdeploy::ports::{Clock, EventPublisher, PublishError, SystemClock};
 use pushdeploy::services::{Control, Core, Deployer, Rollback, Tracker, Verifier};
 use pushdeploy_local::moto::Moto;
-use pushdeploy_local::stack::create_table;
+use pushdeploy_local::stack::{create_bus, create_document, create_table};
 use pushdeploy_local::template::Template;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -221,28 +221,14 @@ pub fn digest(c: char) -> Digest {
 pub async fn provision(sdk: &SdkConfig) -> anyhow::Result<()> {
     let template = Template::load_default()?;
     create_table(sdk, &template, "StateTable", TABLE).await?;
-    aws_sdk_eventbridge::Client::new(sdk)
-        .create_event_bus()
-        .name(BUS)
-        .send()
-        .await
-        .context("CreateEventBus")?;
+    create_bus(sdk, BUS).await?;
     aws_sdk_ecr::Client::new(sdk)
         .create_repository()
         .repository_name(REPOSITORY)
         .send()
         .await
         .context("CreateRepository")?;
-    let document = template.document()?;
-    aws_sdk_ssm::Client::new(sdk)
-        .create_document()
-        .name(DOCUMENT)
-        .document_type(aws_sdk_ssm::types::DocumentType::Command)
-        .document_format(aws_sdk_ssm::types::DocumentFormat::Json)
-        .content(document.content.to_string())
-        .send()
-        .await
-        .context("CreateDocument")?;
+    create_document(sdk, &template, DOCUMENT).await?;
     Ok(())
 }
 
