@@ -48,7 +48,7 @@ async fn on_push_event(w: &World, event: Value) -> Result<Vec<EnvResult>, Servic
 
 /// SSM reports the last started rollout's command as `status` (an SSM status-change event).
 async fn ssm_reports(w: &World, status: &str) -> TrackOutcome {
-    let started = w.published.last("Rollout Started").detail;
+    let started = w.published.last_detail("Rollout Started");
     let (app, env) = (started.app.clone(), started.environment.clone());
     let dep = w
         .deployer
@@ -66,7 +66,7 @@ async fn ssm_reports(w: &World, status: &str) -> TrackOutcome {
 
 /// "Rollout Succeeded" reaches the verifier.
 async fn verify(w: &World) -> VerifyOutcome {
-    let d = w.published.last("Rollout Succeeded").detail;
+    let d = w.published.last_detail("Rollout Succeeded");
     w.verifier
         .on_rollout_succeeded(&d.app, &d.environment, d.deployment_id.as_ref().unwrap())
         .await
@@ -75,7 +75,7 @@ async fn verify(w: &World) -> VerifyOutcome {
 
 /// A failure event reaches the rollback function.
 async fn roll_back(w: &World, detail_type: &str) {
-    let d = w.published.last(detail_type).detail;
+    let d = w.published.last_detail(detail_type);
     w.rollback
         .on_failure(&d.app, &d.environment, d.deployment_id.as_ref().unwrap())
         .await
@@ -84,7 +84,7 @@ async fn roll_back(w: &World, detail_type: &str) {
 
 /// "Deployment Verified" (or another release event) reaches the deployer.
 async fn environment_free(w: &World, detail_type: &str) -> Option<EnvResult> {
-    let d = w.published.last(detail_type).detail;
+    let d = w.published.last_detail(detail_type);
     w.deployer
         .on_environment_free(&d.app, &d.environment)
         .await

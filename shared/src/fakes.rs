@@ -8,14 +8,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
+use crate::domain::retention::StoredImage;
 use crate::domain::{
     AppName, Config, Deployment, DeploymentId, Digest, EnvName, EnvState, LifecycleEvent,
     PinnedImage, Registry, Repository, Tag, TargetConfig,
 };
 use crate::ports::{
-    Clock, Commit, ConfigLoadError, ConfigSource, EventPublisher, HttpProbe, ImageRegistry,
-    ProbeError, ProbeResponse, PublishError, RegistryError, ResolvedImage, RolloutStatus,
-    StateStore, StoreError, Target, TargetError, TargetRef,
+    Clock, Commit, ConfigLoadError, ConfigSource, DeleteFailure, EventPublisher, HttpProbe,
+    ImageCatalog, ImagePage, ImageRegistry, ListedImage, MAX_BATCH, ProbeError, ProbeResponse,
+    PublishError, RegistryError, ResolvedImage, RolloutStatus, StateStore, StoreError, TagMove,
+    TagWriter, Target, TargetError, TargetRef,
 };
 
 type EnvKey = (AppName, EnvName);
@@ -171,17 +173,30 @@ impl StateStore for MemoryStore {
     }
 }
 
-/// Tags by (repository, tag), and the (repository, digest) pairs that exist.
+/// Tags by (repository, tag), and the (repository, digest) pairs that exist with when
+/// they were pushed.
 #[derive(Default)]
 struct RegistryInner {
     tags: HashMap<(String, String), Digest>,
     images: HashSet<(String, Digest)>,
+    pushed_at: HashMap<(String, Digest), OffsetDateTime>,
+    pushes: i64,
+    /// Manifests listed by image indexes.
+    children: HashMap<Digest, Vec<Digest>>,
+    /// Repositories whose tags cannot move.
+    immutable: HashSet<String>,
+    /// The next this-many catalog calls are throttled.
+    throttle: usize,
+    /// Catalog calls made, by operation name.
+    calls: Vec<&'static str>,
 }
 
 /// A registry in memory: tags point at digests; digests may be deleted.
 #[derive(Clone)]
 pub struct FakeRegistry {
     pub registry: Registry,
+    /// Images per page of the catalog listing.
+    pub page_size: usize,
     inner: Arc<Mutex<RegistryInner>>,
     lookups: Arc<Mutex<usize>>,
 }
@@ -190,11 +205,13 @@ impl FakeRegistry {
     pub fn new(registry: &str) -> Self {
         Self {
             registry: Registry::parse(registry).unwrap(),
+            page_size: crate::ports::MAX_PAGE,
             inner: Arc::default(),
             lookups: Arc::default(),
         }
     }
 
+    /// Pushes an image; each push is one second after the one before.
     pub fn push(&self, repository: &str, tag: Option<&str>, digest: &Digest) {
         let mut inner = self.inner.lock().unwrap();
         if let Some(tag) = tag {
@@ -202,7 +219,68 @@ impl FakeRegistry {
                 .tags
                 .insert((repository.to_owned(), tag.to_owned()), digest.clone());
         }
+        inner.pushes += 1;
+        let at = OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(inner.pushes);
+        inner
+            .pushed_at
+            .entry((repository.to_owned(), digest.clone()))
+            .or_insert(at);
         inner.images.insert((repository.to_owned(), digest.clone()));
+    }
+
+    /// Makes `index` an image index listing `children`.
+    pub fn set_children(&self, index: &Digest, children: Vec<Digest>) {
+        self.inner
+            .lock()
+            .unwrap()
+            .children
+            .insert(index.clone(), children);
+    }
+
+    pub fn set_immutable(&self, repository: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .immutable
+            .insert(repository.to_owned());
+    }
+
+    /// Throttles the next `calls` catalog calls.
+    pub fn throttle(&self, calls: usize) {
+        self.inner.lock().unwrap().throttle = calls;
+    }
+
+    /// Catalog calls made so far, by operation.
+    pub fn calls(&self) -> Vec<&'static str> {
+        self.inner.lock().unwrap().calls.clone()
+    }
+
+    pub fn exists(&self, repository: &str, digest: &Digest) -> bool {
+        self.inner
+            .lock()
+            .unwrap()
+            .images
+            .contains(&(repository.to_owned(), digest.clone()))
+    }
+
+    /// The digest a tag names now.
+    pub fn tagged(&self, repository: &str, tag: &str) -> Option<Digest> {
+        self.inner
+            .lock()
+            .unwrap()
+            .tags
+            .get(&(repository.to_owned(), tag.to_owned()))
+            .cloned()
+    }
+
+    fn call(&self, operation: &'static str) -> Result<(), RegistryError> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.calls.push(operation);
+        if inner.throttle > 0 {
+            inner.throttle -= 1;
+            return Err(RegistryError::Throttled("Rate exceeded".into()));
+        }
+        Ok(())
     }
 
     pub fn delete(&self, repository: &str, digest: &Digest) {
@@ -278,6 +356,121 @@ impl ImageRegistry for FakeRegistry {
             Err(RegistryError::NotFound(format!(
                 "image {digest} not found in repository {repository}"
             )))
+        }
+    }
+}
+
+#[async_trait]
+impl ImageCatalog for FakeRegistry {
+    async fn list_page(
+        &self,
+        repository: &Repository,
+        next: Option<String>,
+    ) -> Result<ImagePage, RegistryError> {
+        self.call("list_page")?;
+        let inner = self.inner.lock().unwrap();
+        let mut digests: Vec<&Digest> = inner
+            .images
+            .iter()
+            .filter(|(r, _)| r == repository.as_str())
+            .map(|(_, d)| d)
+            .collect();
+        if digests.is_empty()
+            && !inner
+                .pushed_at
+                .keys()
+                .any(|(r, _)| r == repository.as_str())
+        {
+            return Err(RegistryError::NotFound(format!(
+                "repository {repository} does not exist in ECR"
+            )));
+        }
+        digests.sort();
+        let start: usize = next.as_deref().map_or(0, |n| n.parse().unwrap());
+        let end = (start + self.page_size).min(digests.len());
+        let images = digests[start..end]
+            .iter()
+            .map(|d| ListedImage {
+                image: StoredImage {
+                    digest: (*d).clone(),
+                    tags: inner
+                        .tags
+                        .iter()
+                        .filter(|((r, _), t)| r == repository.as_str() && t == d)
+                        .map(|((_, t), _)| Tag::parse(t).unwrap())
+                        .collect(),
+                    pushed_at: inner.pushed_at[&(repository.to_string(), (*d).clone())],
+                    children: Vec::new(),
+                },
+                is_index: inner.children.contains_key(*d),
+            })
+            .collect();
+        Ok(ImagePage {
+            images,
+            next: (end < digests.len()).then(|| end.to_string()),
+        })
+    }
+
+    async fn index_children(
+        &self,
+        _repository: &Repository,
+        indexes: &[Digest],
+    ) -> Result<Vec<(Digest, Vec<Digest>)>, RegistryError> {
+        self.call("index_children")?;
+        assert!(
+            indexes.len() <= MAX_BATCH,
+            "more than {MAX_BATCH} ids in one call"
+        );
+        let inner = self.inner.lock().unwrap();
+        Ok(indexes
+            .iter()
+            .filter_map(|d| Some((d.clone(), inner.children.get(d)?.clone())))
+            .collect())
+    }
+
+    async fn delete(
+        &self,
+        repository: &Repository,
+        digests: &[Digest],
+    ) -> Result<Vec<DeleteFailure>, RegistryError> {
+        self.call("delete")?;
+        assert!(
+            digests.len() <= MAX_BATCH,
+            "more than {MAX_BATCH} ids in one call"
+        );
+        for digest in digests {
+            self.delete(repository.as_str(), digest);
+        }
+        Ok(Vec::new())
+    }
+}
+
+#[async_trait]
+impl TagWriter for FakeRegistry {
+    async fn move_tag(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        tag: &Tag,
+    ) -> Result<TagMove, RegistryError> {
+        self.call("move_tag")?;
+        let mut inner = self.inner.lock().unwrap();
+        if !inner
+            .images
+            .contains(&(repository.to_string(), digest.clone()))
+        {
+            return Err(RegistryError::NotFound(format!(
+                "image {digest} not found in repository {repository}"
+            )));
+        }
+        let key = (repository.to_string(), tag.to_string());
+        match inner.tags.get(&key) {
+            Some(d) if d == digest => Ok(TagMove::AlreadyThere),
+            Some(_) if inner.immutable.contains(repository.as_str()) => Ok(TagMove::Immutable),
+            _ => {
+                inner.tags.insert(key, digest.clone());
+                Ok(TagMove::Moved)
+            }
         }
     }
 }

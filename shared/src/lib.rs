@@ -7,6 +7,7 @@ pub mod domain;
 pub mod inbound;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+pub mod metrics;
 pub mod ports;
 pub mod services;
 pub mod settings;

@@ -16,7 +16,7 @@ use pushdeploy::adapters::eventbridge::EventBridgePublisher;
 use pushdeploy::adapters::http_probe::ReqwestProbe;
 use pushdeploy::adapters::ssm::SsmRunCommand;
 use pushdeploy::adapters::ssm_config::ParameterConfig;
-use pushdeploy::domain::{AppName, Digest, EnvName, LifecycleEvent};
+use pushdeploy::domain::{AppName, Digest, EnvName, EventDetail, LifecycleEvent};
 use pushdeploy::ports::{Clock, EventPublisher, PublishError, SystemClock};
 use pushdeploy::services::{Control, Core, Deployer, Rollback, Tracker, Verifier};
 use pushdeploy_local::moto::Moto;
@@ -80,6 +80,7 @@ impl World {
                 core: core.clone(),
                 registry: registry.clone(),
                 target: target.clone(),
+                tags: registry.clone(),
             },
             tracker: Tracker {
                 core: core.clone(),
@@ -273,6 +274,14 @@ impl Recorder {
                     self.types()
                 )
             })
+    }
+
+    /// The detail of the most recent event of this detail-type, about a deployment.
+    pub fn last_detail(&self, detail_type: &str) -> EventDetail {
+        self.last(detail_type)
+            .deployment()
+            .cloned()
+            .unwrap_or_else(|| panic!("{detail_type:?} is not about a deployment"))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Turns what the deployer receives into a use case: an ECR push, a lifecycle event saying
-//! an environment is free again, or a deploy request typed in the console.
+//! an environment is free again (and, once verified, its ECR tag moves), or a deploy
+//! request typed in the console.
 
 use lambda_runtime::LambdaEvent;
 use pushdeploy::domain::EventType;
@@ -53,9 +54,19 @@ async fn dispatch(deployer: &Deployer, payload: Value) -> Result<Value, ServiceE
 async fn on_lifecycle(deployer: &Deployer, envelope: &Envelope) -> Result<Value, ServiceError> {
     let (kind, detail) = inbound::lifecycle(envelope)?;
     match kind {
-        EventType::DeploymentVerified
-        | EventType::DeploymentFailed
-        | EventType::EnvironmentUnfrozen => {
+        EventType::DeploymentVerified => {
+            let started = deployer
+                .on_environment_free(&detail.app, &detail.environment)
+                .await?;
+            let digest = detail.digest.as_ref().ok_or_else(|| {
+                ServiceError::Invalid("a \"Deployment Verified\" event must name its digest".into())
+            })?;
+            let tag = deployer
+                .on_verified(&detail.app, &detail.environment, digest)
+                .await?;
+            respond(&json!({ "queued": started, "ecr_tag": tag }))
+        }
+        EventType::DeploymentFailed | EventType::EnvironmentUnfrozen => {
             let started = deployer
                 .on_environment_free(&detail.app, &detail.environment)
                 .await?;
@@ -129,6 +140,7 @@ mod tests {
             },
             registry: Arc::new(registry.clone()),
             target: Arc::new(target.clone()),
+            tags: Arc::new(registry.clone()),
         };
         World {
             deployer,

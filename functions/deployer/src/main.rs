@@ -14,10 +14,12 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let settings = Settings::from_env()?;
     let sdk = wire::sdk_config().await;
+    let ecr = wire::ecr(&sdk);
     let deployer = Deployer {
         core: wire::core(&sdk, &settings),
-        registry: wire::registry(&sdk),
+        registry: ecr.clone(),
         target: wire::target(&sdk, &settings)?,
+        tags: ecr,
     };
     run(service_fn(|event: LambdaEvent<Value>| {
         handler::handle(&deployer, event)

@@ -17,7 +17,7 @@ async fn main() -> Result<(), Error> {
     let sdk = wire::sdk_config().await;
     let rollback = Rollback {
         core: wire::core(&sdk, &settings),
-        registry: wire::registry(&sdk),
+        registry: wire::ecr(&sdk),
         target: wire::target(&sdk, &settings)?,
     };
     run(service_fn(|event: LambdaEvent<Value>| {

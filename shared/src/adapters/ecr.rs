@@ -1,4 +1,5 @@
-//! The image registry on Amazon ECR: `DescribeImages` by tag or by digest.
+//! The image registry on Amazon ECR: `DescribeImages` by tag or by digest; the listing,
+//! manifests and batch deletes of the janitor; `PutImage` to move an environment's tag.
 
 use async_trait::async_trait;
 use aws_sdk_ecr::Client;
@@ -8,8 +9,26 @@ use aws_sdk_ecr::types::ImageIdentifier;
 use time::OffsetDateTime;
 
 use super::aws::{ErrorClass, classify, describe};
+use crate::domain::retention::StoredImage;
 use crate::domain::{Digest, PinnedImage, Registry, Repository, Tag};
-use crate::ports::{ImageRegistry, RegistryError, ResolvedImage};
+use crate::ports::{
+    DeleteFailure, ImageCatalog, ImagePage, ImageRegistry, ListedImage, MAX_PAGE, RegistryError,
+    ResolvedImage, TagMove, TagWriter,
+};
+
+/// Media types of an image index (a multi-platform image).
+const INDEX_TYPES: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+/// Every manifest type `BatchGetImage` should return as stored.
+const MANIFEST_TYPES: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+];
 
 pub struct EcrRegistry {
     client: Client,
@@ -68,6 +87,23 @@ impl EcrRegistry {
     }
 }
 
+/// Any other ECR failure, by class.
+fn map_other<E>(error: SdkError<E, aws_smithy_runtime_api::http::Response>) -> RegistryError
+where
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata
+        + std::error::Error
+        + Send
+        + Sync
+        + 'static,
+{
+    let message = describe(&error);
+    match classify(&error) {
+        ErrorClass::Throttled => RegistryError::Throttled(Box::new(error)),
+        ErrorClass::Transient => RegistryError::Transient(Box::new(error)),
+        ErrorClass::Permanent => RegistryError::Invalid(message, Box::new(error)),
+    }
+}
+
 fn map_error(
     error: SdkError<DescribeImagesError, aws_smithy_runtime_api::http::Response>,
     repository: &Repository,
@@ -117,6 +153,224 @@ impl ImageRegistry for EcrRegistry {
             .build();
         self.describe(repository, id, format!("image {digest}"))
             .await
+    }
+}
+
+impl EcrRegistry {
+    /// The stored manifests of these digests, with their media types.
+    async fn manifests(
+        &self,
+        repository: &Repository,
+        digests: &[Digest],
+    ) -> Result<Vec<(Digest, String, Option<String>)>, RegistryError> {
+        let ids = digests
+            .iter()
+            .map(|d| ImageIdentifier::builder().image_digest(d.as_str()).build())
+            .collect();
+        let out = self
+            .client
+            .batch_get_image()
+            .repository_name(repository.as_str())
+            .set_image_ids(Some(ids))
+            .set_accepted_media_types(Some(
+                MANIFEST_TYPES.iter().map(|t| (*t).to_owned()).collect(),
+            ))
+            .send()
+            .await
+            .map_err(map_other)?;
+        Ok(out
+            .images()
+            .iter()
+            .filter_map(|image| {
+                let digest = Digest::parse(image.image_id()?.image_digest()?).ok()?;
+                let manifest = image.image_manifest()?.to_owned();
+                Some((
+                    digest,
+                    manifest,
+                    image.image_manifest_media_type().map(str::to_owned),
+                ))
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl ImageCatalog for EcrRegistry {
+    async fn list_page(
+        &self,
+        repository: &Repository,
+        next: Option<String>,
+    ) -> Result<ImagePage, RegistryError> {
+        let out = self
+            .client
+            .describe_images()
+            .repository_name(repository.as_str())
+            .max_results(MAX_PAGE as i32)
+            .set_next_token(next)
+            .send()
+            .await
+            .map_err(|e| map_error(e, repository, "images"))?;
+        let images = out
+            .image_details()
+            .iter()
+            .filter_map(|detail| {
+                // An image whose digest or tags cannot be read is left out of the listing,
+                // so it can never be chosen for deletion.
+                let digest = Digest::parse(detail.image_digest()?).ok()?;
+                let tags = detail
+                    .image_tags()
+                    .iter()
+                    .map(|t| Tag::parse(t))
+                    .collect::<Result<Vec<_>, _>>()
+                    .ok()?;
+                let pushed_at =
+                    OffsetDateTime::from_unix_timestamp_nanos(detail.image_pushed_at()?.as_nanos())
+                        .ok()?;
+                let is_index = detail
+                    .image_manifest_media_type()
+                    .or(detail.artifact_media_type())
+                    .is_some_and(|t| INDEX_TYPES.contains(&t));
+                Some(ListedImage {
+                    image: StoredImage {
+                        digest,
+                        tags,
+                        pushed_at,
+                        children: Vec::new(),
+                    },
+                    is_index,
+                })
+            })
+            .collect();
+        Ok(ImagePage {
+            images,
+            next: out.next_token().map(str::to_owned),
+        })
+    }
+
+    async fn index_children(
+        &self,
+        repository: &Repository,
+        indexes: &[Digest],
+    ) -> Result<Vec<(Digest, Vec<Digest>)>, RegistryError> {
+        #[derive(serde::Deserialize)]
+        struct Index {
+            #[serde(default)]
+            manifests: Vec<Entry>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            digest: String,
+        }
+        if indexes.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.manifests(repository, indexes)
+            .await?
+            .into_iter()
+            .map(|(digest, manifest, _)| {
+                let index: Index = serde_json::from_str(&manifest).map_err(|e| {
+                    RegistryError::Invalid(
+                        format!("the manifest of {digest} is not a readable image index: {e}"),
+                        Box::new(e),
+                    )
+                })?;
+                let children = index
+                    .manifests
+                    .iter()
+                    .filter_map(|m| Digest::parse(&m.digest).ok())
+                    .collect();
+                Ok((digest, children))
+            })
+            .collect()
+    }
+
+    async fn delete(
+        &self,
+        repository: &Repository,
+        digests: &[Digest],
+    ) -> Result<Vec<DeleteFailure>, RegistryError> {
+        if digests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = digests
+            .iter()
+            .map(|d| ImageIdentifier::builder().image_digest(d.as_str()).build())
+            .collect();
+        let out = self
+            .client
+            .batch_delete_image()
+            .repository_name(repository.as_str())
+            .set_image_ids(Some(ids))
+            .send()
+            .await
+            .map_err(map_other)?;
+        Ok(out
+            .failures()
+            .iter()
+            .filter(|f| {
+                f.failure_code() != Some(&aws_sdk_ecr::types::ImageFailureCode::ImageNotFound)
+            })
+            .filter_map(|f| {
+                let digest = Digest::parse(f.image_id()?.image_digest()?).ok()?;
+                Some(DeleteFailure {
+                    digest,
+                    reason: format!(
+                        "{}: {}",
+                        f.failure_code().map(|c| c.as_str()).unwrap_or("Unknown"),
+                        f.failure_reason().unwrap_or_default()
+                    ),
+                })
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl TagWriter for EcrRegistry {
+    async fn move_tag(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        tag: &Tag,
+    ) -> Result<TagMove, RegistryError> {
+        use aws_sdk_ecr::operation::put_image::PutImageError;
+        let (_, manifest, media_type) = self
+            .manifests(repository, std::slice::from_ref(digest))
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                RegistryError::NotFound(format!(
+                    "image {digest} not found in repository {repository}"
+                ))
+            })?;
+        let result = self
+            .client
+            .put_image()
+            .repository_name(repository.as_str())
+            .image_manifest(manifest)
+            .set_image_manifest_media_type(media_type)
+            .image_digest(digest.as_str())
+            .image_tag(tag.as_str())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(TagMove::Moved),
+            Err(SdkError::ServiceError(context))
+                if matches!(context.err(), PutImageError::ImageAlreadyExistsException(_)) =>
+            {
+                Ok(TagMove::AlreadyThere)
+            }
+            Err(SdkError::ServiceError(context))
+                if matches!(
+                    context.err(),
+                    PutImageError::ImageTagAlreadyExistsException(_)
+                ) =>
+            {
+                Ok(TagMove::Immutable)
+            }
+            Err(e) => Err(map_other(e)),
+        }
     }
 }
 

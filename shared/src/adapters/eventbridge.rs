@@ -34,7 +34,7 @@ impl EventBridgePublisher {
             .source(SOURCE)
             .detail_type(event.detail_type.as_str())
             .detail(detail);
-        let at = event.detail.at;
+        let at = event.detail.at();
         entry = entry.time(
             aws_smithy_types::DateTime::from_nanos(at.unix_timestamp_nanos())
                 .unwrap_or_else(|_| aws_smithy_types::DateTime::from_secs(at.unix_timestamp())),

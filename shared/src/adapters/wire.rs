@@ -9,6 +9,7 @@ use super::dynamodb::DynamoStore;
 use super::eventbridge::EventBridgePublisher;
 use super::ssm::SsmRunCommand;
 use super::ssm_config::ParameterConfig;
+use crate::metrics::{Metered, Sink};
 use crate::ports::{ConfigSource, SystemClock, Target};
 use crate::services::Core;
 use crate::settings::{ConfigLocation, Settings, SettingsError};
@@ -34,9 +35,10 @@ pub fn core(sdk: &SdkConfig, settings: &Settings) -> Core {
             aws_sdk_dynamodb::Client::new(sdk),
             &settings.table,
         )),
-        events: Arc::new(EventBridgePublisher::new(
-            aws_sdk_eventbridge::Client::new(sdk),
-            &settings.event_bus,
+        events: Arc::new(Metered::new(
+            EventBridgePublisher::new(aws_sdk_eventbridge::Client::new(sdk), &settings.event_bus),
+            &settings.metrics_namespace,
+            Sink::Stdout,
         )),
         config,
         clock: Arc::new(SystemClock),
@@ -52,9 +54,9 @@ pub fn target(sdk: &SdkConfig, settings: &Settings) -> Result<Arc<dyn Target>, S
     )))
 }
 
-/// The image registry: Amazon ECR.
+/// The image registry: Amazon ECR. One client serves every registry port.
 #[cfg(feature = "ecr")]
-pub fn registry(sdk: &SdkConfig) -> Arc<dyn crate::ports::ImageRegistry> {
+pub fn ecr(sdk: &SdkConfig) -> Arc<super::ecr::EcrRegistry> {
     Arc::new(super::ecr::EcrRegistry::new(aws_sdk_ecr::Client::new(sdk)))
 }
 

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::deployment::KEEP_VERIFIED;
 use super::image::{Registry, Repository, Tag};
 use super::names::{AppName, EnvName};
 use super::policy::TagPattern;
+use super::retention::RetentionRule;
 
 /// Every problem found in a configuration document.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +55,16 @@ pub struct AppConfig {
     /// Where hosts pull from, when not the ECR registry the push came from.
     pub registry: Option<Registry>,
     pub environments: BTreeMap<EnvName, EnvConfig>,
+    /// Old images the janitor deletes from the repository; `None`: it leaves them alone.
+    pub retention: Option<Retention>,
+}
+
+/// The janitor's rule for an app's repository.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Retention {
+    pub rule: RetentionRule,
+    /// The last this-many verified digests of every environment are never deleted.
+    pub keep_verified: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -63,6 +75,8 @@ pub struct EnvConfig {
     pub smoke: SmokeConfig,
     /// A rollout still running after this long is failed by the tracker.
     pub rollout_timeout: Duration,
+    /// The ECR tag moved to each digest verified here; `None`: no tag is moved.
+    pub ecr_tag: Option<Tag>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -214,6 +228,24 @@ mod raw {
         pub repository: String,
         pub registry: Option<String>,
         pub environments: BTreeMap<String, Env>,
+        pub retention: Option<Retention>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Retention {
+        pub keep_newest: Option<usize>,
+        pub keep_verified: Option<usize>,
+        #[serde(default)]
+        pub protect_tags: Vec<String>,
+    }
+
+    /// `ecr_tag: false` turns the environment tag off; a string names it.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub enum EcrTag {
+        Enabled(bool),
+        Name(String),
     }
 
     #[derive(Deserialize)]
@@ -224,6 +256,7 @@ mod raw {
         #[serde(default)]
         pub smoke: Option<Smoke>,
         pub rollout_timeout_seconds: Option<u64>,
+        pub ecr_tag: Option<EcrTag>,
     }
 
     #[derive(Deserialize)]
@@ -369,21 +402,64 @@ impl raw::App {
         for (name, env) in self.environments {
             let env_path = format!("{path}.environments.{name}");
             let env_name = c.ok(&env_path, EnvName::parse(&name));
-            let env = env.validate(c, &env_path);
+            let env = env.validate(c, &env_path, &name);
             if let (Some(n), Some(e)) = (env_name, env) {
                 environments.insert(n, e);
             }
         }
+        let retention = self
+            .retention
+            .map(|r| r.validate(c, &format!("{path}.retention")));
         Some(AppConfig {
             repository: repository?,
             registry: registry?,
             environments,
+            retention,
         })
     }
 }
 
+/// Without `keep_newest`, this many of the newest images stay.
+const DEFAULT_KEEP_NEWEST: usize = 30;
+/// Without `keep_verified`, this many verified digests per environment stay.
+const DEFAULT_KEEP_VERIFIED: usize = 5;
+
+impl raw::Retention {
+    fn validate(self, c: &mut Checker, path: &str) -> Retention {
+        let keep_newest = self.keep_newest.unwrap_or(DEFAULT_KEEP_NEWEST);
+        if !(1..=10_000).contains(&keep_newest) {
+            c.fail(
+                format!("{path}.keep_newest"),
+                format!("{keep_newest} is out of range; keep 1 to 10000 of the newest images"),
+            );
+        }
+        let keep_verified = self.keep_verified.unwrap_or(DEFAULT_KEEP_VERIFIED);
+        if !(1..=KEEP_VERIFIED).contains(&keep_verified) {
+            c.fail(
+                format!("{path}.keep_verified"),
+                format!(
+                    "{keep_verified} is out of range; pushdeploy remembers 1 to {KEEP_VERIFIED} verified digests per environment"
+                ),
+            );
+        }
+        let protect_tags = self
+            .protect_tags
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| c.ok(&format!("{path}.protect_tags[{i}]"), TagPattern::parse(t)))
+            .collect();
+        Retention {
+            rule: RetentionRule {
+                keep_newest,
+                protect_tags,
+            },
+            keep_verified,
+        }
+    }
+}
+
 impl raw::Env {
-    fn validate(self, c: &mut Checker, path: &str) -> Option<EnvConfig> {
+    fn validate(self, c: &mut Checker, path: &str, name: &str) -> Option<EnvConfig> {
         let before = c.problems.len();
         let deploy_on_push = self.deploy_on_push.map(|p| {
             let p_path = format!("{path}.deploy_on_push");
@@ -427,6 +503,19 @@ impl raw::Env {
             60,
             7200,
         );
+        let ecr_tag = match self.ecr_tag {
+            None | Some(raw::EcrTag::Enabled(true)) => Some(name),
+            Some(raw::EcrTag::Enabled(false)) => None,
+            Some(raw::EcrTag::Name(ref tag)) => Some(tag.as_str()),
+        }
+        .and_then(|tag| {
+            c.ok(
+                &format!("{path}.ecr_tag"),
+                Tag::parse(tag).map_err(|e| {
+                    format!("{e}; name a valid tag, or set `ecr_tag: false` to move no tag")
+                }),
+            )
+        });
         if c.problems.len() > before {
             return None;
         }
@@ -435,6 +524,7 @@ impl raw::Env {
             target: target?,
             smoke,
             rollout_timeout,
+            ecr_tag,
         })
     }
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::deployment::{Deployment, DeploymentId};
-use super::image::{Digest, PinnedImage, Tag};
+use super::image::{Digest, PinnedImage, Repository, Tag};
 use super::lifecycle::{Kind, Phase};
 use super::names::{AppName, EnvName};
 
@@ -47,10 +47,13 @@ pub enum EventType {
     EnvironmentFrozen,
     #[serde(rename = "Environment Unfrozen")]
     EnvironmentUnfrozen,
+    /// The janitor deleted old images from a repository.
+    #[serde(rename = "Images Deleted")]
+    ImagesDeleted,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 14] = [
+    pub const ALL: [EventType; 15] = [
         EventType::RolloutQueued,
         EventType::RolloutStarted,
         EventType::RolloutSucceeded,
@@ -65,6 +68,7 @@ impl EventType {
         EventType::DeploymentSkipped,
         EventType::EnvironmentFrozen,
         EventType::EnvironmentUnfrozen,
+        EventType::ImagesDeleted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -83,6 +87,7 @@ impl EventType {
             EventType::DeploymentSkipped => "Deployment Skipped",
             EventType::EnvironmentFrozen => "Environment Frozen",
             EventType::EnvironmentUnfrozen => "Environment Unfrozen",
+            EventType::ImagesDeleted => "Images Deleted",
         }
     }
 
@@ -118,15 +123,57 @@ pub struct EventDetail {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_of: Option<DeploymentId>,
+    /// When the image was pushed (for a rollback: the failed push it replaces).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub pushed_at: Option<OffsetDateTime>,
+    /// On `Rollback Started`: when the deployment being rolled back failed.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub failed_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+}
+
+/// The `detail` of an `Images Deleted` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImagesDetail {
+    pub repository: Repository,
+    pub digests: Vec<Digest>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// What an event is about.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Detail {
+    /// A deployment or an environment.
+    Deployment(EventDetail),
+    /// Images of a repository.
+    Images(ImagesDetail),
+}
+
+impl Detail {
+    pub fn at(&self) -> OffsetDateTime {
+        match self {
+            Detail::Deployment(d) => d.at,
+            Detail::Images(d) => d.at,
+        }
+    }
 }
 
 /// One event to publish.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LifecycleEvent {
     pub detail_type: EventType,
-    pub detail: EventDetail,
+    pub detail: Detail,
 }
 
 impl LifecycleEvent {
@@ -134,7 +181,7 @@ impl LifecycleEvent {
     pub fn of(detail_type: EventType, deployment: &Deployment) -> Self {
         Self {
             detail_type,
-            detail: EventDetail {
+            detail: Detail::Deployment(EventDetail {
                 app: deployment.app.clone(),
                 environment: deployment.environment.clone(),
                 deployment_id: Some(deployment.id.clone()),
@@ -145,8 +192,10 @@ impl LifecycleEvent {
                 phase: Some(deployment.phase),
                 reason: deployment.reason.clone(),
                 rollback_of: deployment.rollback_of.clone(),
+                pushed_at: Some(deployment.pushed_at),
+                failed_at: None,
                 at: deployment.updated_at,
-            },
+            }),
         }
     }
 
@@ -160,7 +209,7 @@ impl LifecycleEvent {
     ) -> Self {
         Self {
             detail_type,
-            detail: EventDetail {
+            detail: Detail::Deployment(EventDetail {
                 app: app.clone(),
                 environment: environment.clone(),
                 deployment_id: None,
@@ -171,16 +220,52 @@ impl LifecycleEvent {
                 phase: None,
                 reason,
                 rollback_of: None,
+                pushed_at: None,
+                failed_at: None,
                 at,
-            },
+            }),
+        }
+    }
+
+    /// Old images the janitor deleted from a repository.
+    pub fn images_deleted(
+        repository: &Repository,
+        digests: Vec<Digest>,
+        at: OffsetDateTime,
+    ) -> Self {
+        Self {
+            detail_type: EventType::ImagesDeleted,
+            detail: Detail::Images(ImagesDetail {
+                repository: repository.clone(),
+                digests,
+                at,
+            }),
+        }
+    }
+
+    /// The deployment or environment this event is about, if it is about one.
+    pub fn deployment(&self) -> Option<&EventDetail> {
+        match &self.detail {
+            Detail::Deployment(d) => Some(d),
+            Detail::Images(_) => None,
         }
     }
 
     pub fn with_image(mut self, image: &PinnedImage, tag: Option<&Tag>, kind: Kind) -> Self {
-        self.detail.image = Some(image.clone());
-        self.detail.digest = Some(image.digest.clone());
-        self.detail.tag = tag.cloned();
-        self.detail.kind = Some(kind);
+        if let Detail::Deployment(d) = &mut self.detail {
+            d.image = Some(image.clone());
+            d.digest = Some(image.digest.clone());
+            d.tag = tag.cloned();
+            d.kind = Some(kind);
+        }
+        self
+    }
+
+    /// On `Rollback Started`: when the deployment being rolled back failed.
+    pub fn with_failed_at(mut self, failed_at: Option<OffsetDateTime>) -> Self {
+        if let Detail::Deployment(d) = &mut self.detail {
+            d.failed_at = failed_at;
+        }
         self
     }
 }

@@ -7,10 +7,11 @@ pub mod image;
 pub mod lifecycle;
 pub mod names;
 pub mod policy;
+pub mod retention;
 
 pub use config::{Config, ConfigError, EnvConfig, TargetConfig};
 pub use deployment::{Admission, Deployment, DeploymentId, EnvState, Request, SkipReason};
-pub use event::{EventDetail, EventType, LifecycleEvent};
+pub use event::{Detail, EventDetail, EventType, ImagesDetail, LifecycleEvent};
 pub use image::{Digest, ImageRef, ImageRefError, PinnedImage, Registry, Repository, Tag};
 pub use lifecycle::{Kind, Outcome, Phase, Step};
 pub use names::{AppName, EnvName};

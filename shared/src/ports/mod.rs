@@ -13,7 +13,10 @@ pub use clock::{Clock, SystemClock};
 pub use config::{ConfigLoadError, ConfigSource};
 pub use events::{EventPublisher, PublishError};
 pub use probe::{HttpProbe, ProbeError, ProbeResponse};
-pub use registry::{ImageRegistry, RegistryError, ResolvedImage};
+pub use registry::{
+    DeleteFailure, ImageCatalog, ImagePage, ImageRegistry, ListedImage, MAX_BATCH, MAX_PAGE,
+    RegistryError, ResolvedImage, TagMove, TagWriter,
+};
 pub use store::{Commit, StateStore, StoreError};
 pub use target::{RolloutStatus, Target, TargetError, TargetRef};
 

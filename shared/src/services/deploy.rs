@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use serde::Serialize;
 use time::OffsetDateTime;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::rollout::{EnvOutcome, EnvResult, launch, start_queued};
 use super::{Core, MAX_ATTEMPTS, ServiceError, too_busy};
@@ -12,7 +13,7 @@ use crate::domain::{
     Admission, AppName, Config, Deployment, Digest, EnvName, EventType, Kind, LifecycleEvent,
     PinnedImage, Registry, Repository, Request, Tag,
 };
-use crate::ports::{Commit, ImageRegistry, RegistryError, StoreError, Target};
+use crate::ports::{Commit, ImageRegistry, RegistryError, StoreError, TagMove, TagWriter, Target};
 
 /// An `ECR Image Action` push that succeeded, as EventBridge delivers it.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +49,25 @@ pub struct Deployer {
     pub core: Core,
     pub registry: Arc<dyn ImageRegistry>,
     pub target: Arc<dyn Target>,
+    pub tags: Arc<dyn TagWriter>,
+}
+
+/// What became of an environment's ECR tag after a verification.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum EnvTagOutcome {
+    Moved {
+        tag: Tag,
+        digest: Digest,
+    },
+    AlreadyThere {
+        tag: Tag,
+        digest: Digest,
+    },
+    /// Not moved, and nothing to retry: why.
+    Skipped {
+        reason: String,
+    },
 }
 
 impl Deployer {
@@ -151,6 +171,63 @@ impl Deployer {
         env: &EnvName,
     ) -> Result<Option<EnvResult>, ServiceError> {
         start_queued(&self.core, self.target.as_ref(), app, env).await
+    }
+
+    /// Points the environment's ECR tag at the digest just verified there, so the registry
+    /// shows what runs where. Only while that digest is still the environment's last
+    /// verified one: a late event about an older digest must not move the tag back.
+    /// Immutable tags and refusals are reported, not failed: the deployment is verified
+    /// either way. Throttling and unreachable registries fail, so the event is retried.
+    pub async fn on_verified(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        digest: &Digest,
+    ) -> Result<EnvTagOutcome, ServiceError> {
+        let config = self.core.config.load().await?;
+        let (Some(app_config), Some(env_config)) = (config.app(app), config.env(app, env)) else {
+            return Ok(EnvTagOutcome::Skipped {
+                reason: format!("{app}/{env} is no longer configured"),
+            });
+        };
+        let Some(tag) = &env_config.ecr_tag else {
+            return Ok(EnvTagOutcome::Skipped {
+                reason: "ecr_tag is off for this environment".into(),
+            });
+        };
+        let state = self.core.store.env_state(app, env).await?;
+        if state.last_verified().map(|v| &v.digest) != Some(digest) {
+            return Ok(EnvTagOutcome::Skipped {
+                reason: format!("{digest} is no longer the last verified digest of {app}/{env}"),
+            });
+        }
+        let repository = &app_config.repository;
+        match self.tags.move_tag(repository, digest, tag).await {
+            Ok(TagMove::Moved) => {
+                info!(%repository, %tag, %digest, "environment tag moved");
+                Ok(EnvTagOutcome::Moved {
+                    tag: tag.clone(),
+                    digest: digest.clone(),
+                })
+            }
+            Ok(TagMove::AlreadyThere) => Ok(EnvTagOutcome::AlreadyThere {
+                tag: tag.clone(),
+                digest: digest.clone(),
+            }),
+            Ok(TagMove::Immutable) => {
+                let reason = format!(
+                    "repository {repository} has immutable tags, so tag {tag} cannot move to {digest}; set `ecr_tag: false` on {app}/{env} or make the repository's tags mutable"
+                );
+                warn!(%repository, %tag, %digest, "{reason}");
+                Ok(EnvTagOutcome::Skipped { reason })
+            }
+            Err(e @ (RegistryError::Throttled(_) | RegistryError::Transient(_))) => Err(e.into()),
+            Err(e) => {
+                let reason = format!("could not move tag {tag} to {digest}: {e}");
+                warn!(%repository, %tag, %digest, error = %e, "environment tag not moved");
+                Ok(EnvTagOutcome::Skipped { reason })
+            }
+        }
     }
 
     /// Starts, queues or skips one request on one environment.

@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod deploy;
+pub mod janitor;
 pub mod rollback;
 pub mod rollout;
 pub mod track;
@@ -17,6 +18,7 @@ use crate::ports::{
 
 pub use control::Control;
 pub use deploy::Deployer;
+pub use janitor::Janitor;
 pub use rollback::Rollback;
 pub use track::Tracker;
 pub use verify::Verifier;
@@ -46,6 +48,9 @@ pub enum ServiceError {
     Target(#[from] TargetError),
     #[error("event bus: {0}")]
     Events(#[from] PublishError),
+    /// Part of the work could not be done now; running again finishes it.
+    #[error("{0}")]
+    Incomplete(String),
 }
 
 impl ServiceError {
@@ -66,6 +71,7 @@ impl ServiceError {
             }
             ServiceError::Target(e) => e.is_retryable(),
             ServiceError::Events(e) => !matches!(e, PublishError::Invalid(..)),
+            ServiceError::Incomplete(_) => true,
         }
     }
 

@@ -194,9 +194,16 @@ impl Rollback {
                 Err(e) => return Err(e.into()),
             }
             info!(deployment_id = %rollback.id, rollback_of = %failed.id, digest = %good.digest, "rolling back");
+            let failed_at = failed
+                .history
+                .iter()
+                .rev()
+                .find(|h| h.phase == Phase::Failed)
+                .map(|h| h.at);
             self.core
                 .events
-                .publish(&[LifecycleEvent::of(EventType::RollbackStarted, &rollback)])
+                .publish(&[LifecycleEvent::of(EventType::RollbackStarted, &rollback)
+                    .with_failed_at(failed_at)])
                 .await?;
             let image = rollback.image.to_string();
             // A target refusing the rollback is recorded as a failed rollback by `launch`.
