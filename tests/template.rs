@@ -10,6 +10,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use pushdeploy::adapters::ssm::{SsmRunCommand, params};
 use pushdeploy::domain::{Config, Deployment, EventType, Kind, PinnedImage, Request, TargetConfig};
 use pushdeploy::inbound::{SSM_COMMAND_STATUS, SSM_INVOCATION_STATUS};
+use pushdeploy::metrics::Metric;
 use pushdeploy_local::moto::{venv_tool, workspace_root};
 use pushdeploy_local::template::{Bus, Template, Trigger, to_json};
 use regex::Regex;
@@ -293,7 +294,10 @@ fn aws_events_reach_the_deployer_and_the_tracker_as_their_handlers_read_them() {
     assert_eq!(default_bus.len(), 2, "{default_bus:?}");
     assert_eq!(
         schedules,
-        vec![("tracker".to_owned(), "<ReconcileSchedule>".to_owned())]
+        vec![
+            ("tracker".to_owned(), "<ReconcileSchedule>".to_owned()),
+            ("janitor".to_owned(), "<JanitorSchedule>".to_owned())
+        ]
     );
 }
 
@@ -705,7 +709,15 @@ fn each_function_is_granted_exactly_the_actions_its_adapters_call() {
         "events:PutEvents",
     ];
     let expected: BTreeMap<&str, Vec<&str>> = [
-        ("deployer", vec!["ecr:DescribeImages", "ssm:SendCommand"]),
+        (
+            "deployer",
+            vec![
+                "ecr:DescribeImages",
+                "ecr:BatchGetImage",
+                "ecr:PutImage",
+                "ssm:SendCommand",
+            ],
+        ),
         (
             "tracker",
             vec!["ssm:SendCommand", "ssm:ListCommands", "ssm:CancelCommand"],
@@ -721,6 +733,14 @@ fn each_function_is_granted_exactly_the_actions_its_adapters_call() {
         ),
         ("rollback", vec!["ecr:DescribeImages", "ssm:SendCommand"]),
         ("control", vec![]),
+        (
+            "janitor",
+            vec![
+                "ecr:DescribeImages",
+                "ecr:BatchGetImage",
+                "ecr:BatchDeleteImage",
+            ],
+        ),
     ]
     .into();
     for (function, (statements, _)) in grants(&template()) {
@@ -728,8 +748,11 @@ fn each_function_is_granted_exactly_the_actions_its_adapters_call() {
             .iter()
             .flat_map(|s| strings(&s["Action"]))
             .collect();
+        // The janitor reads the state table and never writes it.
+        let writes = ["dynamodb:PutItem", "dynamodb:DeleteItem"];
         let wanted: BTreeSet<String> = core
             .iter()
+            .filter(|a| function != "janitor" || !writes.contains(a))
             .chain(&expected[function.as_str()])
             .map(|a| a.to_string())
             .collect();
@@ -764,4 +787,148 @@ fn the_functions_read_the_settings_the_code_requires() {
         settings.config,
         pushdeploy::settings::ConfigLocation::Parameter("<ConfigParameterName>".into())
     );
+}
+
+/// The namespace every function's metrics go to.
+fn metrics_namespace(t: &Template) -> String {
+    let variables = resolve(
+        t.at(&["Globals", "Function", "Environment", "Variables"])
+            .unwrap(),
+    );
+    variables["PUSHDEPLOY_METRICS_NAMESPACE"]
+        .as_str()
+        .expect("the functions are told their metrics namespace")
+        .to_owned()
+}
+
+#[test]
+fn the_dashboard_is_valid_json_and_graphs_only_metrics_the_functions_emit() {
+    let t = template();
+    let (ty, props) = t.resource("Dashboard").unwrap();
+    assert_eq!(ty, "AWS::CloudWatch::Dashboard");
+    let body = resolve(props.get("DashboardBody").unwrap());
+    let body: Json = serde_json::from_str(body.as_str().unwrap())
+        .unwrap_or_else(|e| panic!("the dashboard body is not JSON: {e}"));
+    let namespace = metrics_namespace(&t);
+    let known: BTreeSet<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+    let mut graphed = BTreeSet::new();
+    let mut alarms = BTreeSet::new();
+    for widget in body["widgets"].as_array().unwrap() {
+        let p = &widget["properties"];
+        for row in p["metrics"].as_array().into_iter().flatten() {
+            let row = row.as_array().unwrap();
+            match row[0].as_str() {
+                Some(ns) if ns == namespace => {
+                    graphed.insert(row[1].as_str().unwrap().to_owned());
+                }
+                // "." repeats the namespace of the row above.
+                Some(".") => {
+                    graphed.insert(row[1].as_str().unwrap().to_owned());
+                }
+                Some("AWS/SQS" | "AWS/Lambda" | "...") => {}
+                Some(other) => panic!("unexpected namespace {other} in the dashboard"),
+                None => {
+                    let expression = row[0]["expression"].as_str().unwrap();
+                    assert!(expression.contains(&format!("{{{namespace},App,Environment}}")), "{expression}");
+                    let name = Regex::new(r#"MetricName="(\w+)""#).unwrap();
+                    graphed.insert(name.captures(expression).unwrap()[1].to_owned());
+                }
+            }
+        }
+        for alarm in p["alarms"].as_array().into_iter().flatten() {
+            alarms.insert(alarm.as_str().unwrap().to_owned());
+        }
+    }
+    for name in &graphed {
+        assert!(known.contains(name.as_str()), "the dashboard graphs {name}, which nothing emits");
+    }
+    assert_eq!(
+        graphed.iter().map(String::as_str).collect::<BTreeSet<_>>(),
+        known,
+        "every metric has a graph"
+    );
+    assert_eq!(
+        alarms,
+        ["<DeadLetterAlarm.Arn>", "<FunctionErrorsAlarm.Arn>", "<RollbackFailedAlarm.Arn>"]
+            .map(String::from)
+            .into(),
+        "the dashboard shows every alarm"
+    );
+}
+
+#[test]
+fn the_alarms_watch_failed_rollbacks_dead_letters_and_every_function_and_reach_the_topic() {
+    let t = template();
+    let alarm = |id: &str| {
+        let (ty, props) = t.resource(id).unwrap();
+        assert_eq!(ty, "AWS::CloudWatch::Alarm", "{id}");
+        let props = resolve(props);
+        assert_eq!(props["AlarmActions"], serde_json::json!(["<AlertTopic>"]), "{id}");
+        assert_eq!(props["TreatMissingData"], "notBreaching", "{id}");
+        props
+    };
+    let rollback = alarm("RollbackFailedAlarm");
+    assert_eq!(rollback["Namespace"].as_str().unwrap(), metrics_namespace(&t));
+    assert_eq!(rollback["MetricName"], Metric::RollbackFailed.name());
+    assert!(
+        rollback.get("Dimensions").is_none(),
+        "the alarm reads the metric every app and environment add to"
+    );
+    let dead = alarm("DeadLetterAlarm");
+    assert_eq!(dead["Dimensions"][0]["Value"], "<DeadLetterQueue.QueueName>");
+    let errors = alarm("FunctionErrorsAlarm");
+    let watched: BTreeSet<String> = errors["Metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["MetricStat"]["Metric"]["Dimensions"][0]["Value"].as_str())
+        .map(|v| v.trim_matches(['<', '>']).to_owned())
+        .collect();
+    let functions: BTreeSet<String> = t
+        .functions(&placeholder)
+        .unwrap()
+        .into_iter()
+        .map(|f| f.logical_id)
+        .collect();
+    assert_eq!(watched, functions, "the error alarm covers every function");
+    let expression = errors["Metrics"][0]["Expression"].as_str().unwrap();
+    for m in errors["Metrics"].as_array().unwrap().iter().skip(1) {
+        assert!(expression.contains(m["Id"].as_str().unwrap()), "{expression}");
+    }
+    // The topic lets exactly these alarms publish.
+    let (_, policy) = t.resource("AlertTopicPolicy").unwrap();
+    let policy = resolve(policy);
+    let from_alarms: BTreeSet<String> = policy["PolicyDocument"]["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["Principal"]["Service"] == "cloudwatch.amazonaws.com")
+        .flat_map(|s| strings(&s["Condition"]["ArnEquals"]["aws:SourceArn"]))
+        .collect();
+    assert_eq!(
+        from_alarms,
+        ["<DeadLetterAlarm.Arn>", "<FunctionErrorsAlarm.Arn>", "<RollbackFailedAlarm.Arn>"]
+            .map(String::from)
+            .into()
+    );
+}
+
+#[test]
+fn the_janitor_runs_on_its_schedule_with_the_dry_run_setting() {
+    let t = template();
+    let janitor = t
+        .functions(&placeholder)
+        .unwrap()
+        .into_iter()
+        .find(|f| f.package == "janitor")
+        .expect("the janitor is in the template");
+    assert!(
+        janitor.triggers.iter().any(|tr| matches!(tr, Trigger::Schedule { expression, .. } if expression == "<JanitorSchedule>")),
+        "{:?}",
+        janitor.triggers
+    );
+    let (variables, _) = t.function_environment(&janitor.logical_id, &placeholder);
+    assert_eq!(variables["PUSHDEPLOY_JANITOR_DRY_RUN"], "<JanitorDryRun>");
+    let default = t.at(&["Parameters", "JanitorDryRun", "Default"]);
+    assert_eq!(default.and_then(Yaml::as_str), Some("false"));
 }

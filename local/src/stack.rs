@@ -326,6 +326,19 @@ impl Stack {
                         },
                         pattern: pattern.clone(),
                     }),
+                    // The reconciliation may run faster locally; other schedules (the
+                    // janitor's daily run) keep their rate, and a cron(...) one is left to
+                    // invocations by hand.
+                    Trigger::Schedule { name, expression } if name != "Reconcile" => {
+                        if let Some(every) = rate(expression) {
+                            schedules.push(Schedule {
+                                function: f.package.clone(),
+                                rule: format!("{}-{}{}", names.stack, f.logical_id, name),
+                                expression: expression.clone(),
+                                every,
+                            });
+                        }
+                    }
                     Trigger::Schedule { name, expression } => {
                         let every = options.reconcile_every.or_else(|| rate(expression)).ok_or_else(|| {
                             anyhow!("{}.{name}: {expression:?} is not a rate(...) the local stack can run; set PUSHDEPLOY_LOCAL_RECONCILE_SECONDS", f.logical_id)
