@@ -829,7 +829,10 @@ fn the_dashboard_is_valid_json_and_graphs_only_metrics_the_functions_emit() {
                 Some(other) => panic!("unexpected namespace {other} in the dashboard"),
                 None => {
                     let expression = row[0]["expression"].as_str().unwrap();
-                    assert!(expression.contains(&format!("{{{namespace},App,Environment}}")), "{expression}");
+                    assert!(
+                        expression.contains(&format!("{{{namespace},App,Environment}}")),
+                        "{expression}"
+                    );
                     let name = Regex::new(r#"MetricName="(\w+)""#).unwrap();
                     graphed.insert(name.captures(expression).unwrap()[1].to_owned());
                 }
@@ -840,7 +843,10 @@ fn the_dashboard_is_valid_json_and_graphs_only_metrics_the_functions_emit() {
         }
     }
     for name in &graphed {
-        assert!(known.contains(name.as_str()), "the dashboard graphs {name}, which nothing emits");
+        assert!(
+            known.contains(name.as_str()),
+            "the dashboard graphs {name}, which nothing emits"
+        );
     }
     assert_eq!(
         graphed.iter().map(String::as_str).collect::<BTreeSet<_>>(),
@@ -849,9 +855,13 @@ fn the_dashboard_is_valid_json_and_graphs_only_metrics_the_functions_emit() {
     );
     assert_eq!(
         alarms,
-        ["<DeadLetterAlarm.Arn>", "<FunctionErrorsAlarm.Arn>", "<RollbackFailedAlarm.Arn>"]
-            .map(String::from)
-            .into(),
+        [
+            "<DeadLetterAlarm.Arn>",
+            "<FunctionErrorsAlarm.Arn>",
+            "<RollbackFailedAlarm.Arn>"
+        ]
+        .map(String::from)
+        .into(),
         "the dashboard shows every alarm"
     );
 }
@@ -863,19 +873,29 @@ fn the_alarms_watch_failed_rollbacks_dead_letters_and_every_function_and_reach_t
         let (ty, props) = t.resource(id).unwrap();
         assert_eq!(ty, "AWS::CloudWatch::Alarm", "{id}");
         let props = resolve(props);
-        assert_eq!(props["AlarmActions"], serde_json::json!(["<AlertTopic>"]), "{id}");
+        assert_eq!(
+            props["AlarmActions"],
+            serde_json::json!(["<AlertTopic>"]),
+            "{id}"
+        );
         assert_eq!(props["TreatMissingData"], "notBreaching", "{id}");
         props
     };
     let rollback = alarm("RollbackFailedAlarm");
-    assert_eq!(rollback["Namespace"].as_str().unwrap(), metrics_namespace(&t));
+    assert_eq!(
+        rollback["Namespace"].as_str().unwrap(),
+        metrics_namespace(&t)
+    );
     assert_eq!(rollback["MetricName"], Metric::RollbackFailed.name());
     assert!(
         rollback.get("Dimensions").is_none(),
         "the alarm reads the metric every app and environment add to"
     );
     let dead = alarm("DeadLetterAlarm");
-    assert_eq!(dead["Dimensions"][0]["Value"], "<DeadLetterQueue.QueueName>");
+    assert_eq!(
+        dead["Dimensions"][0]["Value"],
+        "<DeadLetterQueue.QueueName>"
+    );
     let errors = alarm("FunctionErrorsAlarm");
     let watched: BTreeSet<String> = errors["Metrics"]
         .as_array()
@@ -893,7 +913,10 @@ fn the_alarms_watch_failed_rollbacks_dead_letters_and_every_function_and_reach_t
     assert_eq!(watched, functions, "the error alarm covers every function");
     let expression = errors["Metrics"][0]["Expression"].as_str().unwrap();
     for m in errors["Metrics"].as_array().unwrap().iter().skip(1) {
-        assert!(expression.contains(m["Id"].as_str().unwrap()), "{expression}");
+        assert!(
+            expression.contains(m["Id"].as_str().unwrap()),
+            "{expression}"
+        );
     }
     // The topic lets exactly these alarms publish.
     let (_, policy) = t.resource("AlertTopicPolicy").unwrap();
@@ -907,9 +930,13 @@ fn the_alarms_watch_failed_rollbacks_dead_letters_and_every_function_and_reach_t
         .collect();
     assert_eq!(
         from_alarms,
-        ["<DeadLetterAlarm.Arn>", "<FunctionErrorsAlarm.Arn>", "<RollbackFailedAlarm.Arn>"]
-            .map(String::from)
-            .into()
+        [
+            "<DeadLetterAlarm.Arn>",
+            "<FunctionErrorsAlarm.Arn>",
+            "<RollbackFailedAlarm.Arn>"
+        ]
+        .map(String::from)
+        .into()
     );
 }
 

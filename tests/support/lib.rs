@@ -108,28 +108,15 @@ impl World {
     /// Records an image in ECR (moto) under `digest` with `tag`, and returns the
     /// `ECR Image Action` event AWS would send for the push.
     pub async fn push(&self, tag: &str, digest: &Digest) -> anyhow::Result<Value> {
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-            "config": { "mediaType": "application/vnd.docker.container.image.v1+json", "size": 2, "digest": digest.as_str() },
-            "layers": [ { "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 2, "digest": digest.as_str() } ]
-        });
-        let put = aws_sdk_ecr::Client::new(&self.sdk)
-            .put_image()
-            .repository_name(REPOSITORY)
-            .image_manifest(manifest.to_string())
-            .image_digest(digest.as_str())
-            .image_tag(tag)
-            .send()
-            .await;
         // Pushing the same image with the same tag again is a no-op in a registry; ECR
         // answers ImageAlreadyExists and still emits the push event.
-        if let Err(e) = put {
+        if let Err(e) = self.put_image(Some(tag), digest).await {
             let exists = e
-                .as_service_error()
+                .downcast_ref::<aws_sdk_ecr::error::SdkError<aws_sdk_ecr::operation::put_image::PutImageError>>()
+                .and_then(|e| e.as_service_error())
                 .is_some_and(|e| e.is_image_already_exists_exception());
             if !exists {
-                return Err(anyhow::Error::new(e).context("PutImage"));
+                return Err(e.context("PutImage"));
             }
         }
         let n = {
@@ -155,6 +142,25 @@ impl World {
                 "image-tag": tag
             }
         }))
+    }
+
+    /// Records an image in ECR (moto) under `digest`, with `tag` or untagged.
+    pub async fn put_image(&self, tag: Option<&str>, digest: &Digest) -> anyhow::Result<()> {
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": { "mediaType": "application/vnd.docker.container.image.v1+json", "size": 2, "digest": digest.as_str() },
+            "layers": [ { "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 2, "digest": digest.as_str() } ]
+        });
+        aws_sdk_ecr::Client::new(&self.sdk)
+            .put_image()
+            .repository_name(REPOSITORY)
+            .image_manifest(manifest.to_string())
+            .image_digest(digest.as_str())
+            .set_image_tag(tag.map(str::to_owned))
+            .send()
+            .await?;
+        Ok(())
     }
 
     /// The SSM commands sent so far, oldest first: (command id, Image parameter).

@@ -354,6 +354,120 @@ mod tests {
         assert!(w.target.last().image.ends_with(&"9".repeat(64)));
     }
 
+    /// Records `digest` as the last verified image of web/staging.
+    async fn verified_in_staging(w: &World, digest: &Digest) {
+        use pushdeploy::ports::{Commit, StateStore};
+        let (app, env) = app_env("staging");
+        let mut dep = pushdeploy::domain::Deployment::new(
+            app.clone(),
+            env.clone(),
+            pushdeploy::domain::Request {
+                image: pushdeploy::domain::PinnedImage {
+                    registry: w.registry.registry.clone(),
+                    repository: pushdeploy::domain::Repository::parse("acme/web").unwrap(),
+                    digest: digest.clone(),
+                },
+                tag: None,
+                kind: pushdeploy::domain::Kind::Push,
+                pushed_at: datetime!(2026-11-20 09:58 UTC),
+                requested_by: None,
+                reason: None,
+            },
+            datetime!(2026-11-20 09:58 UTC),
+        );
+        let mut state = w.store.env_state(&app, &env).await.unwrap();
+        state.record_verified(&dep, datetime!(2026-11-20 10:02 UTC));
+        w.store
+            .commit(Commit::env(&mut state).with(&mut dep))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_verified_digest_takes_the_environment_tag_and_a_late_event_never_moves_it_back() {
+        let w = world();
+        let verified_event = include_str!("../../../events/deployer/deployment-verified.json");
+        let first = Digest::parse(
+            "sha256:3f2c7b1d9e8a4c6b5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e",
+        )
+        .unwrap();
+        let second = Digest::parse(&format!("sha256:{}", "9".repeat(64))).unwrap();
+        w.registry.push("acme/web", Some("v1.4.0"), &first);
+        w.registry.push("acme/web", Some("v1.4.1"), &second);
+        verified_in_staging(&w, &first).await;
+
+        let out = handle(&w.deployer, event(verified_event)).await.unwrap();
+        assert_eq!(out["ecr_tag"]["outcome"], "moved", "{out}");
+        assert_eq!(out["ecr_tag"]["tag"], "staging");
+        assert_eq!(
+            w.registry.tagged("acme/web", "staging"),
+            Some(first.clone())
+        );
+        let again = handle(&w.deployer, event(verified_event)).await.unwrap();
+        assert_eq!(again["ecr_tag"]["outcome"], "already_there", "{again}");
+
+        // A newer digest was verified since: the late event about the first changes nothing.
+        verified_in_staging(&w, &second).await;
+        let late = handle(&w.deployer, event(verified_event)).await.unwrap();
+        assert_eq!(late["ecr_tag"]["outcome"], "skipped", "{late}");
+        assert!(
+            late["ecr_tag"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("no longer the last verified digest"),
+            "{late}"
+        );
+        assert_eq!(
+            w.registry.tagged("acme/web", "staging"),
+            Some(first.clone())
+        );
+
+        // On a repository with immutable tags the move is skipped with a warning, and the
+        // event is still handled.
+        w.registry.set_immutable("acme/web");
+        let newer = verified_event.replace(first.as_str(), second.as_str());
+        let out = handle(&w.deployer, event(&newer)).await.unwrap();
+        assert_eq!(out["ecr_tag"]["outcome"], "skipped", "{out}");
+        assert!(
+            out["ecr_tag"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("immutable tags"),
+            "{out}"
+        );
+        assert_eq!(w.registry.tagged("acme/web", "staging"), Some(first));
+    }
+
+    #[tokio::test]
+    async fn a_throttled_registry_fails_the_event_so_it_is_retried() {
+        let w = world();
+        let digest = Digest::parse(
+            "sha256:3f2c7b1d9e8a4c6b5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e",
+        )
+        .unwrap();
+        w.registry.push("acme/web", Some("v1.4.0"), &digest);
+        verified_in_staging(&w, &digest).await;
+        w.registry.throttle(1);
+        let err = handle(
+            &w.deployer,
+            event(include_str!(
+                "../../../events/deployer/deployment-verified.json"
+            )),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        let out = handle(
+            &w.deployer,
+            event(include_str!(
+                "../../../events/deployer/deployment-verified.json"
+            )),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["ecr_tag"]["outcome"], "moved", "{out}");
+    }
+
     #[tokio::test]
     async fn other_events_are_refused() {
         let w = world();
