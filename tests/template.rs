@@ -813,6 +813,7 @@ fn the_dashboard_is_valid_json_and_graphs_only_metrics_the_functions_emit() {
     let known: BTreeSet<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
     let mut graphed = BTreeSet::new();
     let mut alarms = BTreeSet::new();
+    let name = Regex::new(r#"MetricName="(\w+)""#).unwrap();
     for widget in body["widgets"].as_array().unwrap() {
         let p = &widget["properties"];
         for row in p["metrics"].as_array().into_iter().flatten() {
@@ -833,7 +834,6 @@ fn the_dashboard_is_valid_json_and_graphs_only_metrics_the_functions_emit() {
                         expression.contains(&format!("{{{namespace},App,Environment}}")),
                         "{expression}"
                     );
-                    let name = Regex::new(r#"MetricName="(\w+)""#).unwrap();
                     graphed.insert(name.captures(expression).unwrap()[1].to_owned());
                 }
             }

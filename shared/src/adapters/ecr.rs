@@ -442,4 +442,128 @@ mod tests {
         let err = registry.find_digest(&repo(), &digest).await.unwrap_err();
         assert_eq!(err.to_string(), "repository acme/web does not exist in ECR");
     }
+
+    #[tokio::test]
+    async fn a_tag_on_an_immutable_repository_is_reported_not_failed() {
+        use aws_sdk_ecr::operation::batch_get_image::BatchGetImageOutput;
+        use aws_sdk_ecr::operation::put_image::PutImageError;
+        use aws_sdk_ecr::types::Image;
+        use aws_sdk_ecr::types::error::ImageTagAlreadyExistsException;
+        let get = mock!(Client::batch_get_image).then_output(|| {
+            BatchGetImageOutput::builder()
+                .images(
+                    Image::builder()
+                        .image_id(ImageIdentifier::builder().image_digest(DIGEST).build())
+                        .image_manifest("{}")
+                        .image_manifest_media_type("application/vnd.oci.image.manifest.v1+json")
+                        .build(),
+                )
+                .build()
+        });
+        let put = mock!(Client::put_image)
+            .match_requests(|r| {
+                r.image_tag() == Some("production")
+                    && r.image_digest() == Some(DIGEST)
+                    && r.image_manifest() == Some("{}")
+                    && r.image_manifest_media_type()
+                        == Some("application/vnd.oci.image.manifest.v1+json")
+            })
+            .then_error(|| {
+                PutImageError::ImageTagAlreadyExistsException(
+                    ImageTagAlreadyExistsException::builder()
+                        .message("immutable")
+                        .build(),
+                )
+            });
+        let registry = EcrRegistry::new(mock_client!(
+            aws_sdk_ecr,
+            RuleMode::Sequential,
+            [&get, &put]
+        ));
+        let moved = registry
+            .move_tag(
+                &repo(),
+                &Digest::parse(DIGEST).unwrap(),
+                &Tag::parse("production").unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(moved, TagMove::Immutable);
+    }
+
+    #[tokio::test]
+    async fn images_already_gone_count_as_deleted_and_other_failures_are_reported() {
+        use aws_sdk_ecr::operation::batch_delete_image::BatchDeleteImageOutput;
+        use aws_sdk_ecr::types::{ImageFailure, ImageFailureCode};
+        let other = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+        let delete = mock!(Client::batch_delete_image).then_output(move || {
+            let failure = |digest: &str, code| {
+                ImageFailure::builder()
+                    .image_id(ImageIdentifier::builder().image_digest(digest).build())
+                    .failure_code(code)
+                    .failure_reason("because")
+                    .build()
+            };
+            BatchDeleteImageOutput::builder()
+                .failures(failure(DIGEST, ImageFailureCode::ImageNotFound))
+                .failures(failure(
+                    other,
+                    ImageFailureCode::ImageReferencedByManifestList,
+                ))
+                .build()
+        });
+        let registry = EcrRegistry::new(mock_client!(aws_sdk_ecr, [&delete]));
+        let failures = registry
+            .delete(
+                &repo(),
+                &[
+                    Digest::parse(DIGEST).unwrap(),
+                    Digest::parse(other).unwrap(),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].digest.as_str(), other);
+        assert_eq!(failures[0].reason, "ImageReferencedByManifestList: because");
+    }
+
+    #[tokio::test]
+    async fn the_listing_pages_on_marks_indexes_and_leaves_out_what_it_cannot_read() {
+        use aws_sdk_ecr::operation::describe_images::DescribeImagesOutput;
+        let pushed = aws_smithy_types::DateTime::from_secs(1_700_000_000);
+        let list = mock!(Client::describe_images)
+            .match_requests(|r| r.next_token() == Some("page-2") && r.max_results() == Some(1000))
+            .then_output(move || {
+                DescribeImagesOutput::builder()
+                    .image_details(
+                        ImageDetail::builder()
+                            .image_digest(DIGEST)
+                            .image_tags("v1")
+                            .image_pushed_at(pushed)
+                            .image_manifest_media_type("application/vnd.oci.image.index.v1+json")
+                            .build(),
+                    )
+                    // No push time: never a candidate.
+                    .image_details(
+                        ImageDetail::builder()
+                            .image_digest("sha256:2222222222222222222222222222222222222222222222222222222222222222")
+                            .build(),
+                    )
+                    .next_token("page-3")
+                    .build()
+            });
+        let registry = EcrRegistry::new(mock_client!(aws_sdk_ecr, [&list]));
+        let page = registry
+            .list_page(&repo(), Some("page-2".into()))
+            .await
+            .unwrap();
+        assert_eq!(page.next.as_deref(), Some("page-3"));
+        assert_eq!(page.images.len(), 1);
+        assert!(page.images[0].is_index);
+        assert_eq!(
+            page.images[0].image.pushed_at.unix_timestamp(),
+            1_700_000_000
+        );
+    }
 }

@@ -907,4 +907,68 @@ apps:
         let other = Repository::parse("acme/api").unwrap();
         assert_eq!(config.apps_for_repository(&other).count(), 0);
     }
+
+    #[test]
+    fn retention_and_environment_tags_have_safe_defaults() {
+        let config = Config::from_yaml(GOOD).unwrap();
+        let web = AppName::parse("web").unwrap();
+        assert_eq!(
+            config.app(&web).unwrap().retention,
+            None,
+            "nothing is deleted unless asked"
+        );
+        let staging = config
+            .env(&web, &EnvName::parse("staging").unwrap())
+            .unwrap();
+        assert_eq!(staging.ecr_tag, Some(Tag::parse("staging").unwrap()));
+
+        let yaml = GOOD
+            .replace(
+                "    repository: acme/web\n",
+                "    repository: acme/web\n    retention: { protect_tags: [\"v*\"] }\n",
+            )
+            .replace("      qa:\n", "      qa:\n        ecr_tag: false\n")
+            .replace(
+                "      staging:\n",
+                "      staging:\n        ecr_tag: current-staging\n",
+            );
+        let config = Config::from_yaml(&yaml).unwrap();
+        let retention = config.app(&web).unwrap().retention.clone().unwrap();
+        assert_eq!(retention.rule.keep_newest, 30);
+        assert_eq!(retention.keep_verified, 5);
+        assert_eq!(retention.rule.protect_tags[0].as_str(), "v*");
+        let env = |name: &str| {
+            config
+                .env(&web, &EnvName::parse(name).unwrap())
+                .unwrap()
+                .ecr_tag
+                .clone()
+        };
+        assert_eq!(env("staging"), Some(Tag::parse("current-staging").unwrap()));
+        assert_eq!(env("qa"), None);
+    }
+
+    #[test]
+    fn bad_retention_and_environment_tags_are_reported_with_their_path() {
+        let yaml = GOOD
+            .replace(
+                "    repository: acme/web\n",
+                "    repository: acme/web\n    retention: { keep_newest: 0, keep_verified: 11, protect_tags: [\"v;*\"] }\n",
+            )
+            .replace("      qa:\n", "      qa:\n        ecr_tag: \"no spaces\"\n");
+        let found = problems(&yaml);
+        let paths: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "apps.web.environments.qa.ecr_tag",
+                "apps.web.retention.keep_newest",
+                "apps.web.retention.keep_verified",
+                "apps.web.retention.protect_tags[0]",
+            ],
+            "{found:?}"
+        );
+        assert!(found[0].1.contains("ecr_tag: false"), "{found:?}");
+        assert!(found[2].1.contains("1 to 10"), "{found:?}");
+    }
 }

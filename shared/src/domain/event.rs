@@ -155,7 +155,7 @@ pub struct ImagesDetail {
 #[serde(untagged)]
 pub enum Detail {
     /// A deployment or an environment.
-    Deployment(EventDetail),
+    Deployment(Box<EventDetail>),
     /// Images of a repository.
     Images(ImagesDetail),
 }
@@ -181,7 +181,7 @@ impl LifecycleEvent {
     pub fn of(detail_type: EventType, deployment: &Deployment) -> Self {
         Self {
             detail_type,
-            detail: Detail::Deployment(EventDetail {
+            detail: Detail::Deployment(Box::new(EventDetail {
                 app: deployment.app.clone(),
                 environment: deployment.environment.clone(),
                 deployment_id: Some(deployment.id.clone()),
@@ -195,7 +195,7 @@ impl LifecycleEvent {
                 pushed_at: Some(deployment.pushed_at),
                 failed_at: None,
                 at: deployment.updated_at,
-            }),
+            })),
         }
     }
 
@@ -209,7 +209,7 @@ impl LifecycleEvent {
     ) -> Self {
         Self {
             detail_type,
-            detail: Detail::Deployment(EventDetail {
+            detail: Detail::Deployment(Box::new(EventDetail {
                 app: app.clone(),
                 environment: environment.clone(),
                 deployment_id: None,
@@ -223,7 +223,7 @@ impl LifecycleEvent {
                 pushed_at: None,
                 failed_at: None,
                 at,
-            }),
+            })),
         }
     }
 

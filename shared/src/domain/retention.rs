@@ -113,12 +113,17 @@ pub fn plan(
         }
     }
 
-    let mut delete: Vec<Digest> = ordered
-        .iter()
-        .rev()
+    // Oldest push first, the digest breaking ties.
+    let mut doomed: Vec<&StoredImage> = ordered
+        .into_iter()
         .filter(|i| !keep.contains_key(&i.digest))
-        .map(|i| i.digest.clone())
         .collect();
+    doomed.sort_by(|a, b| {
+        a.pushed_at
+            .cmp(&b.pushed_at)
+            .then_with(|| a.digest.as_str().cmp(b.digest.as_str()))
+    });
+    let mut delete: Vec<Digest> = doomed.into_iter().map(|i| i.digest.clone()).collect();
     delete.dedup();
     Plan { delete, keep }
 }
