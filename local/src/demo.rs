@@ -165,6 +165,20 @@ async fn story(stack: &Stack, app: &SampleApp) -> anyhow::Result<Vec<String>> {
             app.container
         )),
     }
+    // The deployer moves the environment's ECR tag once the rollback is verified.
+    let tag = &app.environment;
+    let tagged = wait_for_tag(stack, &app.repository, tag, &pushed_v1.digest).await;
+    match tagged.as_deref() {
+        Some(d) if d == pushed_v1.digest => println!(
+            "ECR tag {}:{tag} names {} (v1, the verified image)",
+            app.repository,
+            short_digest(d)
+        ),
+        other => problems.push(format!(
+            "ECR tag {tag} names {other:?}, expected v1 ({})",
+            pushed_v1.digest
+        )),
+    }
     let unexpected: Vec<String> = timeline
         .events()
         .iter()
@@ -201,6 +215,36 @@ async fn story(stack: &Stack, app: &SampleApp) -> anyhow::Result<Vec<String>> {
         app.url("/")
     );
     Ok(problems)
+}
+
+/// The digest an ECR tag names, once it names `want` (or after a few seconds, whatever it
+/// names then).
+async fn wait_for_tag(stack: &Stack, repository: &str, tag: &str, want: &str) -> Option<String> {
+    let ecr = aws_sdk_ecr::Client::new(&stack.sdk);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = ecr
+            .describe_images()
+            .repository_name(repository)
+            .image_ids(
+                aws_sdk_ecr::types::ImageIdentifier::builder()
+                    .image_tag(tag)
+                    .build(),
+            )
+            .send()
+            .await
+            .ok()
+            .and_then(|out| {
+                out.image_details()
+                    .first()?
+                    .image_digest()
+                    .map(str::to_owned)
+            });
+        if found.as_deref() == Some(want) || tokio::time::Instant::now() >= deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The deployment a push started.
