@@ -1,4 +1,5 @@
-//! Turns a console payload into a status report or a freeze change.
+//! Turns a console payload into a status report, a freeze change, or a decision about a
+//! pending promotion.
 
 use lambda_runtime::LambdaEvent;
 use pushdeploy::inbound;
@@ -7,22 +8,34 @@ use pushdeploy::services::{Control, ServiceError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// `{"action": "status" | "freeze" | "unfreeze", "app", "environment", "reason", "requested_by"}`
+/// `{"action": "status" | "freeze" | "unfreeze" | "approve" | "reject" | "list-pending",
+/// "app", "environment", "digest", "reason", "requested_by" | "by"}`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ControlPayload {
     action: String,
     app: Option<String>,
     environment: Option<String>,
+    digest: Option<String>,
     reason: Option<String>,
+    #[serde(alias = "by")]
     requested_by: Option<String>,
 }
 
 pub async fn handle(control: &Control, event: LambdaEvent<Value>) -> Result<Value, ServiceError> {
-    logged(dispatch(control, event.payload).await)
+    let caller = event
+        .context
+        .identity
+        .as_ref()
+        .map(|i| format!("cognito:{}", i.identity_id));
+    logged(dispatch(control, event.payload, caller).await)
 }
 
-async fn dispatch(control: &Control, payload: Value) -> Result<Value, ServiceError> {
+async fn dispatch(
+    control: &Control,
+    payload: Value,
+    caller: Option<String>,
+) -> Result<Value, ServiceError> {
     if inbound::is_event(&payload) {
         return Err(ServiceError::Invalid(
             "control takes requests typed by hand, not events".into(),
@@ -65,8 +78,41 @@ async fn dispatch(control: &Control, payload: Value) -> Result<Value, ServiceErr
             let (a, e) = both()?;
             respond(&control.unfreeze(a, e, by).await?)
         }
+        "approve" | "reject" => {
+            let (a, e) = both()?;
+            let digest = p
+                .digest
+                .as_deref()
+                .ok_or_else(|| {
+                    ServiceError::Invalid(format!(
+                        "\"{}\" needs the \"digest\" it decides (see list-pending)",
+                        p.action
+                    ))
+                })
+                .and_then(inbound::digest)?;
+            // Who decided is recorded: the caller's identity when Lambda gives one, else
+            // the name the caller gives.
+            let who = caller
+                .or_else(|| p.requested_by.clone().filter(|b| !b.trim().is_empty()))
+                .ok_or_else(|| {
+                    ServiceError::Invalid(format!(
+                        "\"{}\" needs \"by\": who decides (this invocation carries no caller identity)",
+                        p.action
+                    ))
+                })?;
+            if p.action == "approve" {
+                respond(&control.approve(a, e, &digest, &who).await?)
+            } else {
+                respond(
+                    &control
+                        .reject(a, e, &digest, &who, p.reason.as_deref())
+                        .await?,
+                )
+            }
+        }
+        "list-pending" => respond(&json!({ "pending": control.list_pending(app.as_ref()).await? })),
         other => Err(ServiceError::Invalid(format!(
-            "unknown action {other:?}; control accepts \"status\", \"freeze\" and \"unfreeze\""
+            "unknown action {other:?}; control accepts \"status\", \"freeze\", \"unfreeze\", \"approve\", \"reject\" and \"list-pending\""
         ))),
     }
 }

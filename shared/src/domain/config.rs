@@ -77,6 +77,24 @@ pub struct EnvConfig {
     pub rollout_timeout: Duration,
     /// The ECR tag moved to each digest verified here; `None`: no tag is moved.
     pub ecr_tag: Option<Tag>,
+    /// Only digests verified in this environment come here, and how.
+    pub promotion: Option<Promotion>,
+}
+
+/// Where an environment's images come from, and who lets them in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Promotion {
+    pub from: EnvName,
+    pub approval: Approval,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Approval {
+    /// A digest verified in the source environment is deployed here at once.
+    Auto,
+    /// A person approves each digest; an approval not given in time expires.
+    Required { expires_after: Duration },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -257,6 +275,9 @@ mod raw {
         pub smoke: Option<Smoke>,
         pub rollout_timeout_seconds: Option<u64>,
         pub ecr_tag: Option<EcrTag>,
+        pub promote_from: Option<String>,
+        pub approval: Option<String>,
+        pub approval_expires_after_hours: Option<u64>,
     }
 
     #[derive(Deserialize)]
@@ -407,6 +428,7 @@ impl raw::App {
                 environments.insert(n, e);
             }
         }
+        check_promotions(c, path, &environments);
         let retention = self
             .retention
             .map(|r| r.validate(c, &format!("{path}.retention")));
@@ -416,6 +438,53 @@ impl raw::App {
             environments,
             retention,
         })
+    }
+}
+
+/// Every `promote_from` names another environment of the app, and following them never
+/// comes back to where it started.
+fn check_promotions(c: &mut Checker, path: &str, environments: &BTreeMap<EnvName, EnvConfig>) {
+    for (name, env) in environments {
+        let Some(promotion) = &env.promotion else {
+            continue;
+        };
+        let field = format!("{path}.environments.{name}.promote_from");
+        if &promotion.from == name {
+            c.fail(field, "an environment cannot promote from itself");
+            continue;
+        }
+        if !environments.contains_key(&promotion.from) {
+            let known: Vec<&str> = environments.keys().map(EnvName::as_str).collect();
+            c.fail(
+                field,
+                format!(
+                    "no environment {:?} in this app; it has {}",
+                    promotion.from.as_str(),
+                    known.join(", ")
+                ),
+            );
+            continue;
+        }
+        let mut seen = vec![name];
+        let mut at = &promotion.from;
+        while let Some(next) = environments.get(at).and_then(|e| e.promotion.as_ref()) {
+            seen.push(at);
+            if seen.contains(&&next.from) {
+                c.fail(
+                    field,
+                    format!(
+                        "promotions go round in a circle: {} → {}",
+                        seen.iter()
+                            .map(|e| e.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" ← "),
+                        next.from
+                    ),
+                );
+                break;
+            }
+            at = &next.from;
+        }
     }
 }
 
@@ -461,6 +530,7 @@ impl raw::Retention {
 impl raw::Env {
     fn validate(self, c: &mut Checker, path: &str, name: &str) -> Option<EnvConfig> {
         let before = c.problems.len();
+        let promotion = self.promotion(c, path);
         let deploy_on_push = self.deploy_on_push.map(|p| {
             let p_path = format!("{path}.deploy_on_push");
             if p.tags.is_empty() && !p.untagged {
@@ -525,11 +595,52 @@ impl raw::Env {
             smoke,
             rollout_timeout,
             ecr_tag,
+            promotion,
         })
     }
 }
 
 const DEFAULT_SMOKE_WITHIN: u64 = 120;
+/// Without `approval_expires_after_hours`, a pending approval expires after three days.
+const DEFAULT_APPROVAL_HOURS: u64 = 72;
+
+impl raw::Env {
+    fn promotion(&self, c: &mut Checker, path: &str) -> Option<Promotion> {
+        let Some(from) = &self.promote_from else {
+            if self.approval.is_some() || self.approval_expires_after_hours.is_some() {
+                c.fail(
+                    format!("{path}.approval"),
+                    "approval applies to promotions: name the source environment in `promote_from`",
+                );
+            }
+            return None;
+        };
+        let from = c.ok(&format!("{path}.promote_from"), EnvName::parse(from))?;
+        let hours = self
+            .approval_expires_after_hours
+            .unwrap_or(DEFAULT_APPROVAL_HOURS);
+        if !(1..=720).contains(&hours) {
+            c.fail(
+                format!("{path}.approval_expires_after_hours"),
+                format!("{hours} is out of range; use 1 to 720 hours"),
+            );
+        }
+        let approval = match self.approval.as_deref() {
+            None | Some("auto") => Approval::Auto,
+            Some("required") => Approval::Required {
+                expires_after: Duration::from_secs(hours * 3600),
+            },
+            Some(other) => {
+                c.fail(
+                    format!("{path}.approval"),
+                    format!("{other:?} is not an approval mode; use \"auto\" or \"required\""),
+                );
+                return None;
+            }
+        };
+        Some(Promotion { from, approval })
+    }
+}
 
 /// What the SSM document's `allowedPattern` accepts for a container name.
 pub fn container_name_ok(name: &str) -> bool {

@@ -8,6 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::approval::{Decision, Pending};
 use super::image::{Digest, PinnedImage, Tag};
 use super::lifecycle::{InvalidTransition, Kind, Outcome, Phase, Step, transition};
 use super::names::{AppName, EnvName};
@@ -243,6 +244,12 @@ pub struct EnvState {
     pub verified: Vec<VerifiedDigest>,
     /// Digests that failed here; pushes of them are ignored until one is deployed by hand.
     pub quarantined: BTreeMap<String, Quarantine>,
+    /// A promotion waiting for approval or for its digest to be verified at the source.
+    #[serde(default)]
+    pub pending: Option<Pending>,
+    /// What became of earlier pending promotions, newest first.
+    #[serde(default)]
+    pub decisions: Vec<Decision>,
     #[serde(skip)]
     pub version: u64,
 }
@@ -304,6 +311,8 @@ impl EnvState {
             frozen: None,
             verified: Vec::new(),
             quarantined: BTreeMap::new(),
+            pending: None,
+            decisions: Vec::new(),
             version: 0,
         }
     }
@@ -312,7 +321,9 @@ impl EnvState {
     /// order (latest wins, never out of order); a request by hand overrides freeze and
     /// quarantine, because it is how a person takes control.
     pub fn admit(&self, request: &Request) -> Admission {
-        let automatic = request.kind == Kind::Push;
+        // Pushes and promotions nobody asked for by hand are automatic.
+        let automatic = request.kind == Kind::Push
+            || (request.kind == Kind::Promotion && request.requested_by.is_none());
         let digest = &request.image.digest;
         if automatic {
             if let Some(freeze) = &self.frozen {

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::approval::Pending;
 use super::deployment::{Deployment, DeploymentId};
 use super::image::{Digest, PinnedImage, Repository, Tag};
 use super::lifecycle::{Kind, Phase};
@@ -50,10 +51,20 @@ pub enum EventType {
     /// The janitor deleted old images from a repository.
     #[serde(rename = "Images Deleted")]
     ImagesDeleted,
+    /// A promotion waits for a person's approval.
+    #[serde(rename = "Approval Requested")]
+    ApprovalRequested,
+    /// A tag-triggered promotion waits for its digest to be verified at the source.
+    #[serde(rename = "Promotion Pending")]
+    PromotionPending,
+    #[serde(rename = "Promotion Approved")]
+    PromotionApproved,
+    #[serde(rename = "Promotion Rejected")]
+    PromotionRejected,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 15] = [
+    pub const ALL: [EventType; 19] = [
         EventType::RolloutQueued,
         EventType::RolloutStarted,
         EventType::RolloutSucceeded,
@@ -69,6 +80,10 @@ impl EventType {
         EventType::EnvironmentFrozen,
         EventType::EnvironmentUnfrozen,
         EventType::ImagesDeleted,
+        EventType::ApprovalRequested,
+        EventType::PromotionPending,
+        EventType::PromotionApproved,
+        EventType::PromotionRejected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -88,6 +103,10 @@ impl EventType {
             EventType::EnvironmentFrozen => "Environment Frozen",
             EventType::EnvironmentUnfrozen => "Environment Unfrozen",
             EventType::ImagesDeleted => "Images Deleted",
+            EventType::ApprovalRequested => "Approval Requested",
+            EventType::PromotionPending => "Promotion Pending",
+            EventType::PromotionApproved => "Promotion Approved",
+            EventType::PromotionRejected => "Promotion Rejected",
         }
     }
 
@@ -137,6 +156,19 @@ pub struct EventDetail {
         with = "time::serde::rfc3339::option"
     )]
     pub failed_at: Option<OffsetDateTime>,
+    /// On promotion events: the environment the digest comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<EnvName>,
+    /// On `Approval Requested`: when approving is no longer possible.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub expires_at: Option<OffsetDateTime>,
+    /// On `Promotion Approved` and `Promotion Rejected`: who decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
 }
@@ -194,6 +226,9 @@ impl LifecycleEvent {
                 rollback_of: deployment.rollback_of.clone(),
                 pushed_at: Some(deployment.pushed_at),
                 failed_at: None,
+                from: None,
+                expires_at: None,
+                by: None,
                 at: deployment.updated_at,
             })),
         }
@@ -222,9 +257,38 @@ impl LifecycleEvent {
                 rollback_of: None,
                 pushed_at: None,
                 failed_at: None,
+                from: None,
+                expires_at: None,
+                by: None,
                 at,
             })),
         }
+    }
+
+    /// An event about a pending promotion of an environment.
+    pub fn pending(
+        detail_type: EventType,
+        app: &AppName,
+        environment: &EnvName,
+        pending: &Pending,
+        by: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Self {
+        let mut event = Self::environment(
+            detail_type,
+            app,
+            environment,
+            Some(pending.reason.clone()),
+            at,
+        )
+        .with_image(&pending.image, pending.tag.as_ref(), Kind::Promotion);
+        if let Detail::Deployment(d) = &mut event.detail {
+            d.from = Some(pending.from.clone());
+            d.expires_at = pending.expires_at;
+            d.pushed_at = Some(pending.pushed_at);
+            d.by = by.map(str::to_owned);
+        }
+        event
     }
 
     /// Old images the janitor deleted from a repository.

@@ -1,5 +1,6 @@
 //! Pure types and rules: no I/O happens here.
 
+pub mod approval;
 pub mod config;
 pub mod deployment;
 pub mod event;

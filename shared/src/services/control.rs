@@ -1,5 +1,5 @@
-//! What people ask of pushdeploy directly: the status of apps and environments, and
-//! freezing or unfreezing automatic rollouts.
+//! What people ask of pushdeploy directly: the status of apps and environments, freezing
+//! or unfreezing automatic rollouts, and deciding pending promotions.
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -7,6 +7,7 @@ use tracing::info;
 
 use super::deploy::{unknown_app, unknown_env};
 use super::{Core, MAX_ATTEMPTS, ServiceError, too_busy};
+use crate::domain::approval::{ApprovalError, Approved, Outcome, Pending, Waiting};
 use crate::domain::deployment::{Current, Freeze, Queued, VerifiedDigest};
 use crate::domain::{
     AppName, Deployment, DeploymentId, Digest, EnvName, EventType, Kind, LifecycleEvent, Phase, Tag,
@@ -236,4 +237,183 @@ impl Control {
         }
         Err(too_busy("changing the freeze"))
     }
+
+    /// Approves the promotion of `digest` pending in an environment. The deployer starts it
+    /// on the `Promotion Approved` event; the deployment records who approved and when.
+    /// An expired, superseded or other digest is refused and nothing changes.
+    pub async fn approve(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        digest: &Digest,
+        by: &str,
+    ) -> Result<Decided, ServiceError> {
+        self.decide(app, env, digest, by, None).await
+    }
+
+    /// Rejects the promotion of `digest` pending in an environment: it is not deployed.
+    pub async fn reject(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        digest: &Digest,
+        by: &str,
+        reason: Option<&str>,
+    ) -> Result<Decided, ServiceError> {
+        self.decide(app, env, digest, by, Some(reason.map(str::to_owned)))
+            .await
+    }
+
+    /// `rejection`: `None` approves; `Some(reason)` rejects.
+    async fn decide(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        digest: &Digest,
+        by: &str,
+        rejection: Option<Option<String>>,
+    ) -> Result<Decided, ServiceError> {
+        let config = self.core.config.load().await?;
+        if config.env(app, env).is_none() {
+            return Err(match config.app(app) {
+                Some(_) => unknown_env(&config, app, env),
+                None => unknown_app(&config, app),
+            });
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let mut state = self.core.store.env_state(app, env).await?;
+            let now = self.core.clock.now();
+            let pending = state.pending_for(digest, now).map_err(refused)?;
+            let snapshot: Pending;
+            let kind = match &rejection {
+                None => {
+                    pending.approved = Some(Approved {
+                        by: by.to_owned(),
+                        at: now,
+                    });
+                    snapshot = pending.clone();
+                    EventType::PromotionApproved
+                }
+                Some(reason) => {
+                    snapshot = pending.clone();
+                    state.pending = None;
+                    state.decide(
+                        digest.clone(),
+                        Outcome::Rejected {
+                            by: by.to_owned(),
+                            reason: reason.clone(),
+                        },
+                        now,
+                    );
+                    EventType::PromotionRejected
+                }
+            };
+            match self.core.store.commit(Commit::env(&mut state)).await {
+                Ok(()) => {}
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            info!(%app, %env, %digest, %by, event = %kind, "promotion decided");
+            let mut event = LifecycleEvent::pending(kind, app, env, &snapshot, Some(by), now);
+            if let (Some(Some(reason)), crate::domain::Detail::Deployment(d)) =
+                (&rejection, &mut event.detail)
+            {
+                d.reason = Some(format!("rejected by {by}: {reason}"));
+            } else if let crate::domain::Detail::Deployment(d) = &mut event.detail {
+                d.reason = Some(match rejection {
+                    None => format!("approved by {by}"),
+                    Some(_) => format!("rejected by {by}"),
+                });
+            }
+            self.core.events.publish(&[event]).await?;
+            return Ok(Decided {
+                app: app.clone(),
+                environment: env.clone(),
+                digest: digest.clone(),
+                decision: if rejection.is_none() {
+                    "approved"
+                } else {
+                    "rejected"
+                },
+                by: by.to_owned(),
+                at: now,
+            });
+        }
+        Err(too_busy("deciding a promotion"))
+    }
+
+    /// Every promotion waiting for approval or verification, in one app or all.
+    pub async fn list_pending(
+        &self,
+        app: Option<&AppName>,
+    ) -> Result<Vec<PendingSummary>, ServiceError> {
+        let config = self.core.config.load().await?;
+        if let Some(a) = app
+            && config.app(a).is_none()
+        {
+            return Err(unknown_app(&config, a));
+        }
+        let now = self.core.clock.now();
+        let mut out = Vec::new();
+        for (a, e, _) in config.environments() {
+            if app.is_some_and(|wanted| wanted != a) {
+                continue;
+            }
+            let state = self.core.store.env_state(a, e).await?;
+            if let Some(p) = state.pending {
+                out.push(PendingSummary {
+                    app: a.clone(),
+                    environment: e.clone(),
+                    digest: p.digest().clone(),
+                    tag: p.tag.clone(),
+                    from: p.from.clone(),
+                    waiting_for: p.waiting_for,
+                    since: p.since,
+                    expires_at: p.expires_at,
+                    expired: p.is_expired(now),
+                    approved_by: p.approved.as_ref().map(|a| a.by.clone()),
+                    reason: p.reason.clone(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Refusals of an approval are the caller's to fix (or to accept).
+fn refused(e: ApprovalError) -> ServiceError {
+    match e {
+        ApprovalError::NothingPending { .. } | ApprovalError::OtherDigest { .. } => {
+            ServiceError::NotFound(e.to_string())
+        }
+        _ => ServiceError::Conflict(e.to_string()),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Decided {
+    pub app: AppName,
+    pub environment: EnvName,
+    pub digest: Digest,
+    pub decision: &'static str,
+    pub by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingSummary {
+    pub app: AppName,
+    pub environment: EnvName,
+    pub digest: Digest,
+    pub tag: Option<Tag>,
+    pub from: EnvName,
+    pub waiting_for: Waiting,
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    pub expired: bool,
+    pub approved_by: Option<String>,
+    pub reason: String,
 }

@@ -9,9 +9,10 @@ use tracing::{info, warn};
 
 use super::rollout::{EnvOutcome, EnvResult, launch, start_queued};
 use super::{Core, MAX_ATTEMPTS, ServiceError, too_busy};
+use crate::domain::approval;
 use crate::domain::{
-    Admission, AppName, Config, Deployment, Digest, EnvName, EventType, Kind, LifecycleEvent,
-    PinnedImage, Registry, Repository, Request, Tag,
+    Admission, AppName, Config, Deployment, Digest, EnvName, EnvState, EventType, Kind,
+    LifecycleEvent, PinnedImage, Registry, Repository, Request, Tag,
 };
 use crate::ports::{Commit, ImageRegistry, RegistryError, StoreError, TagMove, TagWriter, Target};
 
@@ -111,10 +112,20 @@ impl Deployer {
                     reason: None,
                 };
                 let claim = format!("{}#{}#{}", push.event_id, app_name, env_name);
-                results.push(
-                    self.admit(&config, app_name, env_name, request, Some(claim))
-                        .await?,
-                );
+                let result = match &env.promotion {
+                    // Only a digest verified at the source may come here.
+                    Some(promotion) => {
+                        self.on_promotion_push(
+                            &config, app_name, env_name, promotion, request, claim,
+                        )
+                        .await?
+                    }
+                    None => {
+                        self.admit(&config, app_name, env_name, request, Some(claim))
+                            .await?
+                    }
+                };
+                results.push(result);
             }
         }
         if !named {
@@ -231,7 +242,7 @@ impl Deployer {
     }
 
     /// Starts, queues or skips one request on one environment.
-    async fn admit(
+    pub(super) async fn admit(
         &self,
         config: &Config,
         app: &AppName,
@@ -274,6 +285,7 @@ impl Deployer {
                 }
                 Admission::Queue { behind } => {
                     state.queue(&request);
+                    settle_pending(&mut state, &request, self.core.clock.now());
                     match self
                         .core
                         .store
@@ -310,6 +322,7 @@ impl Deployer {
                         self.core.clock.now(),
                     );
                     state.start(&mut dep);
+                    settle_pending(&mut state, &request, self.core.clock.now());
                     match self
                         .core
                         .store
@@ -379,5 +392,20 @@ fn list(names: &[&str]) -> String {
         "(none)".to_owned()
     } else {
         names.join(", ")
+    }
+}
+
+/// A promotion held for this digest is done waiting once the digest goes ahead.
+fn settle_pending(state: &mut EnvState, request: &Request, now: OffsetDateTime) {
+    if let Some(p) = state
+        .pending
+        .take_if(|p| p.digest() == &request.image.digest)
+    {
+        let digest = p.digest().clone();
+        let outcome = match p.approved {
+            Some(a) => approval::Outcome::Approved { by: a.by },
+            None => approval::Outcome::Deployed,
+        };
+        state.decide(digest, outcome, now);
     }
 }

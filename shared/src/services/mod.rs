@@ -4,6 +4,7 @@
 pub mod control;
 pub mod deploy;
 pub mod janitor;
+pub mod promote;
 pub mod rollback;
 pub mod rollout;
 pub mod track;

@@ -30,6 +30,12 @@ pub enum EnvOutcome {
         reason: String,
         image: String,
     },
+    /// A promotion held until a person approves it or its digest is verified at the source.
+    Pending {
+        waiting_for: crate::domain::approval::Waiting,
+        reason: String,
+        image: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

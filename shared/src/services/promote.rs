@@ -1,0 +1,399 @@
+//! Promotion: an environment that names `promote_from` only ever receives a digest verified
+//! in that source environment: at once (`approval: auto`) or once a person approves it
+//! (`approval: required`). A tag pushed for it (the "push `v*` goes to production" habit)
+//! is held until its digest is verified at the source.
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use tracing::info;
+
+use super::deploy::Deployer;
+use super::rollout::{EnvOutcome, EnvResult};
+use super::{MAX_ATTEMPTS, ServiceError, too_busy};
+use crate::domain::approval::{Pending, Waiting};
+use crate::domain::config::{Approval, Config, Promotion};
+use crate::domain::{
+    AppName, Digest, EnvName, EventType, Kind, LifecycleEvent, PinnedImage, Request, Tag,
+};
+use crate::ports::{Commit, StoreError};
+
+/// A digest verified somewhere, as the `Deployment Verified` event tells it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    pub app: AppName,
+    pub environment: EnvName,
+    pub image: PinnedImage,
+    pub tag: Option<Tag>,
+    pub kind: Kind,
+    pub pushed_at: OffsetDateTime,
+    /// The event id: a repeated delivery promotes nothing twice.
+    pub event_id: String,
+}
+
+/// What a person asked for: promote what `from` last verified to `to`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManualPromotion {
+    pub app: AppName,
+    pub from: EnvName,
+    pub to: EnvName,
+    pub requested_by: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Promoted {
+    pub from: EnvName,
+    pub digest: Digest,
+    #[serde(flatten)]
+    pub result: EnvResult,
+}
+
+impl Deployer {
+    /// A digest was verified in `verified.environment`: promote it to each environment of
+    /// the app that promotes from there. A rollback's verification promotes nothing (it
+    /// re-verified an older digest). An environment that also deploys on push takes only
+    /// digests whose tag it deploys, or the one it is waiting for.
+    pub async fn on_source_verified(
+        &self,
+        verified: &Verified,
+    ) -> Result<Vec<Promoted>, ServiceError> {
+        if verified.kind == Kind::Rollback {
+            return Ok(Vec::new());
+        }
+        let config = self.core.config.load().await?;
+        let Some(app) = config.app(&verified.app) else {
+            return Ok(Vec::new());
+        };
+        let mut promoted = Vec::new();
+        for (name, env) in &app.environments {
+            let Some(promotion) = env
+                .promotion
+                .as_ref()
+                .filter(|p| p.from == verified.environment)
+            else {
+                continue;
+            };
+            let digest = &verified.image.digest;
+            let waited_for = self
+                .core
+                .store
+                .env_state(&verified.app, name)
+                .await?
+                .pending
+                .is_some_and(|p| p.digest() == digest && p.waiting_for == Waiting::Verification);
+            let wanted = match &env.deploy_on_push {
+                None => true,
+                Some(policy) => waited_for || policy.admits(verified.tag.as_ref()),
+            };
+            if !wanted {
+                info!(app = %verified.app, env = %name, %digest, "not promoted: its tag is not one this environment deploys");
+                continue;
+            }
+            let image = self.registry_for(&config, &verified.app, &verified.image);
+            let result = self
+                .promote(
+                    &config,
+                    &verified.app,
+                    name,
+                    promotion,
+                    image,
+                    verified.tag.clone(),
+                    verified.pushed_at,
+                    Some(format!("{}#{}", verified.event_id, name)),
+                )
+                .await?;
+            promoted.push(Promoted {
+                from: verified.environment.clone(),
+                digest: digest.clone(),
+                result,
+            });
+        }
+        Ok(promoted)
+    }
+
+    /// A push whose tag an environment with `promote_from` deploys: promoted when its digest
+    /// is verified at the source already, else held until it is.
+    pub(super) async fn on_promotion_push(
+        &self,
+        config: &Config,
+        app: &AppName,
+        env: &EnvName,
+        promotion: &Promotion,
+        request: Request,
+        claim: String,
+    ) -> Result<EnvResult, ServiceError> {
+        let source = self.core.store.env_state(app, &promotion.from).await?;
+        let digest = request.image.digest.clone();
+        if source.verified.iter().any(|v| v.digest == digest) {
+            return self
+                .promote(
+                    config,
+                    app,
+                    env,
+                    promotion,
+                    request.image,
+                    request.tag,
+                    request.pushed_at,
+                    Some(claim),
+                )
+                .await;
+        }
+        let then = match promotion.approval {
+            Approval::Auto => "it deploys once it is",
+            Approval::Required { .. } => "it waits for approval once it is",
+        };
+        let pending = Pending {
+            image: request.image,
+            tag: request.tag,
+            from: promotion.from.clone(),
+            waiting_for: Waiting::Verification,
+            pushed_at: request.pushed_at,
+            since: self.core.clock.now(),
+            expires_at: None,
+            reason: format!(
+                "{digest} has not been verified in {}; {then}",
+                promotion.from
+            ),
+            approved: None,
+        };
+        self.hold(app, env, pending, Some(claim)).await
+    }
+
+    /// Deploys what `from` verified last to `to`, by hand: no approval is asked, the person
+    /// asking is the approval, and it is recorded as such.
+    pub async fn promote_by_hand(
+        &self,
+        wanted: &ManualPromotion,
+    ) -> Result<Promoted, ServiceError> {
+        let config = self.core.config.load().await?;
+        let app = config.app(&wanted.app).ok_or_else(|| {
+            ServiceError::NotFound(format!("no app {} in the configuration", wanted.app))
+        })?;
+        for env in [&wanted.from, &wanted.to] {
+            if !app.environments.contains_key(env) {
+                let known: Vec<&str> = app.environments.keys().map(EnvName::as_str).collect();
+                return Err(ServiceError::NotFound(format!(
+                    "app {} has no environment {env}; it has {}",
+                    wanted.app,
+                    known.join(", ")
+                )));
+            }
+        }
+        if wanted.from == wanted.to {
+            return Err(ServiceError::Invalid(
+                "\"from\" and \"to\" name the same environment".into(),
+            ));
+        }
+        let source = self.core.store.env_state(&wanted.app, &wanted.from).await?;
+        let last = source.last_verified().ok_or_else(|| {
+            ServiceError::NotFound(format!(
+                "nothing has been verified in {}/{} yet: there is nothing to promote",
+                wanted.app, wanted.from
+            ))
+        })?;
+        let verified_dep = self
+            .core
+            .store
+            .deployment(&wanted.app, &wanted.from, &last.deployment_id)
+            .await?;
+        let mut image = verified_dep.image.clone();
+        if let Some(registry) = &app.registry {
+            image.registry = registry.clone();
+        }
+        let by = wanted
+            .requested_by
+            .clone()
+            .unwrap_or_else(|| "console".into());
+        let request = Request {
+            image,
+            tag: last.tag.clone(),
+            kind: Kind::Promotion,
+            pushed_at: verified_dep.pushed_at,
+            requested_by: Some(by.clone()),
+            reason: Some(format!("promoted by hand from {} by {by}", wanted.from)),
+        };
+        let result = self
+            .admit(&config, &wanted.app, &wanted.to, request, None)
+            .await?;
+        Ok(Promoted {
+            from: wanted.from.clone(),
+            digest: last.digest.clone(),
+            result,
+        })
+    }
+
+    /// A person approved a pending promotion (the `Promotion Approved` event): deploy it,
+    /// recording who approved and when.
+    pub async fn on_approved(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        digest: &Digest,
+        event_id: &str,
+    ) -> Result<Option<EnvResult>, ServiceError> {
+        let config = self.core.config.load().await?;
+        let state = self.core.store.env_state(app, env).await?;
+        let Some(pending) = state.pending.filter(|p| p.digest() == digest) else {
+            info!(%app, %env, %digest, "the approved promotion is no longer pending");
+            return Ok(None);
+        };
+        let Some(approved) = &pending.approved else {
+            return Err(ServiceError::Conflict(format!(
+                "{digest} in {app}/{env} has not been approved"
+            )));
+        };
+        let at = approved
+            .at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let request = Request {
+            image: pending.image.clone(),
+            tag: pending.tag.clone(),
+            kind: Kind::Promotion,
+            pushed_at: pending.pushed_at,
+            requested_by: Some(approved.by.clone()),
+            reason: Some(format!(
+                "verified in {}; approved by {} at {at}",
+                pending.from, approved.by
+            )),
+        };
+        Ok(Some(
+            self.admit(&config, app, env, request, Some(event_id.to_owned()))
+                .await?,
+        ))
+    }
+
+    /// Promotes at once, or holds the digest for approval.
+    #[allow(clippy::too_many_arguments)]
+    async fn promote(
+        &self,
+        config: &Config,
+        app: &AppName,
+        env: &EnvName,
+        promotion: &Promotion,
+        image: PinnedImage,
+        tag: Option<Tag>,
+        pushed_at: OffsetDateTime,
+        claim: Option<String>,
+    ) -> Result<EnvResult, ServiceError> {
+        match promotion.approval {
+            Approval::Auto => {
+                let request = Request {
+                    image,
+                    tag,
+                    kind: Kind::Promotion,
+                    pushed_at,
+                    requested_by: None,
+                    reason: Some(format!("verified in {}", promotion.from)),
+                };
+                self.admit(config, app, env, request, claim).await
+            }
+            Approval::Required { expires_after } => {
+                let now = self.core.clock.now();
+                let expires_at = now + expires_after;
+                let pending = Pending {
+                    reason: format!(
+                        "{} was verified in {}; approve it before {}",
+                        image.digest,
+                        promotion.from,
+                        expires_at
+                            .format(&time::format_description::well_known::Rfc3339)
+                            .unwrap_or_default()
+                    ),
+                    image,
+                    tag,
+                    from: promotion.from.clone(),
+                    waiting_for: Waiting::Approval,
+                    pushed_at,
+                    since: now,
+                    expires_at: Some(expires_at),
+                    approved: None,
+                };
+                self.hold(app, env, pending, claim).await
+            }
+        }
+    }
+
+    /// Holds a promotion in the environment's state, superseding any other, and says so on
+    /// the bus.
+    async fn hold(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        pending: Pending,
+        claim: Option<String>,
+    ) -> Result<EnvResult, ServiceError> {
+        let image = pending.image.to_string();
+        let waiting_for = pending.waiting_for;
+        let reason = pending.reason.clone();
+        for _ in 0..MAX_ATTEMPTS {
+            let mut state = self.core.store.env_state(app, env).await?;
+            if state
+                .current
+                .as_ref()
+                .is_some_and(|c| &c.digest == pending.digest())
+            {
+                return Ok(EnvResult {
+                    app: app.clone(),
+                    environment: env.clone(),
+                    outcome: EnvOutcome::Skipped {
+                        reason: "the digest is already deployed here".into(),
+                        image,
+                    },
+                });
+            }
+            let now = self.core.clock.now();
+            let superseded = state.hold(pending.clone(), now);
+            match self
+                .core
+                .store
+                .commit(Commit::env(&mut state).claiming(claim.clone()))
+                .await
+            {
+                Ok(()) => {}
+                Err(StoreError::Conflict(_)) => continue,
+                Err(StoreError::Duplicate(_)) => {
+                    return Ok(EnvResult {
+                        app: app.clone(),
+                        environment: env.clone(),
+                        outcome: EnvOutcome::Skipped {
+                            reason: "this event was already handled".into(),
+                            image,
+                        },
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if let Some(old) = &superseded {
+                info!(%app, %env, old = %old.digest(), new = %pending.digest(), "pending promotion superseded");
+            }
+            let kind = match waiting_for {
+                Waiting::Approval => EventType::ApprovalRequested,
+                Waiting::Verification => EventType::PromotionPending,
+            };
+            info!(%app, %env, digest = %pending.digest(), %waiting_for, "promotion held");
+            self.core
+                .events
+                .publish(&[LifecycleEvent::pending(kind, app, env, &pending, None, now)])
+                .await?;
+            return Ok(EnvResult {
+                app: app.clone(),
+                environment: env.clone(),
+                outcome: EnvOutcome::Pending {
+                    waiting_for,
+                    reason,
+                    image,
+                },
+            });
+        }
+        Err(too_busy("holding a promotion"))
+    }
+
+    /// The image as the target's hosts pull it: the app's registry when it names one.
+    fn registry_for(&self, config: &Config, app: &AppName, image: &PinnedImage) -> PinnedImage {
+        let mut image = image.clone();
+        if let Some(registry) = config.app(app).and_then(|a| a.registry.clone()) {
+            image.registry = registry;
+        }
+        image
+    }
+}
