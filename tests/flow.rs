@@ -354,3 +354,133 @@ async fn bad_input_gets_a_clear_error_and_changes_no_row() {
         "nothing was sent to any host"
     );
 }
+
+const PROMOTION_CONFIG: &str = r#"
+apps:
+  web:
+    repository: acme/web
+    environments:
+      staging:
+        deploy_on_push: { tags: ["v*"] }
+        target: { ssm: { instances: { tag: { Role: web-staging } }, container: web, ports: ["80:8000"] } }
+        smoke:
+          checks: [ { url: "{smoke}", expect_status: 200, body_contains: "ok", timeout_seconds: 2 } ]
+          within_seconds: 3
+      production:
+        promote_from: staging
+        approval: required
+        target: { ssm: { instances: { tag: { Role: web-production } }, container: web, ports: ["80:8000"] } }
+        smoke:
+          checks: [ { url: "{smoke}", expect_status: 200, body_contains: "ok", timeout_seconds: 2 } ]
+          within_seconds: 3
+"#;
+
+/// "Deployment Verified" reaches the deployer, which promotes what it names.
+async fn promote_verified(w: &World) -> Vec<pushdeploy::services::promote::Promoted> {
+    let d = w.published.last_detail("Deployment Verified");
+    w.deployer
+        .on_source_verified(&pushdeploy::services::promote::Verified {
+            app: d.app.clone(),
+            environment: d.environment.clone(),
+            image: d.image.clone().unwrap(),
+            tag: d.tag.clone(),
+            kind: d.kind.unwrap(),
+            pushed_at: d.pushed_at.unwrap(),
+            event_id: format!("verified-{}", d.deployment_id.unwrap()),
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn staging_to_production_with_an_approval_deploys_the_exact_digest_verified_in_staging() {
+    let w = World::start(PROMOTION_CONFIG).await.unwrap();
+    let (app, production) = names("web", "production");
+    deploy_and_verify(&w, "v1.0.0", &digest('a')).await;
+    let promoted = promote_verified(&w).await;
+    assert!(
+        matches!(
+            promoted[0].result.outcome,
+            EnvOutcome::Pending {
+                waiting_for: pushdeploy::domain::approval::Waiting::Approval,
+                ..
+            }
+        ),
+        "{promoted:?}"
+    );
+    assert_eq!(
+        w.commands().await.unwrap().len(),
+        1,
+        "production waits: staging's command only"
+    );
+    // The tag moves on in the meantime: v1.0.0 now names another image. The approval is
+    // for the digest, not the tag.
+    w.push("v1.0.0", &digest('b')).await.unwrap();
+
+    let pending = w.control.list_pending(Some(&app)).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].digest, digest('a'));
+    let wrong = w
+        .control
+        .approve(&app, &production, &digest('b'), "alice")
+        .await
+        .unwrap_err();
+    assert!(
+        wrong.to_string().contains("is not the promotion waiting"),
+        "{wrong}"
+    );
+    w.control
+        .approve(&app, &production, &digest('a'), "alice")
+        .await
+        .unwrap();
+    let approved = w.published.last_detail("Promotion Approved");
+    assert_eq!(approved.by.as_deref(), Some("alice"));
+    let started = w
+        .deployer
+        .on_approved(&app, &production, &digest('a'), "approved-1")
+        .await
+        .unwrap()
+        .expect("the approved promotion starts");
+    assert!(
+        matches!(started.outcome, EnvOutcome::Started { .. }),
+        "{started:?}"
+    );
+    let commands = w.commands().await.unwrap();
+    assert_eq!(commands.len(), 2);
+    assert!(
+        commands[1]
+            .1
+            .ends_with(&format!("acme/web@{}", digest('a'))),
+        "production gets the digest staging verified: {}",
+        commands[1].1
+    );
+    assert!(matches!(
+        ssm_reports(&w, "Success").await,
+        TrackOutcome::Succeeded { .. }
+    ));
+    assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
+    let status = w
+        .control
+        .status(Some(&app), Some(&production))
+        .await
+        .unwrap();
+    let production_status = &status[0];
+    assert_eq!(
+        production_status.last_verified.as_ref().unwrap().digest,
+        digest('a')
+    );
+    let promotion = &production_status.deployments[0];
+    assert_eq!(promotion.kind, pushdeploy::domain::Kind::Promotion);
+    assert_eq!(promotion.requested_by.as_deref(), Some("alice"));
+    assert!(
+        promotion
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("verified in staging; approved by alice at"),
+        "{:?}",
+        promotion.reason
+    );
+    // Production's own verification promotes nothing further.
+    assert!(promote_verified(&w).await.is_empty());
+}

@@ -205,6 +205,7 @@ fn lifecycle_events_are_routed_to_the_functions_whose_handlers_take_them() {
                 EventType::DeploymentVerified,
                 EventType::DeploymentFailed,
                 EventType::EnvironmentUnfrozen,
+                EventType::PromotionApproved,
             ],
         ),
         ("verifier", vec![EventType::RolloutSucceeded]),
