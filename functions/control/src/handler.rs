@@ -240,4 +240,89 @@ mod tests {
         }
         assert_eq!(store.commits(), 0);
     }
+
+    #[tokio::test]
+    async fn approve_reject_and_list_pending_from_the_samples() {
+        use pushdeploy::domain::approval::{Pending, Waiting};
+        let (control, store, events) = world();
+        let listed = handle(
+            &control,
+            event(include_str!("../../../events/control/list-pending.json")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(listed["pending"], json!([]));
+        let err = handle(
+            &control,
+            event(include_str!("../../../events/control/approve.json")),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.to_string(), "nothing waits for approval in production");
+
+        // Staging verified the sample digest; production waits for approval.
+        let app = inbound::app_name("web").unwrap();
+        let env = inbound::env_name("production").unwrap();
+        let mut state = store.env_state(&app, &env).await.unwrap();
+        let digest = inbound::digest(
+            "sha256:3f2c7b1d9e8a4c6b5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e",
+        )
+        .unwrap();
+        let now = datetime!(2026-11-20 10:00 UTC);
+        state.hold(
+            Pending {
+                image: pushdeploy::domain::PinnedImage::parse(&format!(
+                    "123456789012.dkr.ecr.eu-west-1.amazonaws.com/acme/web@{digest}"
+                ))
+                .unwrap(),
+                tag: None,
+                from: inbound::env_name("staging").unwrap(),
+                waiting_for: Waiting::Approval,
+                pushed_at: now,
+                since: now,
+                expires_at: Some(now + time::Duration::hours(72)),
+                reason: "verified in staging".into(),
+                approved: None,
+            },
+            now,
+        );
+        store
+            .commit(pushdeploy::ports::Commit::env(&mut state))
+            .await
+            .unwrap();
+        let listed = handle(
+            &control,
+            event(include_str!("../../../events/control/list-pending.json")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(listed["pending"][0]["digest"], digest.as_str(), "{listed}");
+        assert_eq!(listed["pending"][0]["expires_at"], "2026-11-23T10:00:00Z");
+
+        // Without "by" (and no caller identity), nobody is recorded: refused.
+        let anonymous = include_str!("../../../events/control/approve.json")
+            .replace(",\n  \"by\": \"alice\"", "");
+        let err = handle(&control, event(&anonymous)).await.unwrap_err();
+        assert!(err.to_string().contains("needs \"by\""), "{err}");
+
+        let out = handle(
+            &control,
+            event(include_str!("../../../events/control/reject.json")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["decision"], "rejected");
+        assert_eq!(out["by"], "bob");
+        assert_eq!(
+            events.events().last().unwrap().detail_type.as_str(),
+            "Promotion Rejected"
+        );
+        let err = handle(
+            &control,
+            event(include_str!("../../../events/control/approve.json")),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("was rejected by bob"), "{err}");
+    }
 }

@@ -855,4 +855,19 @@ mod tests {
             assert!(err.to_string().contains(expected), "{input}: {err}");
         }
     }
+
+    #[tokio::test]
+    async fn an_approval_event_for_nothing_pending_starts_nothing() {
+        let w = world();
+        let out = handle(
+            &w.deployer,
+            event(include_str!(
+                "../../../events/deployer/promotion-approved.json"
+            )),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["approved"], Value::Null, "{out}");
+        assert!(w.target.started().is_empty());
+    }
 }
