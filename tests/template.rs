@@ -209,6 +209,22 @@ fn lifecycle_events_are_routed_to_the_functions_whose_handlers_take_them() {
             ],
         ),
         ("verifier", vec![EventType::RolloutSucceeded]),
+        // Exactly the events the notifier has a message for.
+        (
+            "notifier",
+            EventType::ALL
+                .into_iter()
+                .filter(|t| {
+                    [Kind::Push, Kind::Rollback].into_iter().any(|kind| {
+                        let detail: pushdeploy::domain::EventDetail = serde_json::from_value(serde_json::json!({
+                            "app": "web", "environment": "staging", "kind": kind, "at": "2026-11-20T10:00:00Z"
+                        }))
+                        .unwrap();
+                        pushdeploy::domain::notice::notice_of(*t, &detail).is_some()
+                    })
+                })
+                .collect(),
+        ),
         (
             "rollback",
             vec![EventType::RolloutFailed, EventType::VerificationFailed],
@@ -742,6 +758,7 @@ fn each_function_is_granted_exactly_the_actions_its_adapters_call() {
                 "ecr:BatchDeleteImage",
             ],
         ),
+        ("notifier", vec!["secretsmanager:GetSecretValue"]),
     ]
     .into();
     for (function, (statements, _)) in grants(&template()) {
@@ -749,11 +766,13 @@ fn each_function_is_granted_exactly_the_actions_its_adapters_call() {
             .iter()
             .flat_map(|s| strings(&s["Action"]))
             .collect();
-        // The janitor reads the state table and never writes it.
+        // The janitor reads the state table and never writes it; the notifier publishes
+        // nothing.
         let writes = ["dynamodb:PutItem", "dynamodb:DeleteItem"];
         let wanted: BTreeSet<String> = core
             .iter()
             .filter(|a| function != "janitor" || !writes.contains(a))
+            .filter(|a| function != "notifier" || **a != "events:PutEvents")
             .chain(&expected[function.as_str()])
             .map(|a| a.to_string())
             .collect();

@@ -692,3 +692,25 @@ impl HttpProbe for ScriptedProbe {
         }
     }
 }
+
+/// Secrets in memory.
+#[derive(Default, Clone)]
+pub struct FixedSecrets(pub Arc<Mutex<HashMap<crate::domain::config::SecretRef, String>>>);
+
+impl FixedSecrets {
+    pub fn set(&self, secret: crate::domain::config::SecretRef, value: &str) {
+        self.0.lock().unwrap().insert(secret, value.to_owned());
+    }
+}
+
+#[async_trait]
+impl crate::ports::SecretSource for FixedSecrets {
+    async fn read(
+        &self,
+        secret: &crate::domain::config::SecretRef,
+    ) -> Result<String, crate::ports::SecretError> {
+        self.0.lock().unwrap().get(secret).cloned().ok_or_else(|| {
+            crate::ports::SecretError::NotFound(format!("{secret:?} does not exist"))
+        })
+    }
+}

@@ -12,9 +12,13 @@ pub mod ecr;
 pub mod eventbridge;
 #[cfg(feature = "http-probe")]
 pub mod http_probe;
+#[cfg(feature = "secrets")]
+pub mod secrets;
 #[cfg(feature = "ssm")]
 pub mod ssm;
 #[cfg(feature = "ssm")]
 pub mod ssm_config;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 #[cfg(all(feature = "dynamodb", feature = "eventbridge", feature = "ssm"))]
 pub mod wire;

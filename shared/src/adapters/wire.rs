@@ -65,3 +65,19 @@ pub fn ecr(sdk: &SdkConfig) -> Arc<super::ecr::EcrRegistry> {
 pub fn probe() -> Result<Arc<dyn crate::ports::HttpProbe>, reqwest::Error> {
     Ok(Arc::new(super::http_probe::ReqwestProbe::new()?))
 }
+
+/// Where webhook URLs are read: SSM parameters and Secrets Manager, cached for `ttl`.
+#[cfg(feature = "secrets")]
+pub fn secrets(sdk: &SdkConfig, ttl: std::time::Duration) -> Arc<dyn crate::ports::SecretSource> {
+    Arc::new(super::secrets::AwsSecrets::new(
+        aws_sdk_ssm::Client::new(sdk),
+        aws_sdk_secretsmanager::Client::new(sdk),
+        ttl,
+    ))
+}
+
+/// The HTTP client of notifications.
+#[cfg(feature = "webhook")]
+pub fn webhook() -> Result<Arc<dyn crate::ports::Webhook>, reqwest::Error> {
+    Ok(Arc::new(super::webhook::ReqwestWebhook::new()?))
+}

@@ -57,6 +57,69 @@ pub struct AppConfig {
     pub environments: BTreeMap<EnvName, EnvConfig>,
     /// Old images the janitor deletes from the repository; `None`: it leaves them alone.
     pub retention: Option<Retention>,
+    /// Where people hear about this app's deployments.
+    pub notify: Vec<Channel>,
+}
+
+/// A chat or webhook that hears about deployments.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Channel {
+    pub kind: ChannelKind,
+    /// Where the webhook URL is kept: it is a secret, never written in the configuration.
+    pub url: SecretRef,
+    /// The changes it hears about; every one when the configuration lists none.
+    pub on: Vec<Notice>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    Slack,
+    Discord,
+    Webhook,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretRef {
+    /// An SSM parameter, normally a SecureString.
+    SsmParameter(String),
+    /// A Secrets Manager secret: name or ARN.
+    Secret(String),
+}
+
+/// The state changes worth a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Notice {
+    Started,
+    Verified,
+    Failed,
+    RolledBack,
+    RollbackFailed,
+    ApprovalNeeded,
+}
+
+impl Notice {
+    pub const ALL: [Notice; 6] = [
+        Notice::Started,
+        Notice::Verified,
+        Notice::Failed,
+        Notice::RolledBack,
+        Notice::RollbackFailed,
+        Notice::ApprovalNeeded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Notice::Started => "started",
+            Notice::Verified => "verified",
+            Notice::Failed => "failed",
+            Notice::RolledBack => "rolled_back",
+            Notice::RollbackFailed => "rollback_failed",
+            Notice::ApprovalNeeded => "approval_needed",
+        }
+    }
 }
 
 /// The janitor's rule for an app's repository.
@@ -247,6 +310,25 @@ mod raw {
         pub registry: Option<String>,
         pub environments: BTreeMap<String, Env>,
         pub retention: Option<Retention>,
+        #[serde(default)]
+        pub notify: Vec<Channel>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Channel {
+        #[serde(rename = "type")]
+        pub kind: String,
+        pub url_from: UrlFrom,
+        #[serde(default)]
+        pub on: Vec<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct UrlFrom {
+        pub ssm_parameter: Option<String>,
+        pub secret: Option<String>,
     }
 
     #[derive(Deserialize)]
@@ -432,11 +514,18 @@ impl raw::App {
         let retention = self
             .retention
             .map(|r| r.validate(c, &format!("{path}.retention")));
+        let notify = self
+            .notify
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, ch)| ch.validate(c, &format!("{path}.notify[{i}]")))
+            .collect();
         Some(AppConfig {
             repository: repository?,
             registry: registry?,
             environments,
             retention,
+            notify,
         })
     }
 }
@@ -485,6 +574,66 @@ fn check_promotions(c: &mut Checker, path: &str, environments: &BTreeMap<EnvName
             }
             at = &next.from;
         }
+    }
+}
+
+impl raw::Channel {
+    fn validate(self, c: &mut Checker, path: &str) -> Option<Channel> {
+        let kind = match self.kind.as_str() {
+            "slack" => Some(ChannelKind::Slack),
+            "discord" => Some(ChannelKind::Discord),
+            "webhook" => Some(ChannelKind::Webhook),
+            other => {
+                c.fail(
+                    format!("{path}.type"),
+                    format!(
+                        "{other:?} is not a channel; use \"slack\", \"discord\" or \"webhook\""
+                    ),
+                );
+                None
+            }
+        };
+        let url = match (self.url_from.ssm_parameter, self.url_from.secret) {
+            (Some(p), None) if p.starts_with('/') && p.len() <= 1011 => {
+                Some(SecretRef::SsmParameter(p))
+            }
+            (Some(p), None) => {
+                c.fail(
+                    format!("{path}.url_from.ssm_parameter"),
+                    format!("{p:?} must be a parameter name starting with '/'"),
+                );
+                None
+            }
+            (None, Some(s)) if !s.is_empty() && s.len() <= 2048 => Some(SecretRef::Secret(s)),
+            _ => {
+                c.fail(
+                    format!("{path}.url_from"),
+                    "give exactly one of `ssm_parameter` (a SecureString) or `secret` (Secrets Manager): webhook URLs are secrets and never written here",
+                );
+                None
+            }
+        };
+        let mut on = Vec::new();
+        for (i, name) in self.on.iter().enumerate() {
+            match Notice::ALL.iter().find(|n| n.as_str() == name) {
+                Some(n) => on.push(*n),
+                None => c.fail(
+                    format!("{path}.on[{i}]"),
+                    format!(
+                        "{name:?} is not a notice; use {}",
+                        Notice::ALL.map(Notice::as_str).join(", ")
+                    ),
+                ),
+            }
+        }
+        if on.is_empty() {
+            on = Notice::ALL.to_vec();
+        }
+        Some(Channel {
+            kind: kind?,
+            url: url?,
+            on,
+        })
     }
 }
 

@@ -7,6 +7,7 @@ pub mod event;
 pub mod image;
 pub mod lifecycle;
 pub mod names;
+pub mod notice;
 pub mod policy;
 pub mod retention;
 

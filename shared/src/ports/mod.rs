@@ -6,8 +6,10 @@ pub mod config;
 pub mod events;
 pub mod probe;
 pub mod registry;
+pub mod secrets;
 pub mod store;
 pub mod target;
+pub mod webhook;
 
 pub use clock::{Clock, SystemClock};
 pub use config::{ConfigLoadError, ConfigSource};
@@ -17,8 +19,10 @@ pub use registry::{
     DeleteFailure, ImageCatalog, ImagePage, ImageRegistry, ListedImage, MAX_BATCH, MAX_PAGE,
     RegistryError, ResolvedImage, TagMove, TagWriter,
 };
+pub use secrets::{SecretError, SecretSource};
 pub use store::{Commit, StateStore, StoreError};
 pub use target::{RolloutStatus, Target, TargetError, TargetRef};
+pub use webhook::{Webhook, WebhookError};
 
 /// A boxed error kept as the `source` of a port's typed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -4,6 +4,7 @@
 pub mod control;
 pub mod deploy;
 pub mod janitor;
+pub mod notify;
 pub mod promote;
 pub mod rollback;
 pub mod rollout;
@@ -20,6 +21,7 @@ use crate::ports::{
 pub use control::Control;
 pub use deploy::Deployer;
 pub use janitor::Janitor;
+pub use notify::Notifier;
 pub use rollback::Rollback;
 pub use track::Tracker;
 pub use verify::Verifier;

@@ -1,0 +1,125 @@
+//! Webhook URLs from SSM SecureString parameters or Secrets Manager, decrypted, cached
+//! per container for a few minutes.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::aws::{ErrorClass, classify, describe};
+use crate::domain::config::SecretRef;
+use crate::ports::{SecretError, SecretSource};
+
+pub struct AwsSecrets {
+    ssm: aws_sdk_ssm::Client,
+    secrets: aws_sdk_secretsmanager::Client,
+    ttl: Duration,
+    cache: Mutex<HashMap<SecretRef, (String, Instant)>>,
+}
+
+impl AwsSecrets {
+    pub fn new(
+        ssm: aws_sdk_ssm::Client,
+        secrets: aws_sdk_secretsmanager::Client,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            ssm,
+            secrets,
+            ttl,
+            cache: Mutex::default(),
+        }
+    }
+
+    async fn fetch(&self, secret: &SecretRef) -> Result<String, SecretError> {
+        match secret {
+            SecretRef::SsmParameter(name) => {
+                let out = self
+                    .ssm
+                    .get_parameter()
+                    .name(name)
+                    .with_decryption(true)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        if e.as_service_error()
+                            .is_some_and(|s| s.is_parameter_not_found())
+                        {
+                            return SecretError::NotFound(format!(
+                                "SSM parameter {name} does not exist"
+                            ));
+                        }
+                        classified(&format!("SSM parameter {name}"), e)
+                    })?;
+                out.parameter()
+                    .and_then(|p| p.value())
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        SecretError::NotFound(format!("SSM parameter {name} has no value"))
+                    })
+            }
+            SecretRef::Secret(id) => {
+                let out = self
+                    .secrets
+                    .get_secret_value()
+                    .secret_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        if e.as_service_error()
+                            .is_some_and(|s| s.is_resource_not_found_exception())
+                        {
+                            return SecretError::NotFound(format!("secret {id} does not exist"));
+                        }
+                        classified(&format!("secret {id}"), e)
+                    })?;
+                out.secret_string()
+                    .map(str::to_owned)
+                    .ok_or_else(|| SecretError::NotFound(format!("secret {id} holds no string")))
+            }
+        }
+    }
+}
+
+fn classified<E>(
+    what: &str,
+    error: aws_smithy_runtime_api::client::result::SdkError<
+        E,
+        aws_smithy_runtime_api::http::Response,
+    >,
+) -> SecretError
+where
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata
+        + std::error::Error
+        + Send
+        + Sync
+        + 'static,
+{
+    let message = describe(&error);
+    match classify(&error) {
+        ErrorClass::Throttled => SecretError::Throttled(what.to_owned(), Box::new(error)),
+        ErrorClass::Transient => SecretError::Transient(what.to_owned(), Box::new(error)),
+        ErrorClass::Permanent => SecretError::Refused(
+            format!("reading {what} was refused: {message}"),
+            Box::new(error),
+        ),
+    }
+}
+
+#[async_trait]
+impl SecretSource for AwsSecrets {
+    async fn read(&self, secret: &SecretRef) -> Result<String, SecretError> {
+        if let Some((value, at)) = self.cache.lock().unwrap().get(secret)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(value.clone());
+        }
+        let value = self.fetch(secret).await?;
+        self.cache
+            .lock()
+            .unwrap()
+            .insert(secret.clone(), (value.clone(), Instant::now()));
+        Ok(value)
+    }
+}

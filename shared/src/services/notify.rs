@@ -1,0 +1,194 @@
+//! Telling people: one message per meaningful state change, to each channel of the app
+//! that wants it. A change is claimed per channel in the state table before its message is
+//! sent, so repeated events never repeat a message; a message that could not be sent
+//! releases its claim and fails the invocation, so it is retried and, in the end, lands in
+//! the dead-letter queue. Nothing here ever touches a deployment.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::{Core, ServiceError};
+use crate::domain::config::{Channel, ChannelKind, Notice};
+use crate::domain::notice::{body, dedupe_key, notice_of};
+use crate::domain::{EventDetail, EventType};
+use crate::ports::{Commit, SecretSource, StoreError, Webhook};
+
+/// How hard one invocation tries to deliver a message before giving it back to Lambda's
+/// retries (and, after those, the dead-letter queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    pub attempts: u32,
+    /// The pause after the first failed attempt; doubled after each.
+    pub first_backoff: Duration,
+    /// How long one request may take.
+    pub timeout: Duration,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            first_backoff: Duration::from_millis(500),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Notifier {
+    pub core: Core,
+    pub secrets: Arc<dyn SecretSource>,
+    pub webhook: Arc<dyn Webhook>,
+    pub delivery: Delivery,
+}
+
+/// What became of one channel's message.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sent {
+    pub channel: usize,
+    pub kind: ChannelKind,
+    #[serde(flatten)]
+    pub outcome: SendOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum SendOutcome {
+    Sent {
+        attempts: u32,
+    },
+    /// This change was announced on this channel before.
+    AlreadySent,
+    Failed {
+        error: String,
+    },
+}
+
+impl Notifier {
+    /// Announces a lifecycle event to the app's channels. Returns what was sent; fails when
+    /// a message could not be sent, after releasing its claim.
+    pub async fn on_event(
+        &self,
+        detail_type: EventType,
+        detail: &EventDetail,
+    ) -> Result<Vec<Sent>, ServiceError> {
+        let Some(notice) = notice_of(detail_type, detail) else {
+            return Ok(Vec::new());
+        };
+        let config = self.core.config.load().await?;
+        let Some(app) = config.app(&detail.app) else {
+            return Ok(Vec::new());
+        };
+        let mut sent = Vec::new();
+        for (i, channel) in app.notify.iter().enumerate() {
+            if !channel.on.contains(&notice) {
+                continue;
+            }
+            let claim = format!("notify#{}#{i}#{}", detail.app, dedupe_key(notice, detail));
+            let outcome = self
+                .send_once(channel, notice, detail_type, detail, &claim)
+                .await?;
+            sent.push(Sent {
+                channel: i,
+                kind: channel.kind,
+                outcome,
+            });
+        }
+        let failures: Vec<String> = sent
+            .iter()
+            .filter_map(|s| match &s.outcome {
+                SendOutcome::Failed { error } => {
+                    Some(format!("notify[{}] ({:?}): {error}", s.channel, s.kind))
+                }
+                _ => None,
+            })
+            .collect();
+        if !failures.is_empty() {
+            return Err(ServiceError::Incomplete(format!(
+                "{} for {}/{}: {}",
+                notice.as_str(),
+                detail.app,
+                detail.environment,
+                failures.join("; ")
+            )));
+        }
+        Ok(sent)
+    }
+
+    async fn send_once(
+        &self,
+        channel: &Channel,
+        notice: Notice,
+        detail_type: EventType,
+        detail: &EventDetail,
+        claim: &str,
+    ) -> Result<SendOutcome, ServiceError> {
+        let store = &self.core.store;
+        match store
+            .commit(Commit {
+                claim_event: Some(claim.to_owned()),
+                ..Commit::default()
+            })
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Duplicate(_)) => return Ok(SendOutcome::AlreadySent),
+            Err(e) => return Err(e.into()),
+        }
+        let result = self.deliver(channel, notice, detail_type, detail).await;
+        match result {
+            Ok(attempts) => {
+                info!(app = %detail.app, env = %detail.environment, notice = notice.as_str(), kind = ?channel.kind, attempts, "notified");
+                Ok(SendOutcome::Sent { attempts })
+            }
+            Err(error) => {
+                warn!(app = %detail.app, env = %detail.environment, notice = notice.as_str(), kind = ?channel.kind, %error, "notification not sent");
+                // Let a retry of this event send it.
+                store
+                    .commit(Commit {
+                        forget_event: Some(claim.to_owned()),
+                        ..Commit::default()
+                    })
+                    .await?;
+                Ok(SendOutcome::Failed { error })
+            }
+        }
+    }
+
+    /// Sends with a few quick retries; returns the attempts it took.
+    async fn deliver(
+        &self,
+        channel: &Channel,
+        notice: Notice,
+        detail_type: EventType,
+        detail: &EventDetail,
+    ) -> Result<u32, String> {
+        let url = self
+            .secrets
+            .read(&channel.url)
+            .await
+            .map_err(|e| format!("reading the webhook URL: {e}"))?;
+        let message = body(channel.kind, notice, detail_type, detail);
+        let Delivery {
+            attempts,
+            first_backoff,
+            timeout,
+        } = self.delivery;
+        let mut backoff = first_backoff;
+        let mut attempt = 1;
+        loop {
+            match self.webhook.post(url.trim(), &message, timeout).await {
+                Ok(()) => return Ok(attempt),
+                Err(e) if e.is_retryable() && attempt < attempts => {
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                Err(e) => return Err(format!("{e} (attempt {attempt} of {attempts})")),
+            }
+        }
+    }
+}
