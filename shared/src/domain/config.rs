@@ -1231,4 +1231,92 @@ apps:
         assert!(found[0].1.contains("ecr_tag: false"), "{found:?}");
         assert!(found[2].1.contains("1 to 10"), "{found:?}");
     }
+
+    #[test]
+    fn promotions_must_name_another_environment_of_the_app_without_going_round() {
+        let yaml = GOOD.replace(
+            "      qa:\n",
+            "      qa:\n        promote_from: staging\n        approval: required\n",
+        );
+        let config = Config::from_yaml(&yaml).unwrap();
+        let qa = config
+            .env(
+                &AppName::parse("web").unwrap(),
+                &EnvName::parse("qa").unwrap(),
+            )
+            .unwrap();
+        assert_eq!(
+            qa.promotion,
+            Some(Promotion {
+                from: EnvName::parse("staging").unwrap(),
+                approval: Approval::Required {
+                    expires_after: Duration::from_secs(72 * 3600)
+                }
+            })
+        );
+        let unknown = GOOD.replace("      qa:\n", "      qa:\n        promote_from: stagin\n");
+        assert_eq!(
+            problems(&unknown),
+            [(
+                "apps.web.environments.qa.promote_from".to_owned(),
+                "no environment \"stagin\" in this app; it has qa, staging".to_owned()
+            )]
+        );
+        let circle = GOOD
+            .replace("      qa:\n", "      qa:\n        promote_from: staging\n")
+            .replace(
+                "      staging:\n",
+                "      staging:\n        promote_from: qa\n",
+            );
+        let found = problems(&circle);
+        assert!(
+            found.iter().all(|(_, m)| m.contains("round in a circle")),
+            "{found:?}"
+        );
+        let orphan = GOOD.replace("      qa:\n", "      qa:\n        approval: required\n");
+        assert_eq!(problems(&orphan)[0].0, "apps.web.environments.qa.approval");
+        let mode = GOOD.replace(
+            "      qa:\n",
+            "      qa:\n        promote_from: staging\n        approval: maybe\n",
+        );
+        assert!(problems(&mode)[0].1.contains("\"auto\" or \"required\""));
+    }
+
+    #[test]
+    fn notification_channels_keep_their_urls_in_secrets() {
+        let yaml = GOOD.replace(
+            "    repository: acme/web\n",
+            "    repository: acme/web\n    notify:\n      - { type: slack, url_from: { ssm_parameter: /pushdeploy/notify/slack }, on: [failed] }\n      - { type: discord, url_from: { secret: pushdeploy/notify/discord } }\n",
+        );
+        let config = Config::from_yaml(&yaml).unwrap();
+        let notify = &config.app(&AppName::parse("web").unwrap()).unwrap().notify;
+        assert_eq!(notify[0].on, vec![Notice::Failed]);
+        assert_eq!(
+            notify[1].on,
+            Notice::ALL.to_vec(),
+            "every notice by default"
+        );
+        let bad = GOOD.replace(
+            "    repository: acme/web\n",
+            "    repository: acme/web\n    notify:\n      - { type: teams, url_from: {}, on: [exploded] }\n",
+        );
+        let paths: Vec<String> = problems(&bad).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(
+            paths,
+            [
+                "apps.web.notify[0].type",
+                "apps.web.notify[0].url_from",
+                "apps.web.notify[0].on[0]"
+            ]
+        );
+        let plain = GOOD.replace(
+            "    repository: acme/web\n",
+            "    repository: acme/web\n    notify:\n      - { type: slack, url: https://hooks.slack.com/x }\n",
+        );
+        assert!(
+            problems(&plain)[0].1.contains("unknown field `url`"),
+            "{:?}",
+            problems(&plain)
+        );
+    }
 }

@@ -213,4 +213,17 @@ mod tests {
             "approval_needed#web/production/sha256:3f2c7b1d9e8a4c6b5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e"
         );
     }
+
+    #[test]
+    fn every_notice_names_the_place_and_the_image() {
+        let d = failed();
+        for notice in Notice::ALL {
+            let text = text(notice, &d);
+            assert!(text.contains("web/staging"), "{notice:?}: {text}");
+            assert!(text.contains("v1.4.0 (3f2c7b1d9e8a)"), "{notice:?}: {text}");
+        }
+        assert!(text(Notice::RollbackFailed, &d).contains("frozen"));
+        assert!(text(Notice::RolledBack, &d).contains("rolled back to the last verified image"));
+        assert!(text(Notice::Verified, &d).contains("live and verified"));
+    }
 }
