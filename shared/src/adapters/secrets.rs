@@ -123,3 +123,73 @@ impl SecretSource for AwsSecrets {
         Ok(value)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_secretsmanager::operation::get_secret_value::{
+        GetSecretValueError, GetSecretValueOutput,
+    };
+    use aws_sdk_secretsmanager::types::error::ResourceNotFoundException;
+    use aws_sdk_ssm::operation::get_parameter::GetParameterOutput;
+    use aws_sdk_ssm::types::Parameter;
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
+    #[tokio::test]
+    async fn a_parameter_is_read_decrypted_once_and_then_from_the_cache() {
+        let get = mock!(aws_sdk_ssm::Client::get_parameter)
+            .match_requests(|r| {
+                r.name() == Some("/pushdeploy/notify/slack") && r.with_decryption() == Some(true)
+            })
+            .then_output(|| {
+                GetParameterOutput::builder()
+                    .parameter(
+                        Parameter::builder()
+                            .value("https://hooks.example/x")
+                            .build(),
+                    )
+                    .build()
+            });
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::Sequential, [&get]);
+        let sm = mock_client!(aws_sdk_secretsmanager, []);
+        let secrets = AwsSecrets::new(ssm, sm, Duration::from_secs(60));
+        let secret = SecretRef::SsmParameter("/pushdeploy/notify/slack".into());
+        assert_eq!(
+            secrets.read(&secret).await.unwrap(),
+            "https://hooks.example/x"
+        );
+        assert_eq!(
+            secrets.read(&secret).await.unwrap(),
+            "https://hooks.example/x"
+        );
+        assert_eq!(get.num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_missing_secret_says_which() {
+        let missing = mock!(aws_sdk_secretsmanager::Client::get_secret_value).then_error(|| {
+            GetSecretValueError::ResourceNotFoundException(
+                ResourceNotFoundException::builder().message("nope").build(),
+            )
+        });
+        let found = mock!(aws_sdk_secretsmanager::Client::get_secret_value).then_output(|| {
+            GetSecretValueOutput::builder()
+                .secret_string("https://h/y")
+                .build()
+        });
+        let ssm = mock_client!(aws_sdk_ssm, []);
+        let sm = mock_client!(
+            aws_sdk_secretsmanager,
+            RuleMode::Sequential,
+            [&missing, &found]
+        );
+        let secrets = AwsSecrets::new(ssm, sm, Duration::from_secs(60));
+        let secret = SecretRef::Secret("pushdeploy/notify/discord".into());
+        let err = secrets.read(&secret).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "secret pushdeploy/notify/discord does not exist"
+        );
+        assert_eq!(secrets.read(&secret).await.unwrap(), "https://h/y");
+    }
+}
