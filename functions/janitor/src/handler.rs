@@ -106,6 +106,7 @@ mod tests {
     };
     use pushdeploy::ports::{Commit, StateStore};
     use pushdeploy::services::Core;
+    use serde_json::json;
     use time::macros::datetime;
 
     use super::*;
@@ -238,6 +239,45 @@ mod tests {
             .filter(|c| **c == "list_page")
             .count();
         assert_eq!(pages, 6, "41 images in pages of 7");
+    }
+
+    #[tokio::test]
+    async fn a_digest_waiting_for_approval_is_kept() {
+        use pushdeploy::domain::approval::{Pending, Waiting};
+        let w = world(1000);
+        push_many(&w, 31);
+        let app = inbound::app_name("web").unwrap();
+        let env = inbound::env_name("production").unwrap();
+        let mut state = w.store.env_state(&app, &env).await.unwrap();
+        state.hold(
+            Pending {
+                image: PinnedImage::parse(&format!("localhost:5000/acme/web@{}", digest(1)))
+                    .unwrap(),
+                tag: None,
+                from: inbound::env_name("staging").unwrap(),
+                waiting_for: Waiting::Approval,
+                pushed_at: datetime!(2026-11-01 00:00 UTC),
+                since: datetime!(2026-11-19 00:00 UTC),
+                expires_at: Some(datetime!(2026-11-22 00:00 UTC)),
+                reason: "verified in staging".into(),
+                approved: None,
+            },
+            datetime!(2026-11-19 00:00 UTC),
+        );
+        w.store.commit(Commit::env(&mut state)).await.unwrap();
+        let out = handle(
+            &w.janitor,
+            false,
+            event(include_str!("../../../events/janitor/clean.json")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            out["repositories"][0]["in_use"][digest(1).as_str()],
+            "waiting for approval to promote into web/production"
+        );
+        assert!(w.registry.exists(REPO, &digest(1)));
+        assert_eq!(out["repositories"][0]["deleted"], json!([]));
     }
 
     #[tokio::test]

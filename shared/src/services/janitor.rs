@@ -1,6 +1,7 @@
 //! Keeping repositories small: deletes the images no retention rule keeps and no
 //! environment needs. Digests that are running, recently verified, rolling out, about to
-//! be restored, or queued are never deleted, in any environment of any app.
+//! be restored, queued, or waiting for approval are never deleted, in any environment of
+//! any app.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -309,6 +310,15 @@ pub async fn in_use(
         }
         if let Some(queued) = &state.queued {
             need(&queued.image.digest, format!("queued in {app}/{env}"));
+        }
+        if let Some(pending) = &state.pending {
+            need(
+                pending.digest(),
+                format!(
+                    "waiting for {} to promote into {app}/{env}",
+                    pending.waiting_for
+                ),
+            );
         }
         if let Some(lease) = &state.lease {
             match store.deployment(app, env, &lease.deployment_id).await {
