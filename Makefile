@@ -43,7 +43,7 @@ sam-build: setup
 
 ## Measures the performance budget of the release binaries (see README).
 bench: setup
-	cargo build --release -p deployer -p tracker -p verifier -p rollback -p control
+	cargo build --release -p deployer -p tracker -p verifier -p rollback -p control -p janitor -p notifier
 	cargo run -q -p pushdeploy-tests --bin budget
 
 clean:

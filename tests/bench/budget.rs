@@ -24,6 +24,7 @@ const CONFIG: &str = r#"
 apps:
   web:
     repository: acme/web
+    retention: { keep_newest: 30 }
     environments:
       blue:
         deploy_on_push: { tags: ["blue-*"] }
@@ -408,6 +409,25 @@ fn main() -> anyhow::Result<()> {
             ("status (cold)", json!({"action": "status"})),
             ("status (warm)", json!({"action": "status"})),
         ],
+    )?);
+
+    results.push(run_function(
+        &moto,
+        &dir.0,
+        &binary("janitor")?,
+        vec![
+            ("dry run by hand (cold)", json!({"dry_run": true})),
+            ("dry run by hand (warm)", json!({"dry_run": true})),
+        ],
+    )?);
+    results.push(run_function(
+        &moto,
+        &dir.0,
+        &binary("notifier")?,
+        vec![(
+            "verified, no channel configured (cold)",
+            lifecycle("Deployment Verified", "blue", &blue),
+        )],
     )?);
 
     println!("| function | init (ms) | init CPU (ms) | peak RSS (MiB) | zip (MiB) |");
