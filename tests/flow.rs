@@ -1,9 +1,10 @@
-//! The SSM path against a moto server, with the real AWS adapters: each scenario drives the
-//! chain by handing every function the event the previous one published, as the rules of
-//! `template.yaml` route them. moto sends no ECR or SSM events, so the test sends those the
-//! way AWS would.
+//! The SSM and ECS paths against a moto server, with the real AWS adapters: each scenario
+//! drives the chain by handing every function the event the previous one published, as the
+//! rules of `template.yaml` route them. moto sends no ECR, SSM or ECS events, so the test
+//! sends those the way AWS would.
 
 use pushdeploy::adapters::ssm::status_from_event;
+use pushdeploy::adapters::{codedeploy, ecs};
 use pushdeploy::domain::{Digest, Phase};
 use pushdeploy::inbound;
 use pushdeploy::ports::TargetRef;
@@ -46,8 +47,8 @@ async fn on_push_event(w: &World, event: Value) -> Result<Vec<EnvResult>, Servic
     w.deployer.on_push(&push).await
 }
 
-/// SSM reports the last started rollout's command as `status` (an SSM status-change event).
-async fn ssm_reports(w: &World, status: &str) -> TrackOutcome {
+/// The target's handle on the last started rollout.
+async fn last_target_ref(w: &World) -> String {
     let started = w.published.last_detail("Rollout Started");
     let (app, env) = (started.app.clone(), started.environment.clone());
     let dep = w
@@ -57,7 +58,12 @@ async fn ssm_reports(w: &World, status: &str) -> TrackOutcome {
         .deployment(&app, &env, started.deployment_id.as_ref().unwrap())
         .await
         .unwrap();
-    let target_ref = TargetRef::parse(dep.target_ref.as_deref().unwrap()).unwrap();
+    dep.target_ref.unwrap()
+}
+
+/// SSM reports the last started rollout's command as `status` (an SSM status-change event).
+async fn ssm_reports(w: &World, status: &str) -> TrackOutcome {
+    let target_ref = TargetRef::parse(&last_target_ref(w).await).unwrap();
     w.tracker
         .on_status(&target_ref, Some(status_from_event(status)))
         .await
@@ -483,4 +489,566 @@ async fn staging_to_production_with_an_approval_deploys_the_exact_digest_verifie
     );
     // Production's own verification promotes nothing further.
     assert!(promote_verified(&w).await.is_empty());
+}
+
+const ECS_CONFIG: &str = r#"
+apps:
+  web:
+    repository: acme/web
+    environments:
+      production:
+        deploy_on_push: { tags: ["v*"] }
+        target: { ecs: { cluster: prod, service: web, container: web, keep_revisions: 1 } }
+        smoke:
+          checks: [ { url: "{smoke}", expect_status: 200, body_contains: "ok", timeout_seconds: 2 } ]
+          within_seconds: 3
+"#;
+
+/// moto with an ECS service `web` in cluster `prod`, running revision 1 of family `web`.
+async fn ecs_world(config: &str) -> World {
+    let w = World::start(config).await.unwrap();
+    w.ecs_service("prod").await.unwrap();
+    w
+}
+
+/// ECS reports the last started rollout's service deployment as `event_name`, through the
+/// event the tracker's rule delivers and the handler's reading of it.
+async fn ecs_reports(w: &World, event_name: &str) -> TrackOutcome {
+    let event = w.ecs_event(
+        &last_target_ref(w).await,
+        event_name,
+        "ECS deployment circuit breaker: tasks failed to start.",
+    );
+    let envelope = inbound::envelope(event).unwrap();
+    let state = inbound::ecs_deployment_state(&envelope).unwrap().unwrap();
+    let target_ref = ecs::target_ref(&state.cluster, &state.service, &state.deployment_id);
+    w.tracker
+        .on_status(
+            &target_ref,
+            ecs::status_from_event(&state.event_name, state.reason.as_deref()),
+        )
+        .await
+        .unwrap()
+}
+
+const ECS_REGISTRY: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+
+/// The image the service's `web` container runs, and the revision it is in.
+async fn ecs_runs(w: &World) -> (String, i32) {
+    let (_, definition) = w.ecs_running("prod").await.unwrap();
+    let web = definition
+        .container_definitions()
+        .iter()
+        .find(|c| c.name() == Some("web"))
+        .unwrap();
+    (web.image().unwrap().to_owned(), definition.revision())
+}
+
+fn pinned(c: char) -> String {
+    format!("{ECS_REGISTRY}/acme/web@{}", digest(c))
+}
+
+async fn ecs_deploy_and_verify(w: &World, tag: &str, d: &Digest) {
+    push(w, tag, d).await;
+    assert!(matches!(
+        ecs_reports(w, "SERVICE_DEPLOYMENT_COMPLETED").await,
+        TrackOutcome::Succeeded { .. }
+    ));
+    assert!(matches!(verify(w).await, VerifyOutcome::Verified { .. }));
+}
+
+#[tokio::test]
+async fn ecs_a_push_registers_a_revision_changing_only_the_image_and_is_verified() {
+    let w = ecs_world(ECS_CONFIG).await;
+    let (_, first) = w.ecs_running("prod").await.unwrap();
+    let results = push(&w, "v1.0.0", &digest('a')).await;
+    assert!(
+        matches!(results[0].outcome, EnvOutcome::Started { .. }),
+        "{results:?}"
+    );
+    let (arn, second) = w.ecs_running("prod").await.unwrap();
+    assert!(arn.ends_with(":task-definition/web:2"), "{arn}");
+    assert_eq!(
+        ecs_runs(&w).await,
+        (pinned('a'), 2),
+        "the digest, never the tag"
+    );
+    // Everything but the image is what revision 1 had.
+    let mut expected = first.clone();
+    for c in expected.container_definitions.as_mut().unwrap() {
+        if c.name() == Some("web") {
+            c.image = Some(pinned('a'));
+        }
+    }
+    assert_eq!(
+        second.container_definitions(),
+        expected.container_definitions()
+    );
+    assert_eq!(
+        (
+            second.task_role_arn(),
+            second.network_mode(),
+            second.cpu(),
+            second.memory()
+        ),
+        (
+            first.task_role_arn(),
+            first.network_mode(),
+            first.cpu(),
+            first.memory()
+        )
+    );
+    assert!(w.commands().await.unwrap().is_empty(), "no SSM command");
+    assert!(matches!(
+        ecs_reports(&w, "SERVICE_DEPLOYMENT_COMPLETED").await,
+        TrackOutcome::Succeeded { .. }
+    ));
+    assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
+
+    ecs_deploy_and_verify(&w, "v1.1.0", &digest('b')).await;
+    assert_eq!(ecs_runs(&w).await, (pinned('b'), 3));
+    assert_eq!(
+        w.ecs_revisions().await.unwrap(),
+        vec![2, 3],
+        "keep_revisions 1: revision 1 is deregistered, the one before the current is kept"
+    );
+    let status = &w.control.status(None, None).await.unwrap()[0];
+    assert_eq!(status.last_verified.as_ref().unwrap().digest, digest('b'));
+}
+
+#[tokio::test]
+async fn ecs_a_failed_deployment_points_the_service_back_at_the_revision_it_replaced() {
+    let w = ecs_world(ECS_CONFIG).await;
+    ecs_deploy_and_verify(&w, "v1", &digest('a')).await;
+    push(&w, "v2", &digest('b')).await;
+    assert_eq!(ecs_runs(&w).await, (pinned('b'), 3));
+    let failed = ecs_reports(&w, "SERVICE_DEPLOYMENT_FAILED").await;
+    let TrackOutcome::Failed { reason, .. } = failed else {
+        panic!("{failed:?}")
+    };
+    assert!(reason.contains("circuit breaker"), "{reason}");
+    roll_back(&w, "Rollout Failed").await;
+    assert_eq!(
+        ecs_runs(&w).await,
+        (pinned('a'), 2),
+        "the rollback returns to revision 2 instead of registering another"
+    );
+    assert_eq!(w.ecs_revisions().await.unwrap(), vec![2, 3]);
+    ecs_reports(&w, "SERVICE_DEPLOYMENT_COMPLETED").await;
+    assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
+    let status = &w.control.status(None, None).await.unwrap()[0];
+    assert_eq!(status.current.as_ref().unwrap().digest, digest('a'));
+    let original = status
+        .deployments
+        .iter()
+        .find(|d| d.digest == digest('b'))
+        .unwrap();
+    assert_eq!(original.phase, Phase::RolledBack);
+}
+
+#[tokio::test]
+async fn ecs_a_failed_smoke_test_rolls_back_to_the_verified_revision() {
+    let w = ecs_world(ECS_CONFIG).await;
+    ecs_deploy_and_verify(&w, "v1", &digest('a')).await;
+    push(&w, "v2", &digest('b')).await;
+    ecs_reports(&w, "SERVICE_DEPLOYMENT_COMPLETED").await;
+    w.endpoint.answer(500, "boom");
+    assert!(matches!(verify(&w).await, VerifyOutcome::Failed { .. }));
+    roll_back(&w, "Verification Failed").await;
+    assert_eq!(ecs_runs(&w).await, (pinned('a'), 2));
+    w.endpoint.answer(200, "ok");
+    ecs_reports(&w, "SERVICE_DEPLOYMENT_COMPLETED").await;
+    assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
+    let status = &w.control.status(None, None).await.unwrap()[0];
+    assert_eq!(status.last_verified.as_ref().unwrap().digest, digest('a'));
+    assert!(
+        status
+            .quarantined
+            .iter()
+            .any(|q| q.digest == digest('b').as_str())
+    );
+    assert!(
+        w.published
+            .types()
+            .ends_with(&["Deployment Verified", "Rollback Succeeded"])
+    );
+}
+
+#[tokio::test]
+async fn ecs_repeated_events_start_one_rollout_and_record_one_success() {
+    let w = ecs_world(ECS_CONFIG).await;
+    let event = w.push("v1", &digest('a')).await.unwrap();
+    on_push_event(&w, event.clone()).await.unwrap();
+    let again = on_push_event(&w, event).await.unwrap();
+    assert!(
+        matches!(&again[0].outcome, EnvOutcome::Skipped { .. }),
+        "{again:?}"
+    );
+    assert!(matches!(
+        ecs_reports(&w, "SERVICE_DEPLOYMENT_COMPLETED").await,
+        TrackOutcome::Succeeded { .. }
+    ));
+    assert!(matches!(
+        ecs_reports(&w, "SERVICE_DEPLOYMENT_COMPLETED").await,
+        TrackOutcome::AlreadyRecorded { .. }
+    ));
+    assert_eq!(ecs_runs(&w).await, (pinned('a'), 2));
+    let types = w.published.types();
+    assert_eq!(types.iter().filter(|t| **t == "Rollout Started").count(), 1);
+    assert_eq!(
+        types.iter().filter(|t| **t == "Rollout Succeeded").count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn ecs_pushes_during_a_rollout_are_queued_and_only_the_newest_runs_next() {
+    let w = ecs_world(ECS_CONFIG).await;
+    push(&w, "v1", &digest('a')).await;
+    for (tag, c) in [("v2", 'b'), ("v3", 'c'), ("v4", 'd')] {
+        let results = push(&w, tag, &digest(c)).await;
+        assert!(
+            matches!(results[0].outcome, EnvOutcome::Queued { .. }),
+            "{results:?}"
+        );
+    }
+    assert_eq!(ecs_runs(&w).await, (pinned('a'), 2));
+    ecs_reports(&w, "SERVICE_DEPLOYMENT_COMPLETED").await;
+    verify(&w).await;
+    let next = environment_free(&w, "Deployment Verified").await.unwrap();
+    assert!(
+        matches!(next.outcome, EnvOutcome::Started { .. }),
+        "{next:?}"
+    );
+    assert_eq!(ecs_runs(&w).await, (pinned('d'), 3), "b and c never run");
+}
+
+#[tokio::test]
+async fn ecs_a_failed_rollback_freezes_the_environment() {
+    let w = ecs_world(ECS_CONFIG).await;
+    ecs_deploy_and_verify(&w, "v1", &digest('a')).await;
+    push(&w, "v2", &digest('b')).await;
+    ecs_reports(&w, "SERVICE_DEPLOYMENT_COMPLETED").await;
+    w.endpoint.answer(503, "down");
+    verify(&w).await;
+    roll_back(&w, "Verification Failed").await;
+    assert!(
+        matches!(
+            ecs_reports(&w, "SERVICE_DEPLOYMENT_FAILED").await,
+            TrackOutcome::Failed { .. }
+        ),
+        "the rollback's own deployment fails"
+    );
+    roll_back(&w, "Rollout Failed").await;
+    let status = &w.control.status(None, None).await.unwrap()[0];
+    assert!(status.frozen.is_some());
+    assert!(
+        w.published
+            .types()
+            .ends_with(&["Rollback Failed", "Environment Frozen"])
+    );
+    let running = ecs_runs(&w).await;
+    let results = push(&w, "v3", &digest('c')).await;
+    assert!(
+        matches!(&results[0].outcome, EnvOutcome::Skipped { reason, .. } if reason.contains("frozen"))
+    );
+    assert_eq!(ecs_runs(&w).await, running, "nothing touches the service");
+}
+
+const CODEDEPLOY_CONFIG: &str = r#"
+apps:
+  web:
+    repository: acme/web
+    environments:
+      onprem:
+        deploy_on_push: { tags: ["v*"] }
+        target:
+          codedeploy:
+            application: web
+            deployment_group: web-onprem
+            ec2: { container: web, ports: ["80:8000"], health: { path: /health } }
+        smoke:
+          checks: [ { url: "{smoke}", expect_status: 200, body_contains: "ok", timeout_seconds: 2 } ]
+          within_seconds: 3
+"#;
+
+async fn codedeploy_world(config: &str) -> World {
+    let w = World::start(config).await.unwrap();
+    w.codedeploy_group("web", "web-onprem").await.unwrap();
+    w
+}
+
+/// CodeDeploy reports the last started rollout's deployment as `state`.
+async fn codedeploy_reports(w: &World, state: &str) -> TrackOutcome {
+    let target_ref = last_target_ref(w).await;
+    let id = target_ref
+        .strip_prefix("codedeploy:")
+        .expect("a CodeDeploy handle");
+    let envelope = inbound::envelope(w.codedeploy_event(id, state)).unwrap();
+    let detail = inbound::codedeploy_state(&envelope).unwrap();
+    w.tracker
+        .on_status(
+            &TargetRef::new(codedeploy::KIND, &detail.deployment_id),
+            codedeploy::status_from_event(&detail.deployment_id, &detail.state),
+        )
+        .await
+        .unwrap()
+}
+
+/// The digests (by their repeated character) the bundles of `onprem` pinned, in order.
+async fn bundled(w: &World) -> Vec<String> {
+    let images = w.bundled_images("web", "onprem").await.unwrap();
+    images
+        .iter()
+        .map(|image| {
+            assert!(
+                image.starts_with(&format!("{ECS_REGISTRY}/acme/web@sha256:")),
+                "{image}"
+            );
+            image.rsplit('@').next().unwrap()[7..8].to_owned()
+        })
+        .collect()
+}
+
+async fn codedeploy_deploy_and_verify(w: &World, tag: &str, d: &Digest) {
+    push(w, tag, d).await;
+    assert!(matches!(
+        codedeploy_reports(w, "SUCCESS").await,
+        TrackOutcome::Succeeded { .. }
+    ));
+    assert!(matches!(verify(w).await, VerifyOutcome::Verified { .. }));
+}
+
+#[tokio::test]
+async fn codedeploy_a_push_uploads_a_bundle_pinning_the_digest_and_is_verified() {
+    let w = codedeploy_world(CODEDEPLOY_CONFIG).await;
+    let results = push(&w, "v1.0.0", &digest('a')).await;
+    assert!(
+        matches!(results[0].outcome, EnvOutcome::Started { .. }),
+        "{results:?}"
+    );
+    assert_eq!(bundled(&w).await, vec!["a"]);
+    let target_ref = last_target_ref(&w).await;
+    let deployment = aws_sdk_codedeploy::Client::new(&w.sdk)
+        .get_deployment()
+        .deployment_id(target_ref.strip_prefix("codedeploy:").unwrap())
+        .send()
+        .await
+        .unwrap()
+        .deployment_info
+        .unwrap();
+    assert!(deployment.ignore_application_stop_failures());
+    assert!(deployment.auto_rollback_configuration().unwrap().enabled());
+    let s3 = deployment.revision().unwrap().s3_location().unwrap();
+    assert_eq!(
+        s3.bundle_type(),
+        Some(&aws_sdk_codedeploy::types::BundleType::Tar)
+    );
+    assert!(s3.e_tag().is_some(), "the bundle is pinned by its ETag");
+    assert!(matches!(
+        codedeploy_reports(&w, "SUCCESS").await,
+        TrackOutcome::Succeeded { .. }
+    ));
+    assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
+    assert!(w.commands().await.unwrap().is_empty(), "no SSM command");
+}
+
+#[tokio::test]
+async fn codedeploy_a_failed_deployment_rolls_back_to_the_verified_digest() {
+    let w = codedeploy_world(CODEDEPLOY_CONFIG).await;
+    codedeploy_deploy_and_verify(&w, "v1", &digest('a')).await;
+    push(&w, "v2", &digest('b')).await;
+    let failed = codedeploy_reports(&w, "FAILURE").await;
+    let TrackOutcome::Failed { reason, .. } = failed else {
+        panic!("{failed:?}")
+    };
+    assert!(reason.contains("ended FAILURE"), "{reason}");
+    roll_back(&w, "Rollout Failed").await;
+    assert_eq!(bundled(&w).await, vec!["a", "b", "a"]);
+    codedeploy_reports(&w, "SUCCESS").await;
+    assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
+    let status = &w.control.status(None, None).await.unwrap()[0];
+    assert_eq!(status.current.as_ref().unwrap().digest, digest('a'));
+}
+
+#[tokio::test]
+async fn codedeploy_a_failed_smoke_test_rolls_back_to_the_verified_digest() {
+    let w = codedeploy_world(CODEDEPLOY_CONFIG).await;
+    codedeploy_deploy_and_verify(&w, "v1", &digest('a')).await;
+    push(&w, "v2", &digest('b')).await;
+    codedeploy_reports(&w, "SUCCESS").await;
+    w.endpoint.answer(500, "boom");
+    assert!(matches!(verify(&w).await, VerifyOutcome::Failed { .. }));
+    roll_back(&w, "Verification Failed").await;
+    assert_eq!(bundled(&w).await, vec!["a", "b", "a"]);
+    w.endpoint.answer(200, "ok");
+    codedeploy_reports(&w, "SUCCESS").await;
+    assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
+    let status = &w.control.status(None, None).await.unwrap()[0];
+    assert!(
+        status
+            .quarantined
+            .iter()
+            .any(|q| q.digest == digest('b').as_str())
+    );
+}
+
+#[tokio::test]
+async fn codedeploy_repeated_events_start_one_rollout_and_record_one_success() {
+    let w = codedeploy_world(CODEDEPLOY_CONFIG).await;
+    let event = w.push("v1", &digest('a')).await.unwrap();
+    on_push_event(&w, event.clone()).await.unwrap();
+    on_push_event(&w, event).await.unwrap();
+    push(&w, "v1-again", &digest('a')).await;
+    assert!(matches!(
+        codedeploy_reports(&w, "SUCCESS").await,
+        TrackOutcome::Succeeded { .. }
+    ));
+    assert!(matches!(
+        codedeploy_reports(&w, "SUCCESS").await,
+        TrackOutcome::AlreadyRecorded { .. }
+    ));
+    assert_eq!(bundled(&w).await, vec!["a"]);
+}
+
+#[tokio::test]
+async fn codedeploy_pushes_during_a_rollout_are_queued_and_only_the_newest_runs_next() {
+    let w = codedeploy_world(CODEDEPLOY_CONFIG).await;
+    push(&w, "v1", &digest('a')).await;
+    for (tag, c) in [("v2", 'b'), ("v3", 'c'), ("v4", 'd')] {
+        let results = push(&w, tag, &digest(c)).await;
+        assert!(
+            matches!(results[0].outcome, EnvOutcome::Queued { .. }),
+            "{results:?}"
+        );
+    }
+    codedeploy_reports(&w, "SUCCESS").await;
+    verify(&w).await;
+    environment_free(&w, "Deployment Verified").await.unwrap();
+    assert_eq!(bundled(&w).await, vec!["a", "d"]);
+}
+
+#[tokio::test]
+async fn codedeploy_a_failed_rollback_freezes_the_environment() {
+    let w = codedeploy_world(CODEDEPLOY_CONFIG).await;
+    codedeploy_deploy_and_verify(&w, "v1", &digest('a')).await;
+    push(&w, "v2", &digest('b')).await;
+    codedeploy_reports(&w, "SUCCESS").await;
+    w.endpoint.answer(503, "down");
+    verify(&w).await;
+    roll_back(&w, "Verification Failed").await;
+    assert!(matches!(
+        codedeploy_reports(&w, "FAILURE").await,
+        TrackOutcome::Failed { .. }
+    ));
+    roll_back(&w, "Rollout Failed").await;
+    let status = &w.control.status(None, None).await.unwrap()[0];
+    assert!(status.frozen.is_some());
+    let results = push(&w, "v3", &digest('c')).await;
+    assert!(
+        matches!(&results[0].outcome, EnvOutcome::Skipped { reason, .. } if reason.contains("frozen"))
+    );
+    assert_eq!(
+        bundled(&w).await,
+        vec!["a", "b", "a"],
+        "nothing further is deployed"
+    );
+}
+
+const MIXED_CONFIG: &str = r#"
+apps:
+  web:
+    repository: acme/web
+    environments:
+      staging:
+        deploy_on_push: { tags: ["v*"] }
+        target: { ssm: { instances: { tag: { Role: web-staging } }, container: web, ports: ["80:8000"] } }
+        smoke:
+          checks: [ { url: "{smoke}", expect_status: 200, body_contains: "ok", timeout_seconds: 2 } ]
+          within_seconds: 3
+      production:
+        promote_from: staging
+        target: { ecs: { cluster: prod, service: web, container: web } }
+        smoke:
+          checks: [ { url: "{smoke}", expect_status: 200, body_contains: "ok", timeout_seconds: 2 } ]
+          within_seconds: 3
+      onprem:
+        promote_from: staging
+        target:
+          codedeploy:
+            application: web
+            deployment_group: web-onprem
+            ec2: { container: web, ports: ["80:8000"] }
+"#;
+
+#[tokio::test]
+async fn staging_on_ssm_promotes_the_verified_digest_to_ecs_and_codedeploy_environments() {
+    let w = ecs_world(MIXED_CONFIG).await;
+    w.codedeploy_group("web", "web-onprem").await.unwrap();
+    deploy_and_verify(&w, "v1.0.0", &digest('a')).await;
+    assert_eq!(
+        ecs_runs(&w).await.1,
+        1,
+        "production is untouched until staging verified"
+    );
+    assert!(bundled(&w).await.is_empty());
+    let promoted = promote_verified(&w).await;
+    assert_eq!(promoted.len(), 2, "{promoted:?}");
+    for p in &promoted {
+        assert!(
+            matches!(p.result.outcome, EnvOutcome::Started { .. }),
+            "{promoted:?}"
+        );
+    }
+    assert_eq!(
+        w.commands().await.unwrap().len(),
+        1,
+        "staging's command only"
+    );
+    assert_eq!(ecs_runs(&w).await, (pinned('a'), 2));
+    assert_eq!(bundled(&w).await, vec!["a"]);
+    let (app, production) = names("web", "production");
+    let started = w
+        .control
+        .status(Some(&app), Some(&production))
+        .await
+        .unwrap();
+    let ecs_ref = started[0].deployments[0].target_ref.clone().unwrap();
+    let envelope =
+        inbound::envelope(w.ecs_event(&ecs_ref, "SERVICE_DEPLOYMENT_COMPLETED", "")).unwrap();
+    let state = inbound::ecs_deployment_state(&envelope).unwrap().unwrap();
+    let outcome = w
+        .tracker
+        .on_status(
+            &ecs::target_ref(&state.cluster, &state.service, &state.deployment_id),
+            ecs::status_from_event(&state.event_name, None),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, TrackOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    let d = w.published.last_detail("Rollout Succeeded");
+    assert_eq!(d.environment, production);
+    assert!(matches!(
+        w.verifier
+            .on_rollout_succeeded(&d.app, &d.environment, d.deployment_id.as_ref().unwrap())
+            .await
+            .unwrap(),
+        VerifyOutcome::Verified { .. }
+    ));
+    let status = w
+        .control
+        .status(Some(&app), Some(&production))
+        .await
+        .unwrap();
+    assert_eq!(
+        status[0].last_verified.as_ref().unwrap().digest,
+        digest('a')
+    );
+    assert_eq!(
+        status[0].deployments[0].kind,
+        pushdeploy::domain::Kind::Promotion
+    );
 }

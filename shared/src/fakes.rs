@@ -16,8 +16,8 @@ use crate::domain::{
 use crate::ports::{
     Clock, Commit, ConfigLoadError, ConfigSource, DeleteFailure, EventPublisher, HttpProbe,
     ImageCatalog, ImagePage, ImageRegistry, ListedImage, MAX_BATCH, ProbeError, ProbeResponse,
-    PublishError, RegistryError, ResolvedImage, RolloutStatus, StateStore, StoreError, TagMove,
-    TagWriter, Target, TargetError, TargetRef,
+    PublishError, RegistryError, ResolvedImage, RolloutStatus, Started, StateStore, StoreError,
+    TagMove, TagWriter, Target, TargetError, TargetRef,
 };
 
 type EnvKey = (AppName, EnvName);
@@ -533,7 +533,7 @@ impl Target for FakeTarget {
         &self,
         deployment: &Deployment,
         _config: &TargetConfig,
-    ) -> Result<TargetRef, TargetError> {
+    ) -> Result<Started, TargetError> {
         let mut inner = self.inner.lock().unwrap();
         if let Some(error) = inner.refuse.pop_front() {
             return Err(error);
@@ -547,7 +547,10 @@ impl Target for FakeTarget {
         inner
             .statuses
             .insert(target_ref.to_string(), RolloutStatus::InProgress);
-        Ok(target_ref)
+        Ok(Started {
+            target_ref,
+            before: Some(format!("fake-before-{}", deployment.id)),
+        })
     }
 
     async fn status(&self, target_ref: &TargetRef) -> Result<RolloutStatus, TargetError> {

@@ -28,6 +28,8 @@ pub struct Envelope {
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub time: Option<OffsetDateTime>,
     #[serde(default)]
+    pub resources: Vec<String>,
+    #[serde(default)]
     pub detail: Value,
 }
 
@@ -137,6 +139,77 @@ pub const SSM_COMMAND_STATUS: &str = "EC2 Command Status-change Notification";
 pub const SSM_INVOCATION_STATUS: &str = "EC2 Command Invocation Status-change Notification";
 
 pub fn ssm_status(envelope: &Envelope) -> Result<SsmStatusDetail, ServiceError> {
+    detail(envelope)
+}
+
+pub const ECS_DEPLOYMENT_STATE: &str = "ECS Deployment State Change";
+
+/// An `ECS Deployment State Change` event: which deployment of which service, and how it
+/// stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EcsDeploymentState {
+    pub cluster: String,
+    pub service: String,
+    pub deployment_id: String,
+    /// `SERVICE_DEPLOYMENT_IN_PROGRESS`, `SERVICE_DEPLOYMENT_COMPLETED` or
+    /// `SERVICE_DEPLOYMENT_FAILED`.
+    pub event_name: String,
+    pub reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct EcsDeploymentDetail {
+    #[serde(rename = "eventName")]
+    event_name: String,
+    #[serde(rename = "deploymentId")]
+    deployment_id: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Reads the event; `Ok(None)` when its service ARN is in the old format, which does not
+/// name the cluster (the reconciliation follows such rollouts instead).
+pub fn ecs_deployment_state(
+    envelope: &Envelope,
+) -> Result<Option<EcsDeploymentState>, ServiceError> {
+    let d: EcsDeploymentDetail = detail(envelope)?;
+    let Some(arn) = envelope.resources.first() else {
+        return Err(ServiceError::Invalid(format!(
+            "\"{ECS_DEPLOYMENT_STATE}\" event names no service in `resources`"
+        )));
+    };
+    let Some((_, path)) = arn.split_once(":service/") else {
+        return Err(ServiceError::Invalid(format!(
+            "\"{ECS_DEPLOYMENT_STATE}\" event: {arn:?} is not an ECS service ARN"
+        )));
+    };
+    Ok(path
+        .split_once('/')
+        .map(|(cluster, service)| EcsDeploymentState {
+            cluster: cluster.to_owned(),
+            service: service.to_owned(),
+            deployment_id: d.deployment_id,
+            event_name: d.event_name,
+            reason: d.reason,
+        }))
+}
+
+pub const CODEDEPLOY_STATE: &str = "CodeDeploy Deployment State-change Notification";
+
+/// A `CodeDeploy Deployment State-change Notification`: `state` is `START`, `SUCCESS`,
+/// `FAILURE`, `STOP` or `READY` (blue/green, waiting to reroute traffic).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct CodeDeployState {
+    #[serde(rename = "deploymentId")]
+    pub deployment_id: String,
+    pub state: String,
+    #[serde(default)]
+    pub application: Option<String>,
+    #[serde(rename = "deploymentGroup", default)]
+    pub deployment_group: Option<String>,
+}
+
+pub fn codedeploy_state(envelope: &Envelope) -> Result<CodeDeployState, ServiceError> {
     detail(envelope)
 }
 

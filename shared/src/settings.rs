@@ -34,6 +34,9 @@ pub struct Settings {
     /// `PUSHDEPLOY_SSM_DOCUMENT`: the Command document rollouts run (functions that start
     /// or track rollouts need it).
     pub ssm_document: Option<String>,
+    /// `PUSHDEPLOY_BUNDLE_BUCKET`: the S3 bucket CodeDeploy revision bundles are uploaded
+    /// to (needed only by CodeDeploy EC2/on-premises environments).
+    pub bundle_bucket: Option<String>,
     /// `PUSHDEPLOY_METRICS_NAMESPACE`: the CloudWatch namespace of the metrics (default
     /// `pushdeploy`).
     pub metrics_namespace: String,
@@ -68,6 +71,7 @@ impl Settings {
             config,
             config_ttl,
             ssm_document: value("PUSHDEPLOY_SSM_DOCUMENT"),
+            bundle_bucket: value("PUSHDEPLOY_BUNDLE_BUCKET"),
             metrics_namespace: value("PUSHDEPLOY_METRICS_NAMESPACE")
                 .unwrap_or_else(|| crate::metrics::DEFAULT_NAMESPACE.to_owned()),
         })

@@ -1,6 +1,6 @@
 //! Support for the integration tests: a moto server provisioned from `template.yaml`, the
 //! real AWS adapters pointed at it, a smoke-check endpoint the test controls, and helpers
-//! that play the parts of ECR and SSM (which emit no events under moto).
+//! that play the parts of ECR, SSM and ECS (which emit no events under moto).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,14 +10,16 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use aws_config::SdkConfig;
+use pushdeploy::adapters::codedeploy::CodeDeploy;
 use pushdeploy::adapters::dynamodb::DynamoStore;
 use pushdeploy::adapters::ecr::EcrRegistry;
+use pushdeploy::adapters::ecs::EcsService;
 use pushdeploy::adapters::eventbridge::EventBridgePublisher;
 use pushdeploy::adapters::http_probe::ReqwestProbe;
 use pushdeploy::adapters::ssm::SsmRunCommand;
 use pushdeploy::adapters::ssm_config::ParameterConfig;
 use pushdeploy::domain::{AppName, Digest, EnvName, EventDetail, LifecycleEvent};
-use pushdeploy::ports::{Clock, EventPublisher, PublishError, SystemClock};
+use pushdeploy::ports::{Clock, EventPublisher, PublishError, SystemClock, Target, Targets};
 use pushdeploy::services::{Control, Core, Deployer, Rollback, Tracker, Verifier};
 use pushdeploy_local::moto::Moto;
 use pushdeploy_local::stack::{create_bus, create_document, create_table};
@@ -30,6 +32,7 @@ pub const BUS: &str = "pushdeploy-test";
 pub const DOCUMENT: &str = "pushdeploy-deploy";
 pub const PARAMETER: &str = "/pushdeploy/config";
 pub const REPOSITORY: &str = "acme/web";
+pub const BUNDLES: &str = "pushdeploy-bundles";
 
 /// A moto server with pushdeploy's resources, and every function's use case wired to it
 /// with the real adapters.
@@ -73,7 +76,26 @@ impl World {
             )),
             clock: Arc::new(SystemClock),
         };
-        let target = Arc::new(SsmRunCommand::new(aws_sdk_ssm::Client::new(&sdk), DOCUMENT));
+        let target: Arc<dyn Target> = Arc::new(
+            Targets::default()
+                .with(
+                    pushdeploy::adapters::ssm::KIND,
+                    Arc::new(SsmRunCommand::new(aws_sdk_ssm::Client::new(&sdk), DOCUMENT)),
+                )
+                .with(
+                    pushdeploy::adapters::ecs::KIND,
+                    Arc::new(EcsService::new(aws_sdk_ecs::Client::new(&sdk))),
+                )
+                .with(
+                    pushdeploy::adapters::codedeploy::KIND,
+                    Arc::new(CodeDeploy::new(
+                        aws_sdk_codedeploy::Client::new(&sdk),
+                        aws_sdk_s3::Client::new(&sdk),
+                        aws_sdk_ecs::Client::new(&sdk),
+                        Some(BUNDLES.to_owned()),
+                    )),
+                ),
+        );
         let registry = Arc::new(EcrRegistry::new(aws_sdk_ecr::Client::new(&sdk)));
         Ok(Self {
             deployer: Deployer {
@@ -213,6 +235,225 @@ impl World {
     pub async fn put_config(&self, yaml: &str) -> anyhow::Result<()> {
         put_config(&self.sdk, &yaml.replace("{smoke}", &self.endpoint.url())).await
     }
+
+    /// Creates the ECS cluster `cluster` with a service `web` running revision 1 of the
+    /// task family `web`: the `web` container (secrets, logs) beside an `envoy` sidecar.
+    pub async fn ecs_service(&self, cluster: &str) -> anyhow::Result<()> {
+        use aws_sdk_ecs::types::{
+            ContainerDefinition, KeyValuePair, LogConfiguration, LogDriver, NetworkMode, Secret,
+            Tag,
+        };
+        let ecs = aws_sdk_ecs::Client::new(&self.sdk);
+        ecs.create_cluster().cluster_name(cluster).send().await?;
+        ecs.register_task_definition()
+            .family("web")
+            .task_role_arn(format!(
+                "arn:aws:iam::{}:role/web-task",
+                pushdeploy_local::moto::ACCOUNT
+            ))
+            .network_mode(NetworkMode::Awsvpc)
+            .cpu("256")
+            .memory("512")
+            .container_definitions(
+                ContainerDefinition::builder()
+                    .name("web")
+                    .image(format!("{REPOSITORY}:bootstrap"))
+                    .memory(256)
+                    .secrets(
+                        Secret::builder()
+                            .name("DB_PASSWORD")
+                            .value_from("arn:aws:ssm:us-east-1:123456789012:parameter/db")
+                            .build()?,
+                    )
+                    .environment(KeyValuePair::builder().name("MODE").value("prod").build())
+                    .log_configuration(
+                        LogConfiguration::builder()
+                            .log_driver(LogDriver::Awslogs)
+                            .options("awslogs-group", "/ecs/web")
+                            .build()?,
+                    )
+                    .build(),
+            )
+            .container_definitions(
+                ContainerDefinition::builder()
+                    .name("envoy")
+                    .image("public.ecr.aws/appmesh/aws-appmesh-envoy:v1.29")
+                    .memory(64)
+                    .build(),
+            )
+            .tags(Tag::builder().key("team").value("web").build())
+            .send()
+            .await
+            .context("RegisterTaskDefinition")?;
+        ecs.create_service()
+            .cluster(cluster)
+            .service_name("web")
+            .task_definition("web:1")
+            .desired_count(2)
+            .send()
+            .await
+            .context("CreateService")?;
+        Ok(())
+    }
+
+    /// What the ECS service `web` of `cluster` runs: its task definition ARN, and that
+    /// revision's whole description.
+    pub async fn ecs_running(
+        &self,
+        cluster: &str,
+    ) -> anyhow::Result<(String, aws_sdk_ecs::types::TaskDefinition)> {
+        let ecs = aws_sdk_ecs::Client::new(&self.sdk);
+        let services = ecs
+            .describe_services()
+            .cluster(cluster)
+            .services("web")
+            .send()
+            .await?;
+        let arn = services.services()[0]
+            .task_definition()
+            .context("the service runs no task definition")?
+            .to_owned();
+        let definition = ecs
+            .describe_task_definition()
+            .task_definition(&arn)
+            .send()
+            .await?
+            .task_definition
+            .context("no task definition")?;
+        Ok((arn, definition))
+    }
+
+    /// The ACTIVE revisions of the task family `web`, oldest first.
+    pub async fn ecs_revisions(&self) -> anyhow::Result<Vec<i32>> {
+        let out = aws_sdk_ecs::Client::new(&self.sdk)
+            .list_task_definitions()
+            .family_prefix("web")
+            .status(aws_sdk_ecs::types::TaskDefinitionStatus::Active)
+            .send()
+            .await?;
+        let mut revisions: Vec<i32> = out
+            .task_definition_arns()
+            .iter()
+            .filter_map(|a| a.rsplit(':').next()?.parse().ok())
+            .collect();
+        revisions.sort();
+        Ok(revisions)
+    }
+
+    /// A CodeDeploy EC2/on-premises application `application` with deployment group `group`.
+    pub async fn codedeploy_group(&self, application: &str, group: &str) -> anyhow::Result<()> {
+        let codedeploy = aws_sdk_codedeploy::Client::new(&self.sdk);
+        codedeploy
+            .create_application()
+            .application_name(application)
+            .compute_platform(aws_sdk_codedeploy::types::ComputePlatform::Server)
+            .send()
+            .await
+            .context("CreateApplication")?;
+        codedeploy
+            .create_deployment_group()
+            .application_name(application)
+            .deployment_group_name(group)
+            .service_role_arn(format!(
+                "arn:aws:iam::{}:role/codedeploy",
+                pushdeploy_local::moto::ACCOUNT
+            ))
+            .send()
+            .await
+            .context("CreateDeploymentGroup")?;
+        Ok(())
+    }
+
+    /// The image each CodeDeploy bundle of `app`/`env` pins, oldest first, read from the
+    /// bundles in S3 as an instance would.
+    pub async fn bundled_images(&self, app: &str, env: &str) -> anyhow::Result<Vec<String>> {
+        use std::io::Read;
+        let s3 = aws_sdk_s3::Client::new(&self.sdk);
+        let listed = s3
+            .list_objects_v2()
+            .bucket(BUNDLES)
+            .prefix(format!("bundles/{app}/{env}/"))
+            .send()
+            .await?;
+        let mut keys: Vec<String> = listed
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect();
+        keys.sort();
+        let mut images = Vec::new();
+        for key in keys {
+            let body = s3.get_object().bucket(BUNDLES).key(&key).send().await?;
+            let bytes = body.body.collect().await?.into_bytes();
+            let mut archive = tar::Archive::new(&bytes[..]);
+            for entry in archive.entries()? {
+                let mut entry = entry?;
+                if entry.path()?.to_str() == Some("pushdeploy/params.sh") {
+                    let mut text = String::new();
+                    entry.read_to_string(&mut text)?;
+                    let image = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("image='")?.strip_suffix('\''))
+                        .context("params.sh names no image")?;
+                    images.push(image.to_owned());
+                }
+            }
+        }
+        Ok(images)
+    }
+
+    /// The `CodeDeploy Deployment State-change Notification` CodeDeploy would send.
+    pub fn codedeploy_event(&self, deployment_id: &str, state: &str) -> Value {
+        json!({
+            "account": pushdeploy_local::moto::ACCOUNT,
+            "region": pushdeploy_local::moto::REGION,
+            "detail-type": "CodeDeploy Deployment State-change Notification",
+            "source": "aws.codedeploy",
+            "version": "0",
+            "time": "2026-11-23T10:00:00Z",
+            "id": format!("codedeploy-{state}-{deployment_id}"),
+            "resources": [],
+            "detail": {
+                "instanceGroupId": "9fd2fbef-2157-40d8-91e7-6845af69e2d2",
+                "region": pushdeploy_local::moto::REGION,
+                "application": "web",
+                "deploymentId": deployment_id,
+                "state": state,
+                "deploymentGroup": "web-onprem"
+            }
+        })
+    }
+
+    /// The `ECS Deployment State Change` event ECS would send for the service deployment
+    /// behind `target_ref` (`ecs:<cluster>/<service>/<deployment id>`).
+    pub fn ecs_event(&self, target_ref: &str, event_name: &str, reason: &str) -> Value {
+        let (cluster, rest) = target_ref
+            .strip_prefix("ecs:")
+            .and_then(|r| r.split_once('/'))
+            .expect("an ECS handle");
+        let (service, deployment_id) = rest.split_once('/').expect("an ECS handle");
+        json!({
+            "version": "0",
+            "id": format!("ecs-{event_name}-{deployment_id}"),
+            "detail-type": "ECS Deployment State Change",
+            "source": "aws.ecs",
+            "account": pushdeploy_local::moto::ACCOUNT,
+            "time": "2026-11-23T10:00:00Z",
+            "region": pushdeploy_local::moto::REGION,
+            "resources": [format!(
+                "arn:aws:ecs:{}:{}:service/{cluster}/{service}",
+                pushdeploy_local::moto::REGION,
+                pushdeploy_local::moto::ACCOUNT
+            )],
+            "detail": {
+                "eventType": if event_name.ends_with("FAILED") { "ERROR" } else { "INFO" },
+                "eventName": event_name,
+                "deploymentId": deployment_id,
+                "updatedAt": "2026-11-23T10:00:00Z",
+                "reason": reason
+            }
+        })
+    }
 }
 
 pub fn names(app: &str, env: &str) -> (AppName, EnvName) {
@@ -236,6 +477,12 @@ pub async fn provision(sdk: &SdkConfig) -> anyhow::Result<()> {
         .await
         .context("CreateRepository")?;
     create_document(sdk, &template, DOCUMENT).await?;
+    aws_sdk_s3::Client::new(sdk)
+        .create_bucket()
+        .bucket(BUNDLES)
+        .send()
+        .await
+        .context("CreateBucket")?;
     Ok(())
 }
 

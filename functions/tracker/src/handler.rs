@@ -1,9 +1,12 @@
 //! Turns what the tracker receives into a use case: an SSM status change of pushdeploy's
-//! document, the reconciliation schedule, or `{"action": "reconcile"}` from the console.
+//! document, an ECS service deployment's or a CodeDeploy deployment's state change, the
+//! reconciliation schedule, or `{"action": "reconcile"}` from the console.
 
 use lambda_runtime::LambdaEvent;
-use pushdeploy::adapters::ssm::{KIND, status_from_event};
-use pushdeploy::inbound::{self, SSM_COMMAND_STATUS, SSM_INVOCATION_STATUS};
+use pushdeploy::adapters::{codedeploy, ecs, ssm};
+use pushdeploy::inbound::{
+    self, CODEDEPLOY_STATE, ECS_DEPLOYMENT_STATE, SSM_COMMAND_STATUS, SSM_INVOCATION_STATUS,
+};
 use pushdeploy::lambda::{logged, respond};
 use pushdeploy::ports::TargetRef;
 use pushdeploy::services::{ServiceError, Tracker};
@@ -49,10 +52,26 @@ async fn dispatch(
                     &json!({ "outcome": "ignored", "reason": format!("document {} is not pushdeploy's", detail.document_name) }),
                 );
             }
-            let target_ref = TargetRef::new(KIND, &detail.command_id);
+            let target_ref = TargetRef::new(ssm::KIND, &detail.command_id);
             // A per-host status says little about the whole command: read it back instead.
             let reported =
-                (detail_type == SSM_COMMAND_STATUS).then(|| status_from_event(&detail.status));
+                (detail_type == SSM_COMMAND_STATUS).then(|| ssm::status_from_event(&detail.status));
+            respond(&tracker.on_status(&target_ref, reported).await?)
+        }
+        ("aws.ecs", ECS_DEPLOYMENT_STATE) => {
+            let Some(state) = inbound::ecs_deployment_state(&envelope)? else {
+                return respond(
+                    &json!({ "outcome": "ignored", "reason": "the service ARN does not name its cluster (old ARN format); the reconciliation follows this rollout" }),
+                );
+            };
+            let target_ref = ecs::target_ref(&state.cluster, &state.service, &state.deployment_id);
+            let reported = ecs::status_from_event(&state.event_name, state.reason.as_deref());
+            respond(&tracker.on_status(&target_ref, reported).await?)
+        }
+        ("aws.codedeploy", CODEDEPLOY_STATE) => {
+            let state = inbound::codedeploy_state(&envelope)?;
+            let target_ref = TargetRef::new(codedeploy::KIND, &state.deployment_id);
+            let reported = codedeploy::status_from_event(&state.deployment_id, &state.state);
             respond(&tracker.on_status(&target_ref, reported).await?)
         }
         (source, detail_type) => Err(ServiceError::Invalid(format!(
@@ -128,6 +147,16 @@ mod tests {
 
     /// A staging deployment rolling out under the command of the sample events.
     async fn rolling_out(w: &World) -> Deployment {
+        let dep = rolling_out_as(w, &format!("ssm:{COMMAND}")).await;
+        w.target.set_status(
+            &TargetRef::new(ssm::KIND, COMMAND),
+            RolloutStatus::InProgress,
+        );
+        dep
+    }
+
+    /// A staging deployment rolling out under `target_ref`.
+    async fn rolling_out_as(w: &World, target_ref: &str) -> Deployment {
         let image = PinnedImage::parse(&format!(
             "123456789012.dkr.ecr.eu-west-1.amazonaws.com/acme/web@sha256:{}",
             "3f2c7b1d9e8a4c6b5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e"
@@ -153,7 +182,7 @@ mod tests {
             None,
         )
         .unwrap();
-        dep.target_ref = Some(format!("ssm:{COMMAND}"));
+        dep.target_ref = Some(target_ref.to_owned());
         w.store
             .commit(Commit {
                 link_target_refs: true,
@@ -161,8 +190,6 @@ mod tests {
             })
             .await
             .unwrap();
-        w.target
-            .set_status(&TargetRef::new(KIND, COMMAND), RolloutStatus::InProgress);
         dep
     }
 
@@ -242,7 +269,7 @@ mod tests {
             "one host failing is not yet the command failing"
         );
         w.target.set_status(
-            &TargetRef::new(KIND, COMMAND),
+            &TargetRef::new(ssm::KIND, COMMAND),
             RolloutStatus::Failed("2 of 2 hosts failed".into()),
         );
         handle(
@@ -255,6 +282,180 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(phase(&w, &dep).await, Phase::Failed);
+    }
+
+    /// The deployment of the ECS sample events.
+    const ECS_REF: &str = "ecs:prod/web/ecs-svc/4372928184467399157";
+
+    #[tokio::test]
+    async fn a_completed_ecs_deployment_marks_the_rollout_succeeded_once() {
+        let w = world();
+        let dep = rolling_out_as(&w, ECS_REF).await;
+        for _ in 0..2 {
+            handle(
+                &w.tracker,
+                DOCUMENT,
+                event(include_str!(
+                    "../../../events/tracker/ecs-deployment-completed.json"
+                )),
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(phase(&w, &dep).await, Phase::RolledOut);
+        assert_eq!(w.events.types(), vec!["Rollout Succeeded"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_ecs_deployment_fails_the_rollout_with_the_reason_ecs_gives() {
+        let w = world();
+        let dep = rolling_out_as(&w, ECS_REF).await;
+        let out = handle(
+            &w.tracker,
+            DOCUMENT,
+            event(include_str!(
+                "../../../events/tracker/ecs-deployment-failed.json"
+            )),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["outcome"], "failed");
+        let stored = w
+            .store
+            .deployment(&dep.app, &dep.environment, &dep.id)
+            .await
+            .unwrap();
+        assert_eq!(stored.phase, Phase::Failed);
+        assert!(
+            stored.reason.as_deref().is_some_and(
+                |r| r.starts_with("ECS deployment failed: ECS deployment circuit breaker")
+            ),
+            "{:?}",
+            stored.reason
+        );
+        assert_eq!(w.events.types(), vec!["Rollout Failed"]);
+    }
+
+    #[tokio::test]
+    async fn an_ecs_deployment_in_progress_is_read_back_from_the_service() {
+        let w = world();
+        let dep = rolling_out_as(&w, ECS_REF).await;
+        let ecs_ref = TargetRef::parse(ECS_REF).unwrap();
+        w.target.set_status(&ecs_ref, RolloutStatus::InProgress);
+        let sample = include_str!("../../../events/tracker/ecs-deployment-in-progress.json");
+        let out = handle(&w.tracker, DOCUMENT, event(sample)).await.unwrap();
+        assert_eq!(out["outcome"], "in_progress");
+        w.target.set_status(&ecs_ref, RolloutStatus::Succeeded);
+        handle(&w.tracker, DOCUMENT, event(sample)).await.unwrap();
+        assert_eq!(phase(&w, &dep).await, Phase::RolledOut);
+    }
+
+    #[tokio::test]
+    async fn ecs_deployments_pushdeploy_did_not_start_are_ignored() {
+        let w = world();
+        let out = handle(
+            &w.tracker,
+            DOCUMENT,
+            event(include_str!(
+                "../../../events/tracker/ecs-deployment-completed.json"
+            )),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["outcome"], "ignored");
+        let mut old_arn: Value = serde_json::from_str(include_str!(
+            "../../../events/tracker/ecs-deployment-failed.json"
+        ))
+        .unwrap();
+        old_arn["resources"] = json!(["arn:aws:ecs:eu-west-1:123456789012:service/web"]);
+        let out = handle(
+            &w.tracker,
+            DOCUMENT,
+            LambdaEvent::new(old_arn, Context::default()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["outcome"], "ignored");
+        assert!(out["reason"].as_str().unwrap().contains("old ARN format"));
+        assert_eq!(w.store.commits(), 0);
+    }
+
+    /// The deployment of the CodeDeploy sample events.
+    const CODEDEPLOY_REF: &str = "codedeploy:d-7Q2X9K4LB";
+
+    #[tokio::test]
+    async fn a_successful_codedeploy_deployment_marks_the_rollout_succeeded_once() {
+        let w = world();
+        let dep = rolling_out_as(&w, CODEDEPLOY_REF).await;
+        for _ in 0..2 {
+            handle(
+                &w.tracker,
+                DOCUMENT,
+                event(include_str!(
+                    "../../../events/tracker/codedeploy-success.json"
+                )),
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(phase(&w, &dep).await, Phase::RolledOut);
+        assert_eq!(w.events.types(), vec!["Rollout Succeeded"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_codedeploy_deployment_records_codedeploys_own_account_of_it() {
+        let w = world();
+        let dep = rolling_out_as(&w, CODEDEPLOY_REF).await;
+        let said = "CodeDeploy deployment d-7Q2X9K4LB ended Failed: HEALTH_CONSTRAINTS too many instances failed; CodeDeploy's automatic rollback d-8 is InProgress";
+        w.target.set_status(
+            &TargetRef::parse(CODEDEPLOY_REF).unwrap(),
+            RolloutStatus::Failed(said.into()),
+        );
+        let out = handle(
+            &w.tracker,
+            DOCUMENT,
+            event(include_str!(
+                "../../../events/tracker/codedeploy-failure.json"
+            )),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["outcome"], "failed");
+        let stored = w
+            .store
+            .deployment(&dep.app, &dep.environment, &dep.id)
+            .await
+            .unwrap();
+        assert_eq!(stored.phase, Phase::Failed);
+        assert_eq!(stored.reason.as_deref(), Some(said));
+    }
+
+    #[tokio::test]
+    async fn a_failure_event_stands_when_the_target_has_not_caught_up() {
+        let w = world();
+        let dep = rolling_out_as(&w, CODEDEPLOY_REF).await;
+        w.target.set_status(
+            &TargetRef::parse(CODEDEPLOY_REF).unwrap(),
+            RolloutStatus::InProgress,
+        );
+        handle(
+            &w.tracker,
+            DOCUMENT,
+            event(include_str!(
+                "../../../events/tracker/codedeploy-failure.json"
+            )),
+        )
+        .await
+        .unwrap();
+        let stored = w
+            .store
+            .deployment(&dep.app, &dep.environment, &dep.id)
+            .await
+            .unwrap();
+        assert_eq!(
+            stored.reason.as_deref(),
+            Some("CodeDeploy deployment d-7Q2X9K4LB ended FAILURE")
+        );
     }
 
     #[tokio::test]
@@ -277,8 +478,10 @@ mod tests {
     async fn the_schedule_completes_a_rollout_whose_event_was_lost() {
         let w = world();
         let dep = rolling_out(&w).await;
-        w.target
-            .set_status(&TargetRef::new(KIND, COMMAND), RolloutStatus::Succeeded);
+        w.target.set_status(
+            &TargetRef::new(ssm::KIND, COMMAND),
+            RolloutStatus::Succeeded,
+        );
         handle(
             &w.tracker,
             DOCUMENT,

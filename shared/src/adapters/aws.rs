@@ -84,3 +84,21 @@ where
         other => aws_smithy_types::error::display::DisplayErrorContext(other).to_string(),
     }
 }
+
+/// A target API's failure as the target port reports it, with what was being done.
+#[cfg(any(feature = "ssm", feature = "ecs"))]
+pub fn target_error<E>(
+    error: SdkError<E, aws_smithy_runtime_api::http::Response>,
+    what: &str,
+) -> crate::ports::TargetError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    use crate::ports::TargetError;
+    let message = format!("{what}: {}", describe(&error));
+    match classify(&error) {
+        ErrorClass::Throttled => TargetError::Throttled(Box::new(error)),
+        ErrorClass::Transient => TargetError::Transient(Box::new(error)),
+        ErrorClass::Permanent => TargetError::Invalid(message, Some(Box::new(error))),
+    }
+}

@@ -3,11 +3,15 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "codedeploy")]
+pub mod codedeploy;
 pub mod config_file;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
 #[cfg(feature = "ecr")]
 pub mod ecr;
+#[cfg(feature = "ecs")]
+pub mod ecs;
 #[cfg(feature = "eventbridge")]
 pub mod eventbridge;
 #[cfg(feature = "http-probe")]

@@ -4,13 +4,14 @@
 
 use async_trait::async_trait;
 use aws_sdk_ssm::Client;
-use aws_sdk_ssm::error::SdkError;
 use aws_sdk_ssm::types::{CommandStatus, Target as SsmTargetSelector};
 
-use super::aws::{ErrorClass, classify, describe};
-use crate::domain::config::{InstanceSelector, SsmTarget};
+use super::aws::target_error;
+use std::time::Duration;
+
+use crate::domain::config::{HostHealth, InstanceSelector, PortMapping, SsmTarget};
 use crate::domain::{Deployment, TargetConfig};
-use crate::ports::{RolloutStatus, Target, TargetError, TargetRef};
+use crate::ports::{RolloutStatus, Started, Target, TargetError, TargetRef};
 
 /// The kind prefix of SSM target handles: `ssm:<command-id>`.
 pub const KIND: &str = "ssm";
@@ -48,26 +49,43 @@ impl SsmRunCommand {
             .map(str::to_owned)
             .or_else(|| self.client.config().region().map(|r| r.as_ref().to_owned()))
             .unwrap_or_default();
-        let ports: Vec<String> = ssm.ports.iter().map(ToString::to_string).collect();
-        vec![
-            (params::IMAGE, dep.image.to_string()),
-            (params::REGISTRY, dep.image.registry.to_string()),
-            (params::REGION, region),
-            (params::CONTAINER, ssm.container.clone()),
-            (params::PORTS, ports.join(",")),
-            (params::HEALTH_PORT, ssm.health.port.to_string()),
-            (params::HEALTH_PATH, ssm.health.path.clone()),
-            (
-                params::HEALTH_TIMEOUT,
-                ssm.health.timeout.as_secs().to_string(),
-            ),
-            (
-                params::EXECUTION_TIMEOUT,
-                ssm.execution_timeout.as_secs().to_string(),
-            ),
-            (params::DEPLOYMENT_ID, dep.id.to_string()),
-        ]
+        document_parameters(
+            dep,
+            region,
+            &ssm.container,
+            &ssm.ports,
+            &ssm.health,
+            ssm.execution_timeout,
+        )
     }
+}
+
+/// The values of the document's parameters, by name: what Run Command substitutes into
+/// the script (and what CodeDeploy bundles substitute the same way).
+pub fn document_parameters(
+    dep: &Deployment,
+    region: String,
+    container: &str,
+    ports: &[PortMapping],
+    health: &HostHealth,
+    execution_timeout: Duration,
+) -> Vec<(&'static str, String)> {
+    let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
+    vec![
+        (params::IMAGE, dep.image.to_string()),
+        (params::REGISTRY, dep.image.registry.to_string()),
+        (params::REGION, region),
+        (params::CONTAINER, container.to_owned()),
+        (params::PORTS, ports.join(",")),
+        (params::HEALTH_PORT, health.port.to_string()),
+        (params::HEALTH_PATH, health.path.clone()),
+        (params::HEALTH_TIMEOUT, health.timeout.as_secs().to_string()),
+        (
+            params::EXECUTION_TIMEOUT,
+            execution_timeout.as_secs().to_string(),
+        ),
+        (params::DEPLOYMENT_ID, dep.id.to_string()),
+    ]
 }
 
 /// The region of an ECR registry host (`<account>.dkr.ecr.<region>.amazonaws.com`).
@@ -85,33 +103,15 @@ pub fn status_from_event(status: &str) -> RolloutStatus {
     }
 }
 
-fn map_error<E>(
-    error: SdkError<E, aws_smithy_runtime_api::http::Response>,
-    what: &str,
-) -> TargetError
-where
-    E: aws_smithy_types::error::metadata::ProvideErrorMetadata
-        + std::error::Error
-        + Send
-        + Sync
-        + 'static,
-{
-    let message = format!("{what}: {}", describe(&error));
-    match classify(&error) {
-        ErrorClass::Throttled => TargetError::Throttled(Box::new(error)),
-        ErrorClass::Transient => TargetError::Transient(Box::new(error)),
-        ErrorClass::Permanent => TargetError::Invalid(message, Some(Box::new(error))),
-    }
-}
-
 #[async_trait]
 impl Target for SsmRunCommand {
-    async fn start(
-        &self,
-        dep: &Deployment,
-        config: &TargetConfig,
-    ) -> Result<TargetRef, TargetError> {
-        let TargetConfig::Ssm(ssm) = config;
+    async fn start(&self, dep: &Deployment, config: &TargetConfig) -> Result<Started, TargetError> {
+        let TargetConfig::Ssm(ssm) = config else {
+            return Err(TargetError::Invalid(
+                format!("the SSM target cannot deploy to a {} target", config.kind()),
+                None,
+            ));
+        };
         let mut request = self
             .client
             .send_command()
@@ -139,11 +139,11 @@ impl Target for SsmRunCommand {
         let out = request
             .send()
             .await
-            .map_err(|e| map_error(e, "SendCommand"))?;
+            .map_err(|e| target_error(e, "SendCommand"))?;
         let id = out.command().and_then(|c| c.command_id()).ok_or_else(|| {
             TargetError::Invalid("SendCommand returned no command id".into(), None)
         })?;
-        Ok(TargetRef::new(KIND, id))
+        Ok(TargetRef::new(KIND, id).into())
     }
 
     async fn status(&self, target_ref: &TargetRef) -> Result<RolloutStatus, TargetError> {
@@ -153,7 +153,7 @@ impl Target for SsmRunCommand {
             .command_id(target_ref.id())
             .send()
             .await
-            .map_err(|e| map_error(e, "ListCommands"))?;
+            .map_err(|e| target_error(e, "ListCommands"))?;
         let command = out.commands().first().ok_or_else(|| {
             TargetError::NotFound(format!("SSM has no command {}", target_ref.id()))
         })?;
@@ -183,7 +183,7 @@ impl Target for SsmRunCommand {
             .command_id(target_ref.id())
             .send()
             .await
-            .map_err(|e| map_error(e, "CancelCommand"))?;
+            .map_err(|e| target_error(e, "CancelCommand"))?;
         Ok(())
     }
 }
@@ -273,8 +273,9 @@ apps:
                     .build()
             });
         let ssm = SsmRunCommand::new(mock_client!(aws_sdk_ssm, [&rule]), "pushdeploy-deploy");
-        let target_ref = ssm.start(&dep, &target).await.unwrap();
-        assert_eq!(target_ref.as_str(), "ssm:c-1");
+        let started = ssm.start(&dep, &target).await.unwrap();
+        assert_eq!(started.target_ref.as_str(), "ssm:c-1");
+        assert_eq!(started.before, None);
     }
 
     #[tokio::test]

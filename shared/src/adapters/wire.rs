@@ -10,7 +10,7 @@ use super::eventbridge::EventBridgePublisher;
 use super::ssm::SsmRunCommand;
 use super::ssm_config::ParameterConfig;
 use crate::metrics::{Metered, Sink};
-use crate::ports::{ConfigSource, SystemClock, Target};
+use crate::ports::{ConfigSource, SystemClock, Target, Targets};
 use crate::services::Core;
 use crate::settings::{ConfigLocation, Settings, SettingsError};
 
@@ -45,13 +45,30 @@ pub fn core(sdk: &SdkConfig, settings: &Settings) -> Core {
     }
 }
 
-/// The rollout target: SSM Run Command with pushdeploy's document.
+/// The rollout targets: SSM Run Command with pushdeploy's document, ECS services and
+/// CodeDeploy deployment groups when the function is built with them.
 pub fn target(sdk: &SdkConfig, settings: &Settings) -> Result<Arc<dyn Target>, SettingsError> {
     let document = settings.require_document()?;
-    Ok(Arc::new(SsmRunCommand::new(
-        aws_sdk_ssm::Client::new(sdk),
-        document,
-    )))
+    let targets = Targets::default().with(
+        super::ssm::KIND,
+        Arc::new(SsmRunCommand::new(aws_sdk_ssm::Client::new(sdk), document)),
+    );
+    #[cfg(feature = "ecs")]
+    let targets = targets.with(
+        super::ecs::KIND,
+        Arc::new(super::ecs::EcsService::new(aws_sdk_ecs::Client::new(sdk))),
+    );
+    #[cfg(feature = "codedeploy")]
+    let targets = targets.with(
+        super::codedeploy::KIND,
+        Arc::new(super::codedeploy::CodeDeploy::new(
+            aws_sdk_codedeploy::Client::new(sdk),
+            aws_sdk_s3::Client::new(sdk),
+            aws_sdk_ecs::Client::new(sdk),
+            settings.bundle_bucket.clone(),
+        )),
+    );
+    Ok(Arc::new(targets))
 }
 
 /// The image registry: Amazon ECR. One client serves every registry port.

@@ -181,15 +181,67 @@ impl PushPolicy {
 #[serde(rename_all = "snake_case")]
 pub enum TargetConfig {
     Ssm(SsmTarget),
+    Ecs(EcsTarget),
+    #[serde(rename = "codedeploy")]
+    CodeDeploy(CodeDeployTarget),
 }
 
 impl TargetConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             TargetConfig::Ssm(_) => "ssm",
+            TargetConfig::Ecs(_) => "ecs",
+            TargetConfig::CodeDeploy(_) => "codedeploy",
         }
     }
 }
+
+/// A CodeDeploy deployment group: EC2/on-premises instances running the container through
+/// appspec hooks, or an ECS service deployed blue/green.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CodeDeployTarget {
+    pub application: String,
+    pub deployment_group: String,
+    pub platform: CodeDeployPlatform,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodeDeployPlatform {
+    /// A revision bundle whose hooks replace `container` on each instance.
+    Ec2(CodeDeployHosts),
+    /// AppSpec content naming a new task definition revision of `service.container`.
+    Ecs {
+        service: EcsTarget,
+        container_port: u16,
+    },
+}
+
+/// The container the bundle's hooks replace on each instance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CodeDeployHosts {
+    pub container: String,
+    pub ports: Vec<PortMapping>,
+    pub health: HostHealth,
+    /// How long the ApplicationStart hook (pull, replace, probe) may run.
+    pub timeout: Duration,
+}
+
+/// An Amazon ECS service: each rollout registers a task definition revision that changes
+/// only `container`'s image, and points the service at it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EcsTarget {
+    pub cluster: String,
+    pub service: String,
+    pub container: String,
+    /// How many of the newest revisions of the task definition family stay registered;
+    /// older ones are deregistered, except the one the service runs and the one it ran
+    /// before the rollout.
+    pub keep_revisions: u32,
+}
+
+/// Revisions of a family kept registered by default.
+pub const DEFAULT_KEEP_REVISIONS: u64 = 10;
 
 /// EC2 (or on-premises) hosts running Docker, reached by SSM Run Command.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -376,6 +428,46 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Target {
         pub ssm: Option<Ssm>,
+        pub ecs: Option<Ecs>,
+        pub codedeploy: Option<CodeDeploy>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct CodeDeploy {
+        pub application: String,
+        pub deployment_group: String,
+        pub ec2: Option<CodeDeployEc2>,
+        pub ecs: Option<CodeDeployEcs>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct CodeDeployEc2 {
+        pub container: String,
+        #[serde(default)]
+        pub ports: Vec<String>,
+        pub health: Option<Health>,
+        pub timeout_seconds: Option<u64>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct CodeDeployEcs {
+        pub cluster: String,
+        pub service: String,
+        pub container: String,
+        pub container_port: u16,
+        pub keep_revisions: Option<u64>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Ecs {
+        pub cluster: String,
+        pub service: String,
+        pub container: String,
+        pub keep_revisions: Option<u64>,
     }
 
     #[derive(Deserialize)]
@@ -700,11 +792,32 @@ impl raw::Env {
             }
         });
         let target = match self.target {
-            raw::Target { ssm: Some(ssm) } => ssm
+            raw::Target {
+                ssm: Some(ssm),
+                ecs: None,
+                codedeploy: None,
+            } => ssm
                 .validate(c, &format!("{path}.target.ssm"))
                 .map(TargetConfig::Ssm),
-            raw::Target { ssm: None } => {
-                c.fail(format!("{path}.target"), "name the kind of target: `ssm`");
+            raw::Target {
+                ssm: None,
+                ecs: Some(ecs),
+                codedeploy: None,
+            } => ecs
+                .validate(c, &format!("{path}.target.ecs"))
+                .map(TargetConfig::Ecs),
+            raw::Target {
+                ssm: None,
+                ecs: None,
+                codedeploy: Some(codedeploy),
+            } => codedeploy
+                .validate(c, &format!("{path}.target.codedeploy"))
+                .map(TargetConfig::CodeDeploy),
+            raw::Target { .. } => {
+                c.fail(
+                    format!("{path}.target"),
+                    "name exactly one kind of target: `ssm`, `ecs` or `codedeploy`",
+                );
                 None
             }
         };
@@ -816,6 +929,76 @@ fn parse_port(text: &str) -> Option<u16> {
     text.parse::<u16>().ok().filter(|p| *p > 0)
 }
 
+/// The container a host script replaces: its name, published ports and health probe, as
+/// the SSM target and CodeDeploy's EC2 hooks both take them.
+fn host_container(
+    c: &mut Checker,
+    path: &str,
+    container: &str,
+    raw_ports: &[String],
+    health: Option<raw::Health>,
+) -> (Vec<PortMapping>, Option<HostHealth>) {
+    if !container_name_ok(container) {
+        c.fail(
+                format!("{path}.container"),
+                format!("{:?} must be 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit", container),
+            );
+    }
+    let mut ports = Vec::new();
+    for (i, p) in raw_ports.iter().enumerate() {
+        let parsed = p.split_once(':').and_then(|(h, k)| {
+            Some(PortMapping {
+                host: parse_port(h)?,
+                container: parse_port(k)?,
+            })
+        });
+        match parsed {
+            Some(m) => ports.push(m),
+            None => c.fail(
+                format!("{path}.ports[{i}]"),
+                format!("{p:?} is not HOST:CONTAINER, e.g. \"80:8000\""),
+            ),
+        }
+    }
+    let health_raw = health.unwrap_or(raw::Health {
+        port: None,
+        path: None,
+        timeout_seconds: None,
+    });
+    let health_port = health_raw.port.or_else(|| ports.first().map(|m| m.host));
+    if health_port.is_none() {
+        c.fail(
+            format!("{path}.health.port"),
+            "required when no ports are published: the host probes the new container on this port",
+        );
+    }
+    let health_path = health_raw.path.unwrap_or_else(|| "/".to_owned());
+    let path_ok = health_path.starts_with('/')
+        && health_path.len() <= 200
+        && health_path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._~-".contains(&b));
+    if !path_ok {
+        c.fail(
+            format!("{path}.health.path"),
+            format!("{health_path:?} must start with '/' and use only letters, digits and /._~-"),
+        );
+    }
+    let health_timeout = c.seconds(
+        &format!("{path}.health.timeout_seconds"),
+        health_raw.timeout_seconds,
+        60,
+        1,
+        600,
+    );
+    let health = health_port.map(|port| HostHealth {
+        port,
+        path: health_path,
+        timeout: health_timeout,
+    });
+    (ports, health)
+}
+
 impl raw::Ssm {
     fn validate(self, c: &mut Checker, path: &str) -> Option<SsmTarget> {
         let before = c.problems.len();
@@ -862,58 +1045,7 @@ impl raw::Ssm {
                 None
             }
         };
-        if !container_name_ok(&self.container) {
-            c.fail(
-                format!("{path}.container"),
-                format!("{:?} must be 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit", self.container),
-            );
-        }
-        let mut ports = Vec::new();
-        for (i, p) in self.ports.iter().enumerate() {
-            let parsed = p.split_once(':').and_then(|(h, k)| {
-                Some(PortMapping {
-                    host: parse_port(h)?,
-                    container: parse_port(k)?,
-                })
-            });
-            match parsed {
-                Some(m) => ports.push(m),
-                None => c.fail(
-                    format!("{path}.ports[{i}]"),
-                    format!("{p:?} is not HOST:CONTAINER, e.g. \"80:8000\""),
-                ),
-            }
-        }
-        let health_raw = self.health.unwrap_or(raw::Health {
-            port: None,
-            path: None,
-            timeout_seconds: None,
-        });
-        let health_port = health_raw.port.or_else(|| ports.first().map(|m| m.host));
-        if health_port.is_none() {
-            c.fail(format!("{path}.health.port"), "required when no ports are published: the host probes the new container on this port");
-        }
-        let health_path = health_raw.path.unwrap_or_else(|| "/".to_owned());
-        let path_ok = health_path.starts_with('/')
-            && health_path.len() <= 200
-            && health_path
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"/._~-".contains(&b));
-        if !path_ok {
-            c.fail(
-                format!("{path}.health.path"),
-                format!(
-                    "{health_path:?} must start with '/' and use only letters, digits and /._~-"
-                ),
-            );
-        }
-        let health_timeout = c.seconds(
-            &format!("{path}.health.timeout_seconds"),
-            health_raw.timeout_seconds,
-            60,
-            1,
-            600,
-        );
+        let (ports, health) = host_container(c, path, &self.container, &self.ports, self.health);
         let max_concurrency = self.max_concurrency.unwrap_or_else(|| "1".to_owned());
         if !rate_ok(&max_concurrency) {
             c.fail(
@@ -944,16 +1076,164 @@ impl raw::Ssm {
             instances: instances?,
             container: self.container,
             ports,
-            health: HostHealth {
-                port: health_port?,
-                path: health_path,
-                timeout: health_timeout,
-            },
+            health: health?,
             max_concurrency,
             max_errors,
             execution_timeout,
         })
     }
+}
+
+/// ECS cluster and service names: up to 255 letters, digits, hyphens and underscores.
+fn ecs_name_ok(name: &str) -> bool {
+    (1..=255).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl raw::Ecs {
+    fn validate(self, c: &mut Checker, path: &str) -> Option<EcsTarget> {
+        ecs_service(
+            c,
+            path,
+            self.cluster,
+            self.service,
+            self.container,
+            self.keep_revisions,
+        )
+    }
+}
+
+/// CodeDeploy application and deployment group names.
+fn codedeploy_name_ok(name: &str) -> bool {
+    (1..=100).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
+}
+
+impl raw::CodeDeploy {
+    fn validate(self, c: &mut Checker, path: &str) -> Option<CodeDeployTarget> {
+        let before = c.problems.len();
+        for (field, value) in [
+            ("application", &self.application),
+            ("deployment_group", &self.deployment_group),
+        ] {
+            if !codedeploy_name_ok(value) {
+                c.fail(
+                    format!("{path}.{field}"),
+                    format!("{value:?} must be 1-100 letters, digits, '.', '_', '+' or '-'"),
+                );
+            }
+        }
+        let platform = match (self.ec2, self.ecs) {
+            (Some(ec2), None) => {
+                let p = format!("{path}.ec2");
+                let (ports, health) = host_container(c, &p, &ec2.container, &ec2.ports, ec2.health);
+                let timeout = c.seconds(
+                    &format!("{p}.timeout_seconds"),
+                    ec2.timeout_seconds,
+                    600,
+                    30,
+                    3600,
+                );
+                health.map(|health| {
+                    CodeDeployPlatform::Ec2(CodeDeployHosts {
+                        container: ec2.container,
+                        ports,
+                        health,
+                        timeout,
+                    })
+                })
+            }
+            (None, Some(ecs)) => {
+                let p = format!("{path}.ecs");
+                if ecs.container_port == 0 {
+                    c.fail(
+                        format!("{p}.container_port"),
+                        "the port the load balancer sends traffic to, 1-65535",
+                    );
+                }
+                ecs_service(
+                    c,
+                    &p,
+                    ecs.cluster,
+                    ecs.service,
+                    ecs.container,
+                    ecs.keep_revisions,
+                )
+                .map(|service| CodeDeployPlatform::Ecs {
+                    service,
+                    container_port: ecs.container_port,
+                })
+            }
+            _ => {
+                c.fail(
+                    path,
+                    "give exactly one of `ec2` (instances running the container) or `ecs` (a service deployed blue/green)",
+                );
+                None
+            }
+        };
+        if c.problems.len() > before {
+            return None;
+        }
+        Some(CodeDeployTarget {
+            application: self.application,
+            deployment_group: self.deployment_group,
+            platform: platform?,
+        })
+    }
+}
+
+fn ecs_service(
+    c: &mut Checker,
+    path: &str,
+    cluster: String,
+    service: String,
+    container: String,
+    keep_revisions: Option<u64>,
+) -> Option<EcsTarget> {
+    let before = c.problems.len();
+    for (field, value) in [("cluster", &cluster), ("service", &service)] {
+        if !ecs_name_ok(value) {
+            c.fail(
+                format!("{path}.{field}"),
+                format!(
+                    "{value:?} must be the {field}'s name (not its ARN): 1-255 letters, digits, '-' or '_'"
+                ),
+            );
+        }
+    }
+    if !(1..=255).contains(&container.len())
+        || !container
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        c.fail(
+            format!("{path}.container"),
+            format!(
+                "{container:?} must be a container name of the task definition: 1-255 letters, digits, '-' or '_'"
+            ),
+        );
+    }
+    let keep = keep_revisions.unwrap_or(DEFAULT_KEEP_REVISIONS);
+    if keep > 1000 {
+        c.fail(
+            format!("{path}.keep_revisions"),
+            format!("{keep} is out of range: keep 0 to 1000 older revisions"),
+        );
+    }
+    if c.problems.len() > before {
+        return None;
+    }
+    Some(EcsTarget {
+        cluster,
+        service,
+        container,
+        keep_revisions: keep as u32,
+    })
 }
 
 impl raw::Smoke {
@@ -1047,7 +1327,9 @@ apps:
         let staging = config
             .env(&web, &EnvName::parse("staging").unwrap())
             .unwrap();
-        let TargetConfig::Ssm(ssm) = &staging.target;
+        let TargetConfig::Ssm(ssm) = &staging.target else {
+            panic!("staging is an SSM target")
+        };
         assert_eq!(
             ssm.health.port, 80,
             "health probes the first published host port by default"
@@ -1127,6 +1409,73 @@ apps:
                 "apps.Web.environments.staging.target.ssm.ports[0]: \"80\" is not HOST:CONTAINER"
             ),
             "{rendered}"
+        );
+    }
+
+    #[test]
+    fn ssm_and_ecs_environments_mix_in_one_app() {
+        let yaml = r#"
+apps:
+  web:
+    repository: acme/web
+    environments:
+      staging:
+        target: { ssm: { instances: { tag: { Role: web } }, container: web, ports: ["80:8000"] } }
+      production:
+        promote_from: staging
+        target: { ecs: { cluster: prod, service: web-svc, container: web } }
+"#;
+        let config = Config::from_yaml(yaml).unwrap();
+        let kinds: Vec<(&str, &str)> = config
+            .environments()
+            .map(|(_, env, c)| (env.as_str(), c.target.kind()))
+            .collect();
+        assert_eq!(kinds, [("production", "ecs"), ("staging", "ssm")]);
+        let production = config
+            .env(
+                &AppName::parse("web").unwrap(),
+                &EnvName::parse("production").unwrap(),
+            )
+            .unwrap();
+        assert_eq!(
+            production.target,
+            TargetConfig::Ecs(EcsTarget {
+                cluster: "prod".into(),
+                service: "web-svc".into(),
+                container: "web".into(),
+                keep_revisions: DEFAULT_KEEP_REVISIONS as u32,
+            })
+        );
+    }
+
+    #[test]
+    fn bad_ecs_targets_are_reported_with_their_paths() {
+        let yaml = r#"
+apps:
+  web:
+    repository: acme/web
+    environments:
+      production:
+        target: { ecs: { cluster: "arn:aws:ecs:eu-west-1:1:cluster/prod", service: "web svc", container: "", keep_revisions: 5000 } }
+      both:
+        target: { ecs: { cluster: prod, service: web, container: web }, ssm: { instances: { ids: [i-0123456789abcdef0] }, container: web, ports: ["80:80"] } }
+"#;
+        let found = problems(yaml);
+        let paths: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "apps.web.environments.both.target",
+                "apps.web.environments.production.target.ecs.cluster",
+                "apps.web.environments.production.target.ecs.service",
+                "apps.web.environments.production.target.ecs.container",
+                "apps.web.environments.production.target.ecs.keep_revisions",
+            ]
+        );
+        assert!(found[1].1.contains("(not its ARN)"), "{found:?}");
+        assert!(
+            found[0].1.contains("exactly one kind of target"),
+            "{found:?}"
         );
     }
 

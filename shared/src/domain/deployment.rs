@@ -73,8 +73,16 @@ pub struct Deployment {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
-    /// The target's handle on the rollout: an SSM command id.
+    /// The target's handle on the rollout: an SSM command id, an ECS deployment.
     pub target_ref: Option<String>,
+    /// What the target ran before this rollout, in its own terms (ECS: the task
+    /// definition ARN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_before: Option<String>,
+    /// For a rollback: what the target ran before the failed rollout, reused when it
+    /// still pins the digest rolled back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<String>,
     /// For a rollback: the failed deployment it replaces.
     pub rollback_of: Option<DeploymentId>,
     /// For a failed deployment: the rollback that replaced it.
@@ -122,6 +130,8 @@ impl Deployment {
             created_at: now,
             updated_at: now,
             target_ref: None,
+            target_before: None,
+            restore: None,
             rollback_of: None,
             rolled_back_by: None,
             requested_by: request.requested_by,

@@ -21,7 +21,7 @@ pub use registry::{
 };
 pub use secrets::{SecretError, SecretSource};
 pub use store::{Commit, StateStore, StoreError};
-pub use target::{RolloutStatus, Target, TargetError, TargetRef};
+pub use target::{RolloutStatus, Started, Target, TargetError, TargetRef, Targets};
 pub use webhook::{Webhook, WebhookError};
 
 /// A boxed error kept as the `source` of a port's typed error.

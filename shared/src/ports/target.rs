@@ -1,13 +1,16 @@
 //! Where images run: start a rollout, read its status, cancel it.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use super::BoxError;
 use crate::domain::{Deployment, TargetConfig};
 
-/// A target's handle on a rollout, prefixed with the kind of target: `ssm:<command-id>`.
+/// A target's handle on a rollout, prefixed with the kind of target: `ssm:<command-id>`,
+/// `ecs:<cluster>/<service>/<ecs-deployment-id>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TargetRef(String);
 
@@ -66,17 +69,83 @@ impl TargetError {
     }
 }
 
+/// A rollout the target accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    pub target_ref: TargetRef,
+    /// What the target ran before, in its own terms (ECS: the task definition ARN), so that
+    /// a rollback can return to exactly that.
+    pub before: Option<String>,
+}
+
+impl From<TargetRef> for Started {
+    fn from(target_ref: TargetRef) -> Self {
+        Self {
+            target_ref,
+            before: None,
+        }
+    }
+}
+
 #[async_trait]
 pub trait Target: Send + Sync {
     /// Starts rolling `deployment.image` out as `config` describes; returns the handle.
+    /// A rollback's `deployment.restore` names what ran before the failed rollout; a
+    /// target reuses it when it still pins the same digest.
     async fn start(
         &self,
         deployment: &Deployment,
         config: &TargetConfig,
-    ) -> Result<TargetRef, TargetError>;
+    ) -> Result<Started, TargetError>;
 
     async fn status(&self, target_ref: &TargetRef) -> Result<RolloutStatus, TargetError>;
 
     /// Stops a rollout that ran too long; best effort.
     async fn cancel(&self, target_ref: &TargetRef) -> Result<(), TargetError>;
+}
+
+/// Every kind of target a function can reach, chosen by the environment's configuration
+/// when starting and by the handle's kind afterwards.
+#[derive(Default, Clone)]
+pub struct Targets {
+    by_kind: BTreeMap<&'static str, Arc<dyn Target>>,
+}
+
+impl Targets {
+    pub fn with(mut self, kind: &'static str, target: Arc<dyn Target>) -> Self {
+        self.by_kind.insert(kind, target);
+        self
+    }
+
+    fn get(&self, kind: &str) -> Result<&Arc<dyn Target>, TargetError> {
+        self.by_kind.get(kind).ok_or_else(|| {
+            let known: Vec<&str> = self.by_kind.keys().copied().collect();
+            TargetError::Invalid(
+                format!(
+                    "this function cannot reach {kind:?} targets (it knows {})",
+                    known.join(", ")
+                ),
+                None,
+            )
+        })
+    }
+}
+
+#[async_trait]
+impl Target for Targets {
+    async fn start(
+        &self,
+        deployment: &Deployment,
+        config: &TargetConfig,
+    ) -> Result<Started, TargetError> {
+        self.get(config.kind())?.start(deployment, config).await
+    }
+
+    async fn status(&self, target_ref: &TargetRef) -> Result<RolloutStatus, TargetError> {
+        self.get(target_ref.kind())?.status(target_ref).await
+    }
+
+    async fn cancel(&self, target_ref: &TargetRef) -> Result<(), TargetError> {
+        self.get(target_ref.kind())?.cancel(target_ref).await
+    }
 }

@@ -56,6 +56,9 @@ pub struct DeploymentSummary {
     pub reason: Option<String>,
     pub rollback_of: Option<DeploymentId>,
     pub requested_by: Option<String>,
+    /// The target's handle: the SSM command, ECS deployment or CodeDeploy deployment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -73,6 +76,7 @@ impl From<&Deployment> for DeploymentSummary {
             reason: d.reason.clone(),
             rollback_of: d.rollback_of.clone(),
             requested_by: d.requested_by.clone(),
+            target_ref: d.target_ref.clone(),
             created_at: d.created_at,
             updated_at: d.updated_at,
         }

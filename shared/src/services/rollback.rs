@@ -156,6 +156,7 @@ impl Rollback {
                 self.core.clock.now(),
             );
             rollback.rollback_of = Some(failed.id.clone());
+            rollback.restore = failed.target_before.clone();
             let note = format!(
                 "rolling back to {} (deployment {})",
                 good.digest, rollback.id
@@ -375,6 +376,7 @@ impl Rollback {
             let mut commit_original = None;
             if let Some(r) = replaces_failure {
                 rollback.rollback_of = Some(r.id.clone());
+                rollback.restore = r.target_before.clone();
                 r.apply(
                     Step::RollbackStarted,
                     now,

@@ -12,7 +12,7 @@ use crate::domain::{
     Admission, AppName, Deployment, DeploymentId, EnvConfig, EnvName, EnvState, EventType, Kind,
     LifecycleEvent, Outcome, Step,
 };
-use crate::ports::{Commit, StoreError, Target};
+use crate::ports::{Commit, Started, StoreError, Target};
 
 /// What a request did to one environment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -113,8 +113,9 @@ pub(crate) async fn launch(
     claim: Option<&str>,
 ) -> Result<(), ServiceError> {
     match target.start(dep, &env.target).await {
-        Ok(target_ref) => {
+        Ok(Started { target_ref, before }) => {
             dep.target_ref = Some(target_ref.to_string());
+            dep.target_before = before;
             dep.apply(Step::RolloutStarted, core.clock.now(), None)
                 .map_err(|e| ServiceError::Conflict(format!("deployment {}: {e}", dep.id)))?;
             core.store

@@ -82,7 +82,17 @@ impl Tracker {
             });
         };
         let status = match reported {
-            Some(s @ (RolloutStatus::Succeeded | RolloutStatus::Failed(_))) => s,
+            Some(RolloutStatus::Succeeded) => RolloutStatus::Succeeded,
+            // The target's own account of a failure says more than the event (which hosts,
+            // what its automatic rollback did); the event's word stands if it has none yet.
+            Some(RolloutStatus::Failed(said)) => match self.target.status(target_ref).await {
+                Ok(failed @ RolloutStatus::Failed(_)) => failed,
+                Ok(_) => RolloutStatus::Failed(said),
+                Err(error) => {
+                    warn!(%error, "could not read the failure back; recording the event's");
+                    RolloutStatus::Failed(said)
+                }
+            },
             _ => self.target.status(target_ref).await?,
         };
         self.record(dep, status).await

@@ -1,0 +1,897 @@
+//! The CodeDeploy target. On EC2/on-premises deployment groups each rollout uploads a
+//! revision bundle to S3 whose appspec hooks run the same container logic as the SSM
+//! document, pinned to the digest; on ECS blue/green groups it registers a task definition
+//! revision (as the ECS target does) and names it in AppSpec content. CodeDeploy's own
+//! automatic rollback stays on, and what it did is part of a failed rollout's reason.
+
+use async_trait::async_trait;
+use aws_sdk_codedeploy::Client;
+use aws_sdk_codedeploy::types::{
+    AppSpecContent, AutoRollbackConfiguration, AutoRollbackEvent, BundleType, DeploymentInfo,
+    DeploymentStatus, RevisionLocation, RevisionLocationType, S3Location,
+};
+use aws_sdk_ecs::types::DeploymentControllerType;
+use tracing::info;
+
+use super::aws::target_error;
+use super::ecs::EcsService;
+use super::ssm::{document_parameters, ecr_region};
+use crate::domain::config::{CodeDeployHosts, CodeDeployPlatform, CodeDeployTarget, EcsTarget};
+use crate::domain::{Deployment, TargetConfig};
+use crate::ports::{RolloutStatus, Started, Target, TargetError, TargetRef};
+
+/// The kind prefix of CodeDeploy target handles: `codedeploy:<deployment-id>`.
+pub const KIND: &str = "codedeploy";
+
+/// The SSM document's script, with `{{ Name }}` where Run Command substitutes parameters;
+/// `template.yaml` carries the same lines (a test keeps them equal).
+pub const DOCUMENT_SCRIPT: &str = include_str!("codedeploy/deploy.sh");
+
+const APPLICATION_STOP: &str = include_str!("codedeploy/application-stop.sh");
+const BEFORE_INSTALL: &str = include_str!("codedeploy/before-install.sh");
+const APPLICATION_START: &str = include_str!("codedeploy/application-start.sh");
+const VALIDATE_SERVICE: &str = include_str!("codedeploy/validate-service.sh");
+
+pub struct CodeDeploy {
+    client: Client,
+    s3: aws_sdk_s3::Client,
+    ecs: EcsService,
+    /// Where bundles go; EC2/on-premises environments need it.
+    bucket: Option<String>,
+}
+
+/// The files of a revision bundle, in order: (path, mode, content).
+pub fn bundle_files(
+    dep: &Deployment,
+    hosts: &CodeDeployHosts,
+    region: &str,
+) -> Result<Vec<(&'static str, u32, String)>, TargetError> {
+    let region_ok = {
+        let mut parts = region.split('-');
+        let first = parts.next().unwrap_or_default();
+        let rest: Vec<&str> = parts.collect();
+        first.len() == 2
+            && first.bytes().all(|b| b.is_ascii_lowercase())
+            && rest.len() >= 2
+            && rest
+                .last()
+                .is_some_and(|n| n.len() == 1 && n.as_bytes()[0].is_ascii_digit())
+            && rest[..rest.len() - 1]
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+    };
+    if !region_ok {
+        return Err(TargetError::Invalid(
+            format!("{region:?} is not an AWS region; set the function's region"),
+            None,
+        ));
+    }
+    let values = document_parameters(
+        dep,
+        region.to_owned(),
+        &hosts.container,
+        &hosts.ports,
+        &hosts.health,
+        hosts.timeout,
+    );
+    // Every value is validated (digest-pinned image, configured names, a ULID), and the
+    // script checks each again; none can hold a quote.
+    let mut script = DOCUMENT_SCRIPT.to_owned();
+    for (name, value) in &values {
+        script = script.replace(&format!("{{{{ {name} }}}}"), value);
+    }
+    let value = |name: &str| {
+        values
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
+    };
+    use super::ssm::params;
+    let params_sh = format!(
+        "# The values of pushdeploy deployment {id}, for the hooks.\n\
+         image='{image}'\nregistry='{registry}'\nregion='{region}'\ncontainer='{container}'\n\
+         health_port='{port}'\nhealth_path='{path}'\n",
+        id = dep.id,
+        image = value(params::IMAGE),
+        registry = value(params::REGISTRY),
+        region = value(params::REGION),
+        container = value(params::CONTAINER),
+        port = value(params::HEALTH_PORT),
+        path = value(params::HEALTH_PATH),
+    );
+    let validate_timeout = hosts.health.timeout.as_secs() + 60;
+    let appspec = format!(
+        "version: 0.0\n\
+         os: linux\n\
+         hooks:\n\
+         \x20 ApplicationStop:\n\
+         \x20   - location: hooks/application-stop.sh\n\
+         \x20     timeout: 60\n\
+         \x20 BeforeInstall:\n\
+         \x20   - location: hooks/before-install.sh\n\
+         \x20     timeout: 900\n\
+         \x20 ApplicationStart:\n\
+         \x20   - location: hooks/application-start.sh\n\
+         \x20     timeout: {start}\n\
+         \x20 ValidateService:\n\
+         \x20   - location: hooks/validate-service.sh\n\
+         \x20     timeout: {validate_timeout}\n",
+        start = hosts.timeout.as_secs(),
+    );
+    Ok(vec![
+        ("appspec.yml", 0o644, appspec),
+        (
+            "hooks/application-stop.sh",
+            0o755,
+            APPLICATION_STOP.to_owned(),
+        ),
+        ("hooks/before-install.sh", 0o755, BEFORE_INSTALL.to_owned()),
+        (
+            "hooks/application-start.sh",
+            0o755,
+            APPLICATION_START.to_owned(),
+        ),
+        (
+            "hooks/validate-service.sh",
+            0o755,
+            VALIDATE_SERVICE.to_owned(),
+        ),
+        ("pushdeploy/params.sh", 0o644, params_sh),
+        ("pushdeploy/deploy.sh", 0o755, script),
+    ])
+}
+
+/// The bundle as a tar archive.
+pub fn tar(files: &[(&str, u32, String)], mtime: u64) -> std::io::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, mode, content) in files {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(content.len() as u64);
+        header.set_mode(*mode);
+        header.set_mtime(mtime);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, path, content.as_bytes())?;
+    }
+    builder.into_inner()
+}
+
+/// AppSpec content of an ECS blue/green deployment of `revision`.
+pub fn ecs_appspec(revision: &str, container: &str, port: u16) -> String {
+    serde_json::json!({
+        "version": 0.0,
+        "Resources": [{
+            "TargetService": {
+                "Type": "AWS::ECS::Service",
+                "Properties": {
+                    "TaskDefinition": revision,
+                    "LoadBalancerInfo": { "ContainerName": container, "ContainerPort": port }
+                }
+            }
+        }]
+    })
+    .to_string()
+}
+
+/// What a `CodeDeploy Deployment State-change Notification`'s `state` says; `None` when
+/// the deployment must be read back.
+pub fn status_from_event(deployment_id: &str, state: &str) -> Option<RolloutStatus> {
+    match state {
+        "SUCCESS" => Some(RolloutStatus::Succeeded),
+        "FAILURE" | "STOP" => Some(RolloutStatus::Failed(format!(
+            "CodeDeploy deployment {deployment_id} ended {state}"
+        ))),
+        _ => None,
+    }
+}
+
+impl CodeDeploy {
+    pub fn new(
+        client: Client,
+        s3: aws_sdk_s3::Client,
+        ecs: aws_sdk_ecs::Client,
+        bucket: Option<String>,
+    ) -> Self {
+        Self {
+            client,
+            s3,
+            ecs: EcsService::new(ecs),
+            bucket,
+        }
+    }
+
+    fn region(&self, dep: &Deployment) -> String {
+        ecr_region(dep.image.registry.as_str())
+            .map(str::to_owned)
+            .or_else(|| self.client.config().region().map(|r| r.as_ref().to_owned()))
+            .unwrap_or_default()
+    }
+
+    /// Uploads the bundle; returns its location for `CreateDeployment`.
+    async fn upload(
+        &self,
+        dep: &Deployment,
+        hosts: &CodeDeployHosts,
+    ) -> Result<RevisionLocation, TargetError> {
+        let bucket = self.bucket.as_deref().ok_or_else(|| {
+            TargetError::Invalid(
+                "CodeDeploy EC2 deployments need a bundle bucket: set PUSHDEPLOY_BUNDLE_BUCKET"
+                    .into(),
+                None,
+            )
+        })?;
+        let files = bundle_files(dep, hosts, &self.region(dep))?;
+        let body = tar(&files, dep.created_at.unix_timestamp().max(0) as u64)
+            .map_err(|e| TargetError::Invalid(format!("could not build the bundle: {e}"), None))?;
+        let key = format!("bundles/{}/{}/{}.tar", dep.app, dep.environment, dep.id);
+        let out = self
+            .s3
+            .put_object()
+            .bucket(bucket)
+            .key(&key)
+            .content_type("application/x-tar")
+            .body(body.into())
+            .send()
+            .await
+            .map_err(|e| target_error(e, "PutObject"))?;
+        let location = S3Location::builder()
+            .bucket(bucket)
+            .key(key)
+            .bundle_type(BundleType::Tar)
+            .set_e_tag(out.e_tag().map(|t| t.trim_matches('"').to_owned()))
+            .set_version(out.version_id().map(str::to_owned))
+            .build();
+        Ok(RevisionLocation::builder()
+            .revision_type(RevisionLocationType::S3)
+            .s3_location(location)
+            .build())
+    }
+
+    /// Registers the revision to run (or reuses the recorded one); returns the AppSpec
+    /// revision and the revision the service ran before.
+    async fn blue_green(
+        &self,
+        dep: &Deployment,
+        service: &EcsTarget,
+        port: u16,
+    ) -> Result<(RevisionLocation, String), TargetError> {
+        let found = self.ecs.service(&service.cluster, &service.service).await?;
+        let controller = found.deployment_controller().map(|c| c.r#type());
+        if controller != Some(&DeploymentControllerType::CodeDeploy) {
+            return Err(TargetError::Invalid(
+                format!(
+                    "service {:?} does not use the CODE_DEPLOY deployment controller; deploy it with `target.ecs` instead",
+                    service.service
+                ),
+                None,
+            ));
+        }
+        let current = found
+            .task_definition()
+            .ok_or_else(|| {
+                TargetError::Invalid(
+                    format!("service {:?} runs no task definition", service.service),
+                    None,
+                )
+            })?
+            .to_owned();
+        let revision = self.ecs.revision_for(dep, service, &current).await?;
+        let content = ecs_appspec(&revision, &service.container, port);
+        let location = RevisionLocation::builder()
+            .revision_type(RevisionLocationType::AppSpecContent)
+            .app_spec_content(AppSpecContent::builder().content(content).build())
+            .build();
+        if let Some((family, _)) = revision
+            .rsplit_once(":task-definition/")
+            .and_then(|(_, r)| r.rsplit_once(':'))
+        {
+            self.ecs
+                .prune(
+                    family,
+                    service.keep_revisions as usize,
+                    &[revision.as_str(), current.as_str()],
+                )
+                .await;
+        }
+        Ok((location, current))
+    }
+
+    /// Why a deployment failed, with what CodeDeploy's automatic rollback did.
+    async fn failure(&self, info: &DeploymentInfo, state: &str) -> String {
+        let id = info.deployment_id().unwrap_or_default();
+        let mut reason = match info.error_information() {
+            Some(e) => format!(
+                "CodeDeploy deployment {id} ended {state}: {}{}",
+                e.code()
+                    .map(|c| format!("{} ", c.as_str()))
+                    .unwrap_or_default(),
+                e.message().unwrap_or_default()
+            ),
+            None => format!("CodeDeploy deployment {id} ended {state}"),
+        };
+        let rollback = info.rollback_info();
+        if let Some(rollback_id) = rollback.and_then(|r| r.rollback_deployment_id()) {
+            let outcome = match self
+                .client
+                .get_deployment()
+                .deployment_id(rollback_id)
+                .send()
+                .await
+            {
+                Ok(out) => out
+                    .deployment_info()
+                    .and_then(|i| i.status())
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_else(|| "unknown".into()),
+                Err(_) => "not readable".into(),
+            };
+            reason.push_str(&format!(
+                "; CodeDeploy's automatic rollback {rollback_id} is {outcome}"
+            ));
+        } else if let Some(message) = rollback.and_then(|r| r.rollback_message()) {
+            reason.push_str(&format!("; automatic rollback: {message}"));
+        }
+        reason
+    }
+}
+
+/// CodeDeploy's own rollback stays on: for failures, and when pushdeploy stops a
+/// deployment that ran too long.
+fn auto_rollback() -> AutoRollbackConfiguration {
+    AutoRollbackConfiguration::builder()
+        .enabled(true)
+        .events(AutoRollbackEvent::DeploymentFailure)
+        .events(AutoRollbackEvent::DeploymentStopOnRequest)
+        .build()
+}
+
+#[async_trait]
+impl Target for CodeDeploy {
+    async fn start(&self, dep: &Deployment, config: &TargetConfig) -> Result<Started, TargetError> {
+        let TargetConfig::CodeDeploy(CodeDeployTarget {
+            application,
+            deployment_group,
+            platform,
+        }) = config
+        else {
+            return Err(TargetError::Invalid(
+                format!(
+                    "the CodeDeploy target cannot deploy to a {} target",
+                    config.kind()
+                ),
+                None,
+            ));
+        };
+        let (revision, before) = match platform {
+            CodeDeployPlatform::Ec2(hosts) => (self.upload(dep, hosts).await?, None),
+            CodeDeployPlatform::Ecs {
+                service,
+                container_port,
+            } => {
+                let (revision, before) = self.blue_green(dep, service, *container_port).await?;
+                (revision, Some(before))
+            }
+        };
+        let out = self
+            .client
+            .create_deployment()
+            .application_name(application)
+            .deployment_group_name(deployment_group)
+            .revision(revision)
+            .ignore_application_stop_failures(true)
+            .auto_rollback_configuration(auto_rollback())
+            .description(format!(
+                "pushdeploy {} {}/{} {}",
+                dep.id, dep.app, dep.environment, dep.image
+            ))
+            .send()
+            .await
+            .map_err(|e| target_error(e, "CreateDeployment"))?;
+        let id = out.deployment_id().ok_or_else(|| {
+            TargetError::Invalid("CreateDeployment returned no deployment id".into(), None)
+        })?;
+        info!(
+            deployment = id,
+            application, deployment_group, "CodeDeploy deployment created"
+        );
+        Ok(Started {
+            target_ref: TargetRef::new(KIND, id),
+            before,
+        })
+    }
+
+    async fn status(&self, target_ref: &TargetRef) -> Result<RolloutStatus, TargetError> {
+        let out = self
+            .client
+            .get_deployment()
+            .deployment_id(target_ref.id())
+            .send()
+            .await
+            .map_err(|e| target_error(e, "GetDeployment"))?;
+        let info = out.deployment_info().ok_or_else(|| {
+            TargetError::NotFound(format!("CodeDeploy has no deployment {}", target_ref.id()))
+        })?;
+        Ok(match info.status() {
+            Some(DeploymentStatus::Succeeded) => RolloutStatus::Succeeded,
+            Some(s @ (DeploymentStatus::Failed | DeploymentStatus::Stopped)) => {
+                RolloutStatus::Failed(self.failure(info, s.as_str()).await)
+            }
+            _ => RolloutStatus::InProgress,
+        })
+    }
+
+    async fn cancel(&self, target_ref: &TargetRef) -> Result<(), TargetError> {
+        self.client
+            .stop_deployment()
+            .deployment_id(target_ref.id())
+            .auto_rollback_enabled(true)
+            .send()
+            .await
+            .map_err(|e| target_error(e, "StopDeployment"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use aws_sdk_codedeploy::operation::create_deployment::CreateDeploymentOutput;
+    use aws_sdk_codedeploy::operation::get_deployment::GetDeploymentOutput;
+    use aws_sdk_codedeploy::operation::stop_deployment::StopDeploymentOutput;
+    use aws_sdk_codedeploy::types::{ErrorCode, ErrorInformation, RollbackInfo};
+    use aws_sdk_ecs::operation::describe_services::DescribeServicesOutput;
+    use aws_sdk_ecs::operation::describe_task_definition::DescribeTaskDefinitionOutput;
+    use aws_sdk_ecs::operation::list_task_definitions::ListTaskDefinitionsOutput;
+    use aws_sdk_ecs::operation::register_task_definition::RegisterTaskDefinitionOutput;
+    use aws_sdk_ecs::types::{ContainerDefinition, DeploymentController, Service, TaskDefinition};
+    use aws_sdk_s3::operation::put_object::PutObjectOutput;
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::domain::{Config, Kind, PinnedImage, Request};
+
+    const CONFIG: &str = r#"
+apps:
+  web:
+    repository: acme/web
+    environments:
+      production:
+        target:
+          codedeploy:
+            application: web
+            deployment_group: web-production
+            ec2: { container: web, ports: ["80:8000"], health: { path: /health } }
+      blue-green:
+        target:
+          codedeploy:
+            application: web-ecs
+            deployment_group: web-bg
+            ecs: { cluster: prod, service: web, container: web, container_port: 8000 }
+"#;
+    const IMAGE: &str = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/acme/web@sha256:";
+    const CURRENT: &str = "arn:aws:ecs:eu-west-1:123456789012:task-definition/web:7";
+    const NEXT: &str = "arn:aws:ecs:eu-west-1:123456789012:task-definition/web:8";
+
+    fn fixture(env: &str) -> (Deployment, TargetConfig) {
+        let config = Config::from_yaml(CONFIG).unwrap();
+        let (app, env, env_config) = config
+            .environments()
+            .find(|(_, e, _)| e.as_str() == env)
+            .unwrap();
+        let request = Request {
+            image: PinnedImage::parse(&format!("{IMAGE}{}", "ab".repeat(32))).unwrap(),
+            tag: None,
+            kind: Kind::Push,
+            pushed_at: datetime!(2026-01-01 0:00 UTC),
+            requested_by: None,
+            reason: None,
+        };
+        let at = datetime!(2026-01-01 0:00 UTC);
+        (
+            Deployment::new(app.clone(), env.clone(), request, at),
+            env_config.target.clone(),
+        )
+    }
+
+    fn hosts(target: &TargetConfig) -> CodeDeployHosts {
+        match target {
+            TargetConfig::CodeDeploy(CodeDeployTarget {
+                platform: CodeDeployPlatform::Ec2(hosts),
+                ..
+            }) => hosts.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn adapter(
+        codedeploy: Client,
+        s3: aws_sdk_s3::Client,
+        ecs: aws_sdk_ecs::Client,
+        bucket: Option<&str>,
+    ) -> CodeDeploy {
+        CodeDeploy::new(codedeploy, s3, ecs, bucket.map(str::to_owned))
+    }
+
+    fn untar(bytes: &[u8]) -> Vec<(String, u32, String)> {
+        let mut archive = tar::Archive::new(bytes);
+        archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let path = e.path().unwrap().display().to_string();
+                let mode = e.header().mode().unwrap();
+                let mut text = String::new();
+                e.read_to_string(&mut text).unwrap();
+                (path, mode, text)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_bundle_pins_the_digest_and_runs_the_document_script_in_application_start() {
+        let (dep, target) = fixture("production");
+        let files = bundle_files(&dep, &hosts(&target), "eu-west-1").unwrap();
+        let bytes = tar(&files, 0).unwrap();
+        let unpacked = untar(&bytes);
+        let paths: Vec<&str> = unpacked.iter().map(|(p, _, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "appspec.yml",
+                "hooks/application-stop.sh",
+                "hooks/before-install.sh",
+                "hooks/application-start.sh",
+                "hooks/validate-service.sh",
+                "pushdeploy/params.sh",
+                "pushdeploy/deploy.sh"
+            ]
+        );
+        let file = |p: &str| unpacked.iter().find(|(path, _, _)| path == p).unwrap();
+        let appspec: serde_json::Value = serde_norway::from_str(&file("appspec.yml").2).unwrap();
+        let hooks = appspec["hooks"].as_object().unwrap();
+        assert_eq!(
+            hooks.keys().collect::<Vec<_>>(),
+            [
+                "ApplicationStop",
+                "BeforeInstall",
+                "ApplicationStart",
+                "ValidateService"
+            ]
+        );
+        for (hook, spec) in hooks {
+            let location = spec[0]["location"].as_str().unwrap();
+            let (_, mode, _) = file(location);
+            assert_eq!(*mode, 0o755, "{hook}: {location} is executable");
+        }
+        assert_eq!(appspec["hooks"]["ApplicationStart"][0]["timeout"], 600);
+        let image = dep.image.to_string();
+        let params = &file("pushdeploy/params.sh").2;
+        assert!(params.contains(&format!("image='{image}'\n")), "{params}");
+        assert!(params.contains("health_path='/health'\n"), "{params}");
+        let script = &file("pushdeploy/deploy.sh").2;
+        assert!(!script.contains("{{"), "every parameter is substituted");
+        assert!(script.contains(&format!("image='{image}'")));
+        assert!(script.contains(&format!("deployment_id='{}'", dep.id)));
+        assert!(script.contains("ports='80:8000'"));
+        // Everything but the assignments is the document's script, line for line.
+        let template_lines: Vec<&str> = DOCUMENT_SCRIPT.lines().collect();
+        let lines: Vec<&str> = script.lines().collect();
+        assert_eq!(lines.len(), template_lines.len());
+        for (got, want) in lines.iter().zip(&template_lines) {
+            if !want.contains("{{") {
+                assert_eq!(got, want);
+            }
+        }
+    }
+
+    #[test]
+    fn a_region_that_is_not_one_is_refused_before_anything_is_built() {
+        let (dep, target) = fixture("production");
+        for region in ["", "eu-west-1'; rm -rf /", "EU-WEST-1", "eu-1"] {
+            assert!(
+                bundle_files(&dep, &hosts(&target), region).is_err(),
+                "{region:?}"
+            );
+        }
+        for region in ["eu-west-1", "us-gov-west-1", "ap-southeast-2"] {
+            assert!(
+                bundle_files(&dep, &hosts(&target), region).is_ok(),
+                "{region:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn ec2_uploads_the_bundle_and_creates_a_deployment_with_rollback_on() {
+        let (dep, target) = fixture("production");
+        let key = format!("bundles/web/production/{}.tar", dep.id);
+        let wanted_key = key.clone();
+        let image = dep.image.to_string();
+        let put = mock!(aws_sdk_s3::Client::put_object)
+            .match_requests(move |r| {
+                let bytes = r.body().bytes().unwrap_or_default();
+                let files = untar(bytes);
+                r.bucket() == Some("pushdeploy-bundles")
+                    && r.key() == Some(wanted_key.as_str())
+                    && files
+                        .iter()
+                        .any(|(p, _, t)| p == "pushdeploy/params.sh" && t.contains(&image))
+            })
+            .then_output(|| {
+                PutObjectOutput::builder()
+                    .e_tag("\"9dd4e461268c8034f5c8564e155c67a6\"")
+                    .version_id("v7")
+                    .build()
+            });
+        let create = mock!(Client::create_deployment)
+            .match_requests(move |r| {
+                let s3 = r.revision().unwrap().s3_location().unwrap();
+                let rollback = r.auto_rollback_configuration().unwrap();
+                r.application_name() == Some("web")
+                    && r.deployment_group_name() == Some("web-production")
+                    && r.ignore_application_stop_failures() == Some(true)
+                    && rollback.enabled()
+                    && rollback
+                        .events()
+                        .contains(&AutoRollbackEvent::DeploymentFailure)
+                    && s3.bucket() == Some("pushdeploy-bundles")
+                    && s3.key() == Some(key.as_str())
+                    && s3.bundle_type() == Some(&BundleType::Tar)
+                    && s3.e_tag() == Some("9dd4e461268c8034f5c8564e155c67a6")
+                    && s3.version() == Some("v7")
+            })
+            .then_output(|| {
+                CreateDeploymentOutput::builder()
+                    .deployment_id("d-A1B2C3D4E")
+                    .build()
+            });
+        let s3 = mock_client!(aws_sdk_s3, [&put]);
+        let cd = mock_client!(aws_sdk_codedeploy, [&create]);
+        let ecs = mock_client!(aws_sdk_ecs, []);
+        let started = adapter(cd, s3, ecs, Some("pushdeploy-bundles"))
+            .start(&dep, &target)
+            .await
+            .unwrap();
+        assert_eq!(started.target_ref.as_str(), "codedeploy:d-A1B2C3D4E");
+        assert_eq!(started.before, None);
+        assert_eq!((put.num_calls(), create.num_calls()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn ec2_without_a_bundle_bucket_says_what_to_set() {
+        let (dep, target) = fixture("production");
+        let create = mock!(Client::create_deployment)
+            .then_output(|| CreateDeploymentOutput::builder().build());
+        let err = adapter(
+            mock_client!(aws_sdk_codedeploy, [&create]),
+            mock_client!(aws_sdk_s3, []),
+            mock_client!(aws_sdk_ecs, []),
+            None,
+        )
+        .start(&dep, &target)
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("PUSHDEPLOY_BUNDLE_BUCKET"),
+            "{err}"
+        );
+        assert_eq!(create.num_calls(), 0);
+    }
+
+    fn definition(arn: &str, image: &str) -> TaskDefinition {
+        TaskDefinition::builder()
+            .task_definition_arn(arn)
+            .family("web")
+            .container_definitions(
+                ContainerDefinition::builder()
+                    .name("web")
+                    .image(image)
+                    .build(),
+            )
+            .build()
+    }
+
+    fn service(controller: DeploymentControllerType) -> Service {
+        Service::builder()
+            .service_name("web")
+            .status("ACTIVE")
+            .task_definition(CURRENT)
+            .deployment_controller(
+                DeploymentController::builder()
+                    .r#type(controller)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+    }
+
+    #[tokio::test]
+    async fn ecs_blue_green_names_a_new_revision_in_appspec_content() {
+        let (dep, target) = fixture("blue-green");
+        let describe = mock!(aws_sdk_ecs::Client::describe_services).then_output(|| {
+            DescribeServicesOutput::builder()
+                .services(service(DeploymentControllerType::CodeDeploy))
+                .build()
+        });
+        let old = mock!(aws_sdk_ecs::Client::describe_task_definition).then_output(|| {
+            DescribeTaskDefinitionOutput::builder()
+                .task_definition(definition(CURRENT, "acme/web:old"))
+                .build()
+        });
+        let image = dep.image.to_string();
+        let register = mock!(aws_sdk_ecs::Client::register_task_definition)
+            .match_requests(move |r| r.container_definitions()[0].image() == Some(image.as_str()))
+            .then_output(|| {
+                RegisterTaskDefinitionOutput::builder()
+                    .task_definition(definition(NEXT, "x"))
+                    .build()
+            });
+        let list = mock!(aws_sdk_ecs::Client::list_task_definitions)
+            .then_output(|| ListTaskDefinitionsOutput::builder().build());
+        let create = mock!(Client::create_deployment)
+            .match_requests(|r| {
+                let revision = r.revision().unwrap();
+                let content: serde_json::Value =
+                    serde_json::from_str(revision.app_spec_content().unwrap().content().unwrap())
+                        .unwrap();
+                let properties = &content["Resources"][0]["TargetService"]["Properties"];
+                revision.revision_type() == Some(&RevisionLocationType::AppSpecContent)
+                    && r.application_name() == Some("web-ecs")
+                    && r.deployment_group_name() == Some("web-bg")
+                    && properties["TaskDefinition"] == NEXT
+                    && properties["LoadBalancerInfo"]
+                        == serde_json::json!({ "ContainerName": "web", "ContainerPort": 8000 })
+                    && r.auto_rollback_configuration().unwrap().enabled()
+            })
+            .then_output(|| {
+                CreateDeploymentOutput::builder()
+                    .deployment_id("d-BG1")
+                    .build()
+            });
+        let ecs = mock_client!(
+            aws_sdk_ecs,
+            RuleMode::MatchAny,
+            [&describe, &old, &register, &list]
+        );
+        let started = adapter(
+            mock_client!(aws_sdk_codedeploy, [&create]),
+            mock_client!(aws_sdk_s3, []),
+            ecs,
+            None,
+        )
+        .start(&dep, &target)
+        .await
+        .unwrap();
+        assert_eq!(started.target_ref.as_str(), "codedeploy:d-BG1");
+        assert_eq!(started.before.as_deref(), Some(CURRENT));
+        assert_eq!(create.num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn ecs_blue_green_refuses_a_service_deployed_by_ecs_itself() {
+        let (dep, target) = fixture("blue-green");
+        let describe = mock!(aws_sdk_ecs::Client::describe_services).then_output(|| {
+            DescribeServicesOutput::builder()
+                .services(service(DeploymentControllerType::Ecs))
+                .build()
+        });
+        let err = adapter(
+            mock_client!(aws_sdk_codedeploy, []),
+            mock_client!(aws_sdk_s3, []),
+            mock_client!(aws_sdk_ecs, [&describe]),
+            None,
+        )
+        .start(&dep, &target)
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("`target.ecs`"), "{err}");
+    }
+
+    fn info(id: &str, status: DeploymentStatus) -> DeploymentInfo {
+        DeploymentInfo::builder()
+            .deployment_id(id)
+            .status(status)
+            .build()
+    }
+
+    #[tokio::test]
+    async fn status_maps_codedeploy_states_and_records_its_automatic_rollback() {
+        for (status, expected) in [
+            (DeploymentStatus::Created, RolloutStatus::InProgress),
+            (DeploymentStatus::Queued, RolloutStatus::InProgress),
+            (DeploymentStatus::InProgress, RolloutStatus::InProgress),
+            (DeploymentStatus::Ready, RolloutStatus::InProgress),
+            (DeploymentStatus::Succeeded, RolloutStatus::Succeeded),
+        ] {
+            let get = mock!(Client::get_deployment).then_output(move || {
+                GetDeploymentOutput::builder()
+                    .deployment_info(info("d-1", status.clone()))
+                    .build()
+            });
+            let cd = adapter(
+                mock_client!(aws_sdk_codedeploy, [&get]),
+                mock_client!(aws_sdk_s3, []),
+                mock_client!(aws_sdk_ecs, []),
+                None,
+            );
+            assert_eq!(
+                cd.status(&TargetRef::new(KIND, "d-1")).await.unwrap(),
+                expected
+            );
+        }
+        let failed = mock!(Client::get_deployment)
+            .match_requests(|r| r.deployment_id() == Some("d-1"))
+            .then_output(|| {
+                let mut i = info("d-1", DeploymentStatus::Failed);
+                i.error_information = Some(
+                    ErrorInformation::builder()
+                        .code(ErrorCode::HealthConstraints)
+                        .message("The overall deployment failed because too many individual instances failed deployment")
+                        .build(),
+                );
+                i.rollback_info = Some(RollbackInfo::builder().rollback_deployment_id("d-2").build());
+                GetDeploymentOutput::builder().deployment_info(i).build()
+            });
+        let rollback = mock!(Client::get_deployment)
+            .match_requests(|r| r.deployment_id() == Some("d-2"))
+            .then_output(|| {
+                GetDeploymentOutput::builder()
+                    .deployment_info(info("d-2", DeploymentStatus::Succeeded))
+                    .build()
+            });
+        let cd = adapter(
+            mock_client!(aws_sdk_codedeploy, RuleMode::MatchAny, [&failed, &rollback]),
+            mock_client!(aws_sdk_s3, []),
+            mock_client!(aws_sdk_ecs, []),
+            None,
+        );
+        let RolloutStatus::Failed(reason) = cd.status(&TargetRef::new(KIND, "d-1")).await.unwrap()
+        else {
+            panic!("a failed deployment")
+        };
+        assert_eq!(
+            reason,
+            "CodeDeploy deployment d-1 ended Failed: HEALTH_CONSTRAINTS The overall deployment failed because too many individual instances failed deployment; CodeDeploy's automatic rollback d-2 is Succeeded"
+        );
+    }
+
+    #[tokio::test]
+    async fn cancelling_stops_the_deployment_with_codedeploys_rollback() {
+        let stop = mock!(Client::stop_deployment)
+            .match_requests(|r| {
+                r.deployment_id() == Some("d-1") && r.auto_rollback_enabled() == Some(true)
+            })
+            .then_output(|| StopDeploymentOutput::builder().build());
+        let cd = adapter(
+            mock_client!(aws_sdk_codedeploy, [&stop]),
+            mock_client!(aws_sdk_s3, []),
+            mock_client!(aws_sdk_ecs, []),
+            None,
+        );
+        cd.cancel(&TargetRef::new(KIND, "d-1")).await.unwrap();
+        assert_eq!(stop.num_calls(), 1);
+    }
+
+    #[test]
+    fn events_say_success_and_failure_and_leave_the_rest_to_a_read_back() {
+        assert_eq!(
+            status_from_event("d-1", "SUCCESS"),
+            Some(RolloutStatus::Succeeded)
+        );
+        assert_eq!(
+            status_from_event("d-1", "FAILURE"),
+            Some(RolloutStatus::Failed(
+                "CodeDeploy deployment d-1 ended FAILURE".into()
+            ))
+        );
+        assert!(matches!(
+            status_from_event("d-1", "STOP"),
+            Some(RolloutStatus::Failed(_))
+        ));
+        assert_eq!(status_from_event("d-1", "START"), None);
+        assert_eq!(status_from_event("d-1", "READY"), None);
+    }
+}
