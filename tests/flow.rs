@@ -955,6 +955,87 @@ async fn codedeploy_a_failed_rollback_freezes_the_environment() {
     );
 }
 
+const BLUE_GREEN_CONFIG: &str = r#"
+apps:
+  web:
+    repository: acme/web
+    environments:
+      production:
+        deploy_on_push: { tags: ["v*"] }
+        target:
+          codedeploy:
+            application: web-ecs
+            deployment_group: web-blue-green
+            ecs: { cluster: prod, service: web, container: web, container_port: 8000 }
+        smoke:
+          checks: [ { url: "{smoke}", expect_status: 200, body_contains: "ok", timeout_seconds: 2 } ]
+          within_seconds: 3
+"#;
+
+/// The task definition revision the AppSpec of the last started rollout names.
+async fn appspec_revision(w: &World) -> String {
+    let target_ref = last_target_ref(w).await;
+    let appspec = w
+        .appspec_of(target_ref.strip_prefix("codedeploy:").unwrap())
+        .await
+        .unwrap();
+    let properties = &appspec["Resources"][0]["TargetService"]["Properties"];
+    assert_eq!(
+        properties["LoadBalancerInfo"],
+        serde_json::json!({ "ContainerName": "web", "ContainerPort": 8000 })
+    );
+    let arn = properties["TaskDefinition"].as_str().unwrap();
+    arn.rsplit_once(":task-definition/").unwrap().1.to_owned()
+}
+
+#[tokio::test]
+async fn codedeploy_blue_green_names_the_new_revision_and_a_rollback_names_the_verified_one() {
+    let w = World::start(BLUE_GREEN_CONFIG).await.unwrap();
+    w.ecs_service_deployed_by(
+        "prod",
+        aws_sdk_ecs::types::DeploymentControllerType::CodeDeploy,
+    )
+    .await
+    .unwrap();
+    w.codedeploy_blue_green("web-ecs", "web-blue-green", "prod")
+        .await
+        .unwrap();
+    push(&w, "v1", &digest('a')).await;
+    assert_eq!(appspec_revision(&w).await, "web:2");
+    assert_eq!(
+        ecs_runs(&w).await.1,
+        1,
+        "CodeDeploy, not pushdeploy, moves the service"
+    );
+    // moto's CodeDeploy deploys nothing: play its part and shift the service over.
+    aws_sdk_ecs::Client::new(&w.sdk)
+        .update_service()
+        .cluster("prod")
+        .service("web")
+        .task_definition(format!(
+            "arn:aws:ecs:us-east-1:{}:task-definition/web:2",
+            pushdeploy_local::moto::ACCOUNT
+        ))
+        .send()
+        .await
+        .unwrap();
+    codedeploy_reports(&w, "SUCCESS").await;
+    assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
+    push(&w, "v2", &digest('b')).await;
+    assert_eq!(appspec_revision(&w).await, "web:3");
+    let failed = codedeploy_reports(&w, "FAILURE").await;
+    assert!(matches!(failed, TrackOutcome::Failed { .. }), "{failed:?}");
+    roll_back(&w, "Rollout Failed").await;
+    assert_eq!(
+        appspec_revision(&w).await,
+        "web:2",
+        "the rollback names the revision that pins the verified digest"
+    );
+    assert_eq!(w.ecs_revisions().await.unwrap(), vec![1, 2, 3]);
+    codedeploy_reports(&w, "SUCCESS").await;
+    assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
+}
+
 const MIXED_CONFIG: &str = r#"
 apps:
   web:

@@ -239,6 +239,17 @@ impl World {
     /// Creates the ECS cluster `cluster` with a service `web` running revision 1 of the
     /// task family `web`: the `web` container (secrets, logs) beside an `envoy` sidecar.
     pub async fn ecs_service(&self, cluster: &str) -> anyhow::Result<()> {
+        self.ecs_service_deployed_by(cluster, aws_sdk_ecs::types::DeploymentControllerType::Ecs)
+            .await
+    }
+
+    /// As `ecs_service`, with the service deployed by `controller` (ECS itself, or
+    /// CodeDeploy blue/green).
+    pub async fn ecs_service_deployed_by(
+        &self,
+        cluster: &str,
+        controller: aws_sdk_ecs::types::DeploymentControllerType,
+    ) -> anyhow::Result<()> {
         use aws_sdk_ecs::types::{
             ContainerDefinition, KeyValuePair, LogConfiguration, LogDriver, NetworkMode, Secret,
             Tag,
@@ -290,6 +301,11 @@ impl World {
             .service_name("web")
             .task_definition("web:1")
             .desired_count(2)
+            .deployment_controller(
+                aws_sdk_ecs::types::DeploymentController::builder()
+                    .r#type(controller)
+                    .build()?,
+            )
             .send()
             .await
             .context("CreateService")?;
@@ -362,6 +378,68 @@ impl World {
             .await
             .context("CreateDeploymentGroup")?;
         Ok(())
+    }
+
+    /// A CodeDeploy ECS application `application` whose blue/green deployment group
+    /// `group` deploys the service `web` of `cluster`.
+    pub async fn codedeploy_blue_green(
+        &self,
+        application: &str,
+        group: &str,
+        cluster: &str,
+    ) -> anyhow::Result<()> {
+        use aws_sdk_codedeploy::types::{
+            ComputePlatform, DeploymentOption, DeploymentStyle, DeploymentType, EcsService,
+        };
+        let codedeploy = aws_sdk_codedeploy::Client::new(&self.sdk);
+        codedeploy
+            .create_application()
+            .application_name(application)
+            .compute_platform(ComputePlatform::Ecs)
+            .send()
+            .await
+            .context("CreateApplication")?;
+        codedeploy
+            .create_deployment_group()
+            .application_name(application)
+            .deployment_group_name(group)
+            .service_role_arn(format!(
+                "arn:aws:iam::{}:role/codedeploy",
+                pushdeploy_local::moto::ACCOUNT
+            ))
+            .deployment_style(
+                DeploymentStyle::builder()
+                    .deployment_type(DeploymentType::BlueGreen)
+                    .deployment_option(DeploymentOption::WithTrafficControl)
+                    .build(),
+            )
+            .ecs_services(
+                EcsService::builder()
+                    .service_name("web")
+                    .cluster_name(cluster)
+                    .build(),
+            )
+            .send()
+            .await
+            .context("CreateDeploymentGroup")?;
+        Ok(())
+    }
+
+    /// The AppSpec content CodeDeploy deployment `id` was created with.
+    pub async fn appspec_of(&self, id: &str) -> anyhow::Result<Value> {
+        let info = aws_sdk_codedeploy::Client::new(&self.sdk)
+            .get_deployment()
+            .deployment_id(id)
+            .send()
+            .await?
+            .deployment_info
+            .context("no deployment")?;
+        let content = info
+            .revision()
+            .and_then(|r| r.app_spec_content())
+            .and_then(|c| c.content())
+            .context("no AppSpec content")?;
+        Ok(serde_json::from_str(content)?)
     }
 
     /// The image each CodeDeploy bundle of `app`/`env` pins, oldest first, read from the
