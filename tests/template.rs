@@ -1,15 +1,21 @@
 //! `template.yaml` checked against the code it deploys: every function is built and wired
 //! the way its handler expects, the SSM document accepts exactly what the SSM adapter
 //! sends and nothing hostile, its script passes shellcheck, the template passes cfn-lint
-//! and `sam validate --lint`, and every function's policy stays least-privilege.
+//! and `sam validate --lint`, and every function's policy stays least-privilege, in stacks
+//! with and without ECS services and CodeDeploy deployment groups. The CodeDeploy bundle
+//! runs the document's own script, and its hooks pass shellcheck too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use pushdeploy::adapters::codedeploy;
 use pushdeploy::adapters::ssm::{SsmRunCommand, params};
+use pushdeploy::domain::config::{CodeDeployPlatform, CodeDeployTarget};
 use pushdeploy::domain::{Config, Deployment, EventType, Kind, PinnedImage, Request, TargetConfig};
-use pushdeploy::inbound::{SSM_COMMAND_STATUS, SSM_INVOCATION_STATUS};
+use pushdeploy::inbound::{
+    CODEDEPLOY_STATE, ECS_DEPLOYMENT_STATE, SSM_COMMAND_STATUS, SSM_INVOCATION_STATUS,
+};
 use pushdeploy::metrics::Metric;
 use pushdeploy_local::moto::{venv_tool, workspace_root};
 use pushdeploy_local::template::{Bus, Template, Trigger, to_json};
@@ -163,6 +169,43 @@ fn every_function_package_is_built_with_cargo_lambda_and_fails_into_the_dead_let
             );
         }
     }
+
+    // EventBridge may write to the queue for exactly the stack's rules: the template's own
+    // and those SAM makes of each function's events (named <function><event>).
+    let mut rules: BTreeSet<String> = t
+        .resources()
+        .filter(|(_, ty, _)| *ty == "AWS::Events::Rule")
+        .map(|(id, _, _)| format!("<{id}.Arn>"))
+        .collect();
+    for f in &functions {
+        for trigger in &f.triggers {
+            let (Trigger::Rule { name, .. } | Trigger::Schedule { name, .. }) = trigger;
+            rules.insert(format!("<{}{name}.Arn>", f.logical_id));
+        }
+    }
+    let (_, policy) = t.resource("DeadLetterQueuePolicy").unwrap();
+    let policy = resolve(policy);
+    let from_events: BTreeSet<String> = policy["PolicyDocument"]["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["Principal"]["Service"] == "events.amazonaws.com")
+        .flat_map(|s| strings(&s["Condition"]["ArnEquals"]["aws:SourceArn"]))
+        .collect();
+    assert_eq!(
+        from_events, rules,
+        "the dead-letter queue takes the undeliverable events of every rule, and only those"
+    );
+    for rule in [
+        "<TrackerFunctionSsmStatus.Arn>",
+        "<TrackerFunctionEcsDeploymentState.Arn>",
+        "<TrackerFunctionCodeDeployState.Arn>",
+    ] {
+        assert!(
+            from_events.contains(rule),
+            "{rule} is not in the queue's policy"
+        );
+    }
 }
 
 /// The `detail-type`s each function's rules on pushdeploy's own bus match.
@@ -270,7 +313,8 @@ fn lifecycle_events_are_routed_to_the_functions_whose_handlers_take_them() {
 #[test]
 fn aws_events_reach_the_deployer_and_the_tracker_as_their_handlers_read_them() {
     let t = template();
-    let mut default_bus = BTreeMap::new();
+    // Every rule on the default bus, by (package, event name): a function may have several.
+    let mut default_bus: BTreeMap<(String, String), Json> = BTreeMap::new();
     let mut schedules = Vec::new();
     for f in t.functions(&placeholder).unwrap() {
         for trigger in f.triggers {
@@ -278,9 +322,10 @@ fn aws_events_reach_the_deployer_and_the_tracker_as_their_handlers_read_them() {
                 Trigger::Rule {
                     bus: Bus::Default,
                     pattern,
-                    ..
+                    name,
                 } => {
-                    default_bus.insert(f.package.clone(), pattern);
+                    let previous = default_bus.insert((f.package.clone(), name.clone()), pattern);
+                    assert!(previous.is_none(), "{}.{name} twice", f.logical_id);
                 }
                 Trigger::Schedule { expression, .. } => {
                     schedules.push((f.package.clone(), expression))
@@ -289,26 +334,69 @@ fn aws_events_reach_the_deployer_and_the_tracker_as_their_handlers_read_them() {
             }
         }
     }
+    let rule = |package: &str, name: &str| -> Json {
+        default_bus
+            .get(&(package.to_owned(), name.to_owned()))
+            .unwrap_or_else(|| panic!("the {package} has no rule {name}: {default_bus:?}"))
+            .clone()
+    };
     assert_eq!(
-        default_bus["deployer"],
+        rule("deployer", "EcrPush"),
         serde_json::json!({
             "source": ["aws.ecr"],
             "detail-type": ["ECR Image Action"],
             "detail": { "action-type": ["PUSH"], "result": ["SUCCESS"] }
         })
     );
-    let ssm = &default_bus["tracker"];
-    assert_eq!(ssm["source"], serde_json::json!(["aws.ssm"]));
     assert_eq!(
-        strings(&ssm["detail-type"]),
-        vec![SSM_COMMAND_STATUS, SSM_INVOCATION_STATUS]
+        rule("tracker", "SsmStatus"),
+        serde_json::json!({
+            "source": ["aws.ssm"],
+            "detail-type": [SSM_COMMAND_STATUS, SSM_INVOCATION_STATUS],
+            // Only the status of pushdeploy's own document.
+            "detail": { "document-name": ["<DeployDocument>"] }
+        })
     );
+    // Every deployment of every service: the tracker reads `resources[0]` and
+    // `detail.deploymentId` and ignores deployments it did not start.
     assert_eq!(
-        ssm["detail"]["document-name"],
-        serde_json::json!(["<DeployDocument>"]),
-        "only the status of pushdeploy's own document"
+        rule("tracker", "EcsDeploymentState"),
+        serde_json::json!({
+            "source": ["aws.ecs"],
+            "detail-type": [ECS_DEPLOYMENT_STATE]
+        })
     );
-    assert_eq!(default_bus.len(), 2, "{default_bus:?}");
+    // The end of every CodeDeploy deployment: the tracker reads `detail.deploymentId` and
+    // `detail.state`, ignores deployments it did not start, and leaves the states that only
+    // say a deployment runs to the reconciliation.
+    assert_eq!(
+        rule("tracker", "CodeDeployState"),
+        serde_json::json!({
+            "source": ["aws.codedeploy"],
+            "detail-type": [CODEDEPLOY_STATE],
+            "detail": { "state": ["SUCCESS", "FAILURE", "STOP"] }
+        })
+    );
+    for state in ["SUCCESS", "FAILURE", "STOP"] {
+        assert!(
+            codedeploy::status_from_event("d-1", state).is_some(),
+            "the tracker cannot tell what {state} means without a read back"
+        );
+    }
+    let rules: Vec<(&str, &str)> = default_bus
+        .keys()
+        .map(|(package, name)| (package.as_str(), name.as_str()))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            ("deployer", "EcrPush"),
+            ("tracker", "CodeDeployState"),
+            ("tracker", "EcsDeploymentState"),
+            ("tracker", "SsmStatus"),
+        ],
+        "no other AWS events reach a function"
+    );
     assert_eq!(
         schedules,
         vec![
@@ -339,7 +427,9 @@ fn sent_parameters() -> Vec<Vec<(&'static str, String)>> {
         "localhost:5000",
     ] {
         for (app, env, env_config) in config.environments() {
-            let TargetConfig::Ssm(target) = &env_config.target;
+            let TargetConfig::Ssm(target) = &env_config.target else {
+                continue;
+            };
             let image =
                 PinnedImage::parse(&format!("{registry}/acme/web@sha256:{}", "3f".repeat(32)))
                     .unwrap();
@@ -618,16 +708,282 @@ fn branches(value: &Yaml) -> Vec<Yaml> {
     }
 }
 
-/// Every statement granted to each function (by package), and the AWS managed policies
-/// its role carries beyond the basic logging one SAM always adds.
-fn grants(t: &Template) -> BTreeMap<String, (Vec<Statement>, Vec<String>)> {
+/// The ECS services and task roles of the stacks with ECS below.
+const ECS_SERVICES: &str = "prod/web,prod-eu/checkout_api";
+const ECS_TASK_ROLES: &str =
+    "arn:aws:iam::123456789012:role/web-task,arn:aws:iam::123456789012:role/ecsTaskExecutionRole";
+
+/// The CodeDeploy deployment groups of the stacks with CodeDeploy below, as
+/// APPLICATION/DEPLOYMENT_GROUP.
+const CODEDEPLOY_GROUPS: &str = "web/web-production,checkout.api/blue_green+1";
+
+/// The parameter values a stack is deployed with: the template's defaults, some overridden.
+#[derive(Debug, Clone, Default)]
+struct Stack {
+    overrides: BTreeMap<&'static str, &'static str>,
+}
+
+impl Stack {
+    fn with(mut self, parameter: &'static str, value: &'static str) -> Self {
+        self.overrides.insert(parameter, value);
+        self
+    }
+
+    /// ECS services whose task definitions name a task and an execution role.
+    fn ecs() -> Self {
+        Self::default()
+            .with("EcsServices", ECS_SERVICES)
+            .with("EcsTaskRoles", ECS_TASK_ROLES)
+    }
+
+    /// CodeDeploy deployment groups (EC2/on-premises ones, or with `ecs()` blue/green ones).
+    fn codedeploy(self) -> Self {
+        self.with("CodeDeployGroups", CODEDEPLOY_GROUPS)
+    }
+
+    /// The value of a list parameter (empty when not overridden or empty).
+    fn list(&self, parameter: &str) -> Vec<String> {
+        self.overrides
+            .get(parameter)
+            .into_iter()
+            .flat_map(|v| v.split(','))
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// Every stack the policy tests look at.
+fn stacks() -> Vec<(&'static str, Stack)> {
+    vec![
+        ("the default stack (no ECS service)", Stack::default()),
+        ("a stack with ECS services and task roles", Stack::ecs()),
+        (
+            "a stack with ECS services whose task definitions name no role",
+            Stack::default().with("EcsServices", ECS_SERVICES),
+        ),
+        (
+            "a stack with task roles but no ECS service",
+            Stack::default().with("EcsTaskRoles", ECS_TASK_ROLES),
+        ),
+        (
+            "a stack with CodeDeploy deployment groups",
+            Stack::default().codedeploy(),
+        ),
+        (
+            "a stack with ECS services deployed blue/green through CodeDeploy",
+            Stack::ecs().codedeploy(),
+        ),
+    ]
+}
+
+/// The intrinsic function a value calls (`!X` or `{"Fn::X": …}`, `Ref`, `Condition`), and
+/// its argument.
+fn intrinsic(value: &Yaml) -> Option<(String, &Yaml)> {
+    match value {
+        Yaml::Tagged(t) => Some((
+            t.tag.to_string().trim_start_matches('!').to_owned(),
+            &t.value,
+        )),
+        Yaml::Mapping(m) if m.len() == 1 => {
+            let (key, arg) = m.iter().next()?;
+            let key = key.as_str()?;
+            match key {
+                "Ref" => Some(("Ref".to_owned(), arg)),
+                "Condition" if arg.is_string() => Some(("Condition".to_owned(), arg)),
+                _ => key
+                    .strip_prefix("Fn::")
+                    .map(|function| (function.to_owned(), arg)),
+            }
+        }
+        _ => None,
+    }
+}
+
+fn is_no_value(value: &Yaml) -> bool {
+    matches!(intrinsic(value), Some((f, arg)) if f == "Ref" && arg.as_str() == Some("AWS::NoValue"))
+}
+
+/// `value` calling the same intrinsic function with another argument.
+fn with_argument(value: &Yaml, arg: Yaml) -> Yaml {
+    match value {
+        Yaml::Tagged(t) => Yaml::Tagged(Box::new(serde_norway::value::TaggedValue {
+            tag: t.tag.clone(),
+            value: arg,
+        })),
+        Yaml::Mapping(m) => {
+            let key = m.keys().next().unwrap().clone();
+            Yaml::Mapping([(key, arg)].into_iter().collect())
+        }
+        other => other.clone(),
+    }
+}
+
+/// The template as CloudFormation reads it for one stack: its conditions decided, each
+/// `!If` replaced by the branch taken, `AWS::NoValue` dropped, and the overridden
+/// parameters (a `CommaDelimitedList` as a list) joined and split where the template
+/// does. Every other reference is left to the placeholders of `resolve`.
+struct Evaluated<'a> {
+    t: &'a Template,
+    /// The overridden parameters.
+    given: BTreeMap<String, Yaml>,
+    /// Every parameter, with its default when not overridden: what conditions read.
+    all: BTreeMap<String, Yaml>,
+}
+
+impl<'a> Evaluated<'a> {
+    fn new(t: &'a Template, stack: &Stack) -> Self {
+        let value = |name: &str, raw: &str| {
+            let ty = t.at(&["Parameters", name, "Type"]).and_then(Yaml::as_str);
+            match ty {
+                // CloudFormation splits the value on commas: '' is the list [''].
+                Some("CommaDelimitedList") => Yaml::Sequence(
+                    raw.split(',')
+                        .map(|item| Yaml::String(item.to_owned()))
+                        .collect(),
+                ),
+                Some(_) => Yaml::String(raw.to_owned()),
+                None => panic!("the template has no parameter {name}"),
+            }
+        };
+        let given: BTreeMap<String, Yaml> = stack
+            .overrides
+            .iter()
+            .map(|(name, raw)| (name.to_string(), value(name, raw)))
+            .collect();
+        let mut all: BTreeMap<String, Yaml> = t
+            .parameter_defaults()
+            .iter()
+            .map(|(name, raw)| (name.clone(), value(name, raw)))
+            .collect();
+        all.extend(given.clone());
+        Self { t, given, all }
+    }
+
+    fn condition(&self, name: &str) -> bool {
+        let expression = self
+            .t
+            .at(&["Conditions", name])
+            .unwrap_or_else(|| panic!("the template has no condition {name}"));
+        self.holds(expression)
+    }
+
+    fn holds(&self, expression: &Yaml) -> bool {
+        let (function, arg) =
+            intrinsic(expression).unwrap_or_else(|| panic!("{expression:?} is no condition"));
+        let args = || {
+            arg.as_sequence()
+                .unwrap_or_else(|| panic!("{function} takes a list: {arg:?}"))
+        };
+        match function.as_str() {
+            "Condition" => self.condition(arg.as_str().unwrap()),
+            "Not" => !self.holds(&args()[0]),
+            "And" => args().iter().all(|c| self.holds(c)),
+            "Or" => args().iter().any(|c| self.holds(c)),
+            "Equals" => {
+                let [a, b] = &args()[..] else {
+                    panic!("Equals takes two values: {arg:?}")
+                };
+                self.scalar(a) == self.scalar(b)
+            }
+            other => panic!("{other} is not a condition function"),
+        }
+    }
+
+    /// A value a condition compares: a string, once references are replaced.
+    fn scalar(&self, value: &Yaml) -> String {
+        match self.fold(value, &self.all) {
+            Yaml::String(s) => s,
+            other => panic!("{value:?} is {other:?} for this stack, not a string"),
+        }
+    }
+
+    /// `value` for this stack, with only the overridden parameters substituted.
+    fn of(&self, value: &Yaml) -> Yaml {
+        self.fold(value, &self.given)
+    }
+
+    fn fold(&self, value: &Yaml, parameters: &BTreeMap<String, Yaml>) -> Yaml {
+        let Some((function, arg)) = intrinsic(value) else {
+            return match value {
+                Yaml::Sequence(items) => Yaml::Sequence(
+                    items
+                        .iter()
+                        .map(|i| self.fold(i, parameters))
+                        .filter(|i| !is_no_value(i))
+                        .collect(),
+                ),
+                Yaml::Mapping(m) => Yaml::Mapping(
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), self.fold(v, parameters)))
+                        .filter(|(_, v)| !is_no_value(v))
+                        .collect(),
+                ),
+                other => other.clone(),
+            };
+        };
+        let pair = || match arg.as_sequence().map(Vec::as_slice) {
+            Some([a, b]) => (a, b),
+            _ => panic!("{function} takes two arguments: {arg:?}"),
+        };
+        match function.as_str() {
+            "If" => {
+                let Some([condition, then, otherwise]) = arg.as_sequence().map(Vec::as_slice)
+                else {
+                    panic!("If takes [condition, then, else]: {arg:?}")
+                };
+                let taken = if self.condition(condition.as_str().unwrap()) {
+                    then
+                } else {
+                    otherwise
+                };
+                self.fold(taken, parameters)
+            }
+            "Ref" => arg
+                .as_str()
+                .and_then(|name| parameters.get(name))
+                .cloned()
+                .unwrap_or_else(|| value.clone()),
+            "Join" => {
+                let (delimiter, list) = pair();
+                let delimiter = delimiter.as_str().expect("a literal Join delimiter");
+                let list = self.fold(list, parameters);
+                let items: Option<Vec<&str>> = list
+                    .as_sequence()
+                    .and_then(|items| items.iter().map(Yaml::as_str).collect());
+                match items {
+                    Some(items) => Yaml::String(items.join(delimiter)),
+                    None => with_argument(value, Yaml::Sequence(vec![pair().0.clone(), list])),
+                }
+            }
+            "Split" => {
+                let (delimiter, text) = pair();
+                let delimiter = delimiter.as_str().expect("a literal Split delimiter");
+                match self.fold(text, parameters) {
+                    Yaml::String(text) => Yaml::Sequence(
+                        text.split(delimiter)
+                            .map(|item| Yaml::String(item.to_owned()))
+                            .collect(),
+                    ),
+                    other => with_argument(value, Yaml::Sequence(vec![pair().0.clone(), other])),
+                }
+            }
+            _ => with_argument(value, self.fold(arg, parameters)),
+        }
+    }
+}
+
+/// Every statement granted to each function (by package) in `stack`, and the AWS managed
+/// policies its role may carry beyond the basic logging one SAM always adds.
+fn grants(t: &Template, stack: &Stack) -> BTreeMap<String, (Vec<Statement>, Vec<String>)> {
+    let e = Evaluated::new(t, stack);
     let mut out = BTreeMap::new();
     for (id, package, props) in function_properties(t) {
         let mut statements = Vec::new();
         let mut managed = Vec::new();
-        for policy in props
-            .get("Policies")
-            .and_then(Yaml::as_sequence)
+        for policy in e
+            .of(props.get("Policies").unwrap_or(&Yaml::Null))
+            .as_sequence()
             .into_iter()
             .flatten()
         {
@@ -638,7 +994,13 @@ fn grants(t: &Template) -> BTreeMap<String, (Vec<Statement>, Vec<String>)> {
                     .resource(&target)
                     .unwrap_or_else(|| panic!("{id}: no resource {target}"));
                 assert_eq!(ty, "AWS::IAM::ManagedPolicy", "{id}: {target}");
-                statements.extend(statements_of(p.get("PolicyDocument").unwrap()));
+                if let Some(condition) = t.at(&["Resources", &target, "Condition"]) {
+                    assert!(
+                        e.condition(condition.as_str().unwrap()),
+                        "{id} is given {target}, which the stack does not create"
+                    );
+                }
+                statements.extend(statements_of(&e.of(p.get("PolicyDocument").unwrap())));
             } else {
                 panic!(
                     "{id}: {policy:?} is not an inline statement or one of the template's own policies"
@@ -650,14 +1012,15 @@ fn grants(t: &Template) -> BTreeMap<String, (Vec<Statement>, Vec<String>)> {
                 target_of(role).unwrap_or_else(|| panic!("{id}: the role is not the template's"));
             let (ty, p) = t.resource(&target).unwrap();
             assert_eq!(ty, "AWS::IAM::Role", "{id}");
-            for policy in p
-                .get("Policies")
-                .and_then(Yaml::as_sequence)
+            for policy in e
+                .of(p.get("Policies").unwrap_or(&Yaml::Null))
+                .as_sequence()
                 .into_iter()
                 .flatten()
             {
                 statements.extend(statements_of(policy.get("PolicyDocument").unwrap()));
             }
+            // Every branch, whichever this stack takes.
             for arn in p
                 .get("ManagedPolicyArns")
                 .and_then(Yaml::as_sequence)
@@ -674,43 +1037,177 @@ fn grants(t: &Template) -> BTreeMap<String, (Vec<Statement>, Vec<String>)> {
     out
 }
 
+/// The functions that start rollouts, and so may deploy to ECS services.
+const STARTERS: [&str; 3] = ["deployer", "tracker", "rollback"];
+
+/// What ECS asks of a rollout: the service, the task definitions, the tags a new revision
+/// copies.
+const ECS_SERVICE_ACTIONS: [&str; 2] = ["ecs:DescribeServices", "ecs:UpdateService"];
+const ECS_TASK_DEFINITION_ACTIONS: [&str; 4] = [
+    "ecs:DescribeTaskDefinition",
+    "ecs:RegisterTaskDefinition",
+    "ecs:ListTaskDefinitions",
+    "ecs:DeregisterTaskDefinition",
+];
+
+/// What the CodeDeploy adapter calls on a deployment group (create, follow, stop), what
+/// CreateDeployment asks on the side (the group's deployment configuration, registering
+/// the revision), and the upload of an EC2/on-premises bundle.
+const CODEDEPLOY_GROUP_ACTIONS: [&str; 3] = [
+    "codedeploy:CreateDeployment",
+    "codedeploy:GetDeployment",
+    "codedeploy:StopDeployment",
+];
+const CODEDEPLOY_REVISION_ACTIONS: [&str; 2] = [
+    "codedeploy:RegisterApplicationRevision",
+    "codedeploy:GetApplicationRevision",
+];
+const CODEDEPLOY_CONFIG_ACTION: &str = "codedeploy:GetDeploymentConfig";
+const BUNDLE_UPLOAD_ACTION: &str = "s3:PutObject";
+
 #[test]
 fn no_function_is_granted_a_wildcard_action_or_an_unscoped_resource() {
     let t = template();
-    let unscoped_allowed: BTreeSet<&str> = ["ssm:ListCommands", "ssm:CancelCommand"].into();
-    for (function, (statements, managed)) in grants(&t) {
-        for s in &statements {
-            assert_eq!(s["Effect"], "Allow", "{function}: {s}");
-            let actions = strings(&s["Action"]);
-            assert!(!actions.is_empty(), "{function}: {s}");
-            for action in &actions {
-                assert!(!action.contains('*'), "{function} is granted {action}");
+    let unscoped_ssm: BTreeSet<&str> = ["ssm:ListCommands", "ssm:CancelCommand"].into();
+    let unscoped_ecs: BTreeSet<&str> = ECS_TASK_DEFINITION_ACTIONS.into();
+    for (stack_name, stack) in stacks() {
+        let services: Vec<String> = stack
+            .list("EcsServices")
+            .iter()
+            .map(|s| format!("arn:*:ecs:*:*:service/{s}"))
+            .collect();
+        let roles = stack.list("EcsTaskRoles");
+        let groups: Vec<String> = stack
+            .list("CodeDeployGroups")
+            .iter()
+            .map(|g| format!("arn:*:codedeploy:*:*:deploymentgroup:{g}"))
+            .collect();
+        for (function, (statements, managed)) in grants(&t, &stack) {
+            let context = format!("{stack_name}: {function}");
+            for s in &statements {
+                assert_eq!(s["Effect"], "Allow", "{context}: {s}");
+                let actions = strings(&s["Action"]);
+                let resources = strings(&s["Resource"]);
+                assert!(!actions.is_empty(), "{context}: {s}");
+                assert!(!resources.is_empty(), "{context}: {s}");
+                let has = |action: &str| actions.iter().any(|a| a == action);
+                for action in &actions {
+                    assert!(!action.contains('*'), "{context} is granted {action}");
+                }
+                if resources.iter().any(|r| r == "*") {
+                    let ssm = function == "tracker"
+                        && actions.iter().all(|a| unscoped_ssm.contains(a.as_str()));
+                    let ecs = STARTERS.contains(&function.as_str())
+                        && actions.iter().all(|a| unscoped_ecs.contains(a.as_str()));
+                    assert!(
+                        ssm || ecs,
+                        "{context}: only the tracker's ListCommands and CancelCommand and the \
+                         ECS task definition actions may use Resource \"*\": {s}"
+                    );
+                }
+                let on_instances = resources.iter().any(|r| r.contains("instance/"));
+                if has("ssm:SendCommand") && on_instances {
+                    let condition = s["Condition"]["StringEquals"].as_object();
+                    assert!(
+                        condition
+                            .is_some_and(|c| c.keys().all(|k| k.starts_with("ssm:resourceTag/"))),
+                        "{context}: SendCommand on instances only with the pushdeploy tag: {s}"
+                    );
+                }
+                if ECS_SERVICE_ACTIONS.iter().any(|a| has(a)) {
+                    assert_eq!(
+                        resources, services,
+                        "{context}: the services of EcsServices only: {s}"
+                    );
+                    assert_eq!(
+                        s["Condition"],
+                        serde_json::json!({ "StringEquals": { "aws:RequestedRegion": "<AWS::Region>" } }),
+                        "{context}: the services in the stack's region only: {s}"
+                    );
+                }
+                if has("ecs:TagResource") {
+                    assert_eq!(actions, ["ecs:TagResource"], "{context}: {s}");
+                    assert_eq!(
+                        resources,
+                        [
+                            "arn:<AWS::Partition>:ecs:<AWS::Region>:<AWS::AccountId>:task-definition/*"
+                        ],
+                        "{context}: {s}"
+                    );
+                    assert_eq!(
+                        s["Condition"],
+                        serde_json::json!({ "StringEquals": { "ecs:CreateAction": "RegisterTaskDefinition" } }),
+                        "{context}: tags only on the revisions it registers: {s}"
+                    );
+                }
+                if CODEDEPLOY_GROUP_ACTIONS.iter().any(|a| has(a)) {
+                    assert_eq!(
+                        actions, CODEDEPLOY_GROUP_ACTIONS,
+                        "{context}: only these on deployment groups: {s}"
+                    );
+                    assert!(!groups.is_empty(), "{context}: no deployment group: {s}");
+                    assert_eq!(
+                        resources, groups,
+                        "{context}: the deployment groups of CodeDeployGroups only: {s}"
+                    );
+                    assert_eq!(
+                        s["Condition"],
+                        serde_json::json!({ "StringEquals": { "aws:RequestedRegion": "<AWS::Region>" } }),
+                        "{context}: the groups in the stack's region only: {s}"
+                    );
+                }
+                if has(CODEDEPLOY_CONFIG_ACTION) {
+                    assert_eq!(actions, [CODEDEPLOY_CONFIG_ACTION], "{context}: {s}");
+                    assert_eq!(
+                        resources,
+                        [
+                            "arn:<AWS::Partition>:codedeploy:<AWS::Region>:<AWS::AccountId>:deploymentconfig:*"
+                        ],
+                        "{context}: deployment configurations of this account and region: {s}"
+                    );
+                }
+                if CODEDEPLOY_REVISION_ACTIONS.iter().any(|a| has(a)) {
+                    assert_eq!(actions, CODEDEPLOY_REVISION_ACTIONS, "{context}: {s}");
+                    assert_eq!(
+                        resources,
+                        [
+                            "arn:<AWS::Partition>:codedeploy:<AWS::Region>:<AWS::AccountId>:application:*"
+                        ],
+                        "{context}: applications of this account and region: {s}"
+                    );
+                }
+                if actions.iter().any(|a| a.starts_with("s3:")) {
+                    assert_eq!(
+                        actions,
+                        [BUNDLE_UPLOAD_ACTION],
+                        "{context}: bundles are uploaded, never read or deleted: {s}"
+                    );
+                    assert_eq!(
+                        resources,
+                        ["<BundleBucket.Arn>/bundles/*"],
+                        "{context}: the bundles of the stack's bucket only: {s}"
+                    );
+                }
+                if has("iam:PassRole") {
+                    assert_eq!(actions, ["iam:PassRole"], "{context}: {s}");
+                    assert!(!roles.is_empty(), "{context}: no role to pass: {s}");
+                    assert_eq!(
+                        resources, roles,
+                        "{context}: the roles of EcsTaskRoles only, never \"*\": {s}"
+                    );
+                    assert_eq!(
+                        s["Condition"],
+                        serde_json::json!({ "StringEquals": { "iam:PassedToService": "ecs-tasks.amazonaws.com" } }),
+                        "{context}: roles are passed to ECS tasks only: {s}"
+                    );
+                }
             }
-            if strings(&s["Resource"]).iter().any(|r| r == "*") {
+            for arn in managed {
                 assert!(
-                    function == "tracker"
-                        && actions
-                            .iter()
-                            .all(|a| unscoped_allowed.contains(a.as_str())),
-                    "{function}: only the tracker's ListCommands and CancelCommand may use Resource \"*\": {s}"
+                    arn.ends_with(":policy/service-role/AWSLambdaVPCAccessExecutionRole"),
+                    "{context} carries the AWS managed policy {arn}"
                 );
             }
-            let on_instances = strings(&s["Resource"])
-                .iter()
-                .any(|r| r.contains("instance/"));
-            if actions.iter().any(|a| a == "ssm:SendCommand") && on_instances {
-                let condition = s["Condition"]["StringEquals"].as_object();
-                assert!(
-                    condition.is_some_and(|c| c.keys().all(|k| k.starts_with("ssm:resourceTag/"))),
-                    "{function}: SendCommand on instances only with the pushdeploy tag: {s}"
-                );
-            }
-        }
-        for arn in managed {
-            assert!(
-                arn.ends_with(":policy/service-role/AWSLambdaVPCAccessExecutionRole"),
-                "{function} carries the AWS managed policy {arn}"
-            );
         }
     }
 }
@@ -761,23 +1258,649 @@ fn each_function_is_granted_exactly_the_actions_its_adapters_call() {
         ("notifier", vec!["secretsmanager:GetSecretValue"]),
     ]
     .into();
-    for (function, (statements, _)) in grants(&template()) {
-        let granted: BTreeSet<String> = statements
-            .iter()
-            .flat_map(|s| strings(&s["Action"]))
-            .collect();
-        // The janitor reads the state table and never writes it; the notifier publishes
-        // nothing.
-        let writes = ["dynamodb:PutItem", "dynamodb:DeleteItem"];
-        let wanted: BTreeSet<String> = core
-            .iter()
-            .filter(|a| function != "janitor" || !writes.contains(a))
-            .filter(|a| function != "notifier" || **a != "events:PutEvents")
-            .chain(&expected[function.as_str()])
-            .map(|a| a.to_string())
-            .collect();
-        assert_eq!(granted, wanted, "{function}");
+    let t = template();
+    for (stack_name, stack) in stacks() {
+        // The ECS adapter's calls, for the functions that start rollouts of a stack with
+        // ECS services; passing roles only when their task definitions name some.
+        let mut rollouts: Vec<&str> = Vec::new();
+        if !stack.list("EcsServices").is_empty() {
+            rollouts.extend(ECS_SERVICE_ACTIONS);
+            rollouts.extend(ECS_TASK_DEFINITION_ACTIONS);
+            rollouts.push("ecs:TagResource");
+            if !stack.list("EcsTaskRoles").is_empty() {
+                rollouts.push("iam:PassRole");
+            }
+        }
+        // The CodeDeploy adapter's calls, for the same functions of a stack with
+        // deployment groups (blue/green services take the ECS actions above too).
+        if !stack.list("CodeDeployGroups").is_empty() {
+            rollouts.extend(CODEDEPLOY_GROUP_ACTIONS);
+            rollouts.extend(CODEDEPLOY_REVISION_ACTIONS);
+            rollouts.push(CODEDEPLOY_CONFIG_ACTION);
+            rollouts.push(BUNDLE_UPLOAD_ACTION);
+        }
+        for (function, (statements, _)) in grants(&t, &stack) {
+            let granted: BTreeSet<String> = statements
+                .iter()
+                .flat_map(|s| strings(&s["Action"]))
+                .collect();
+            // The janitor reads the state table and never writes it; the notifier publishes
+            // nothing.
+            let writes = ["dynamodb:PutItem", "dynamodb:DeleteItem"];
+            let starts_rollouts = STARTERS.contains(&function.as_str());
+            let wanted: BTreeSet<String> = core
+                .iter()
+                .filter(|a| function != "janitor" || !writes.contains(a))
+                .filter(|a| function != "notifier" || **a != "events:PutEvents")
+                .chain(&expected[function.as_str()])
+                .chain(rollouts.iter().filter(|_| starts_rollouts))
+                .map(|a| a.to_string())
+                .collect();
+            assert_eq!(granted, wanted, "{stack_name}: {function}");
+        }
     }
+}
+
+/// IAM's actions by service prefix, lowercased, as cfn-lint knows them.
+fn iam_actions() -> BTreeMap<String, BTreeSet<String>> {
+    let python = venv_tool("python3");
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import os, cfnlint.data.AdditionalSpecs as s; \
+             print(os.path.join(os.path.dirname(s.__file__), 'Policies.json'))",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} ({e}); {SETUP}", python.display()));
+    assert!(
+        out.status.success(),
+        "cfn-lint's IAM data not found: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = String::from_utf8(out.stdout).unwrap();
+    let text = std::fs::read_to_string(path.trim()).unwrap();
+    let policies: Json = serde_json::from_str(&text).unwrap();
+    policies
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(service, spec)| {
+            let actions = spec["Actions"]
+                .as_object()
+                .into_iter()
+                .flat_map(|a| a.keys().map(|k| k.to_lowercase()))
+                .collect();
+            (service.clone(), actions)
+        })
+        .collect()
+}
+
+/// cfn-lint does not check the actions of a SAM template's policies (the transform hides
+/// them), so every action granted in every stack is looked up here.
+#[test]
+fn every_granted_action_exists_in_iam() {
+    let known = iam_actions();
+    let t = template();
+    for (stack_name, stack) in stacks() {
+        for (function, (statements, _)) in grants(&t, &stack) {
+            for s in &statements {
+                for action in strings(&s["Action"]) {
+                    let (service, name) = action
+                        .split_once(':')
+                        .unwrap_or_else(|| panic!("{action} is not service:action"));
+                    assert!(
+                        known
+                            .get(service)
+                            .is_some_and(|a| a.contains(&name.to_lowercase())),
+                        "{stack_name}: {function} is granted {action}, which IAM does not know"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn without_ecs_services_the_stack_creates_and_grants_nothing_for_ecs() {
+    let t = template();
+    let conditions = |stack: &Stack| {
+        let e = Evaluated::new(&t, stack);
+        (
+            e.condition("HasEcsServices"),
+            e.condition("HasEcsTaskRoles"),
+        )
+    };
+    assert_eq!(conditions(&Stack::default()), (false, false));
+    assert_eq!(
+        conditions(&Stack::default().with("EcsTaskRoles", ECS_TASK_ROLES)),
+        (false, false),
+        "task roles alone grant nothing"
+    );
+    assert_eq!(
+        conditions(&Stack::default().with("EcsServices", ECS_SERVICES)),
+        (true, false)
+    );
+    assert_eq!(conditions(&Stack::ecs()), (true, true));
+
+    // The ECS policy exists only with services, and every function takes it under the same
+    // condition.
+    let (ty, _) = t.resource("EcsDeployPolicy").unwrap();
+    assert_eq!(ty, "AWS::IAM::ManagedPolicy");
+    assert_eq!(
+        t.at(&["Resources", "EcsDeployPolicy", "Condition"])
+            .and_then(Yaml::as_str),
+        Some("HasEcsServices")
+    );
+    for (id, package, props) in function_properties(&t) {
+        for policy in props
+            .get("Policies")
+            .and_then(Yaml::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            let refers = format!("{policy:?}").contains("EcsDeployPolicy");
+            if refers {
+                assert!(STARTERS.contains(&package.as_str()), "{id}");
+                let Some((function, arg)) = intrinsic(policy) else {
+                    panic!("{id}: EcsDeployPolicy without its condition")
+                };
+                assert_eq!(function, "If", "{id}");
+                assert_eq!(arg[0].as_str(), Some("HasEcsServices"), "{id}");
+            }
+        }
+    }
+
+    for (stack_name, stack) in [
+        ("no ECS service", Stack::default()),
+        (
+            "task roles only",
+            Stack::default().with("EcsTaskRoles", ECS_TASK_ROLES),
+        ),
+    ] {
+        for (function, (statements, _)) in grants(&t, &stack) {
+            for s in &statements {
+                for action in strings(&s["Action"]) {
+                    assert!(
+                        !action.starts_with("ecs:") && action != "iam:PassRole",
+                        "{stack_name}: {function} is granted {action}"
+                    );
+                }
+            }
+        }
+    }
+    let (statements, _) =
+        &grants(&t, &Stack::default().with("EcsServices", ECS_SERVICES))["deployer"];
+    assert!(
+        statements
+            .iter()
+            .all(|s| !strings(&s["Action"]).contains(&"iam:PassRole".to_owned())),
+        "no role to pass, no iam:PassRole"
+    );
+}
+
+/// A parameter's `AllowedPattern`, which CloudFormation holds each item of a list to.
+fn parameter_pattern(t: &Template, name: &str) -> Regex {
+    let pattern = t
+        .at(&["Parameters", name, "AllowedPattern"])
+        .and_then(Yaml::as_str)
+        .unwrap_or_else(|| panic!("{name} has no AllowedPattern"));
+    assert!(pattern.starts_with('^') && pattern.ends_with('$'), "{name}");
+    Regex::new(pattern).unwrap()
+}
+
+#[test]
+fn the_ecs_parameters_take_the_services_the_configuration_names_and_role_arns() {
+    let t = template();
+    let services = parameter_pattern(&t, "EcsServices");
+    let roles = parameter_pattern(&t, "EcsTaskRoles");
+    for name in ["EcsServices", "EcsTaskRoles"] {
+        assert_eq!(
+            t.at(&["Parameters", name, "Type"]).and_then(Yaml::as_str),
+            Some("CommaDelimitedList"),
+            "{name}"
+        );
+        assert_eq!(
+            t.parameter_defaults().get(name).map(String::as_str),
+            Some(""),
+            "{name}: ECS is off unless asked for"
+        );
+    }
+    assert!(services.is_match("") && roles.is_match(""));
+
+    // Every service an ecs target may name, as CLUSTER/SERVICE.
+    let config = Config::from_yaml(
+        r#"
+apps:
+  web:
+    repository: acme/web
+    environments:
+      production:
+        target: { ecs: { cluster: prod-eu_1, service: checkout_api-2, container: web } }
+"#,
+    )
+    .expect("a valid ECS configuration");
+    for (_, env, env_config) in config.environments() {
+        let TargetConfig::Ecs(ecs) = &env_config.target else {
+            panic!("{env}: not an ECS target")
+        };
+        let service = format!("{}/{}", ecs.cluster, ecs.service);
+        assert!(services.is_match(&service), "{service}");
+    }
+    for item in ECS_SERVICES.split(',') {
+        assert!(services.is_match(item), "{item}");
+    }
+    for bad in [
+        "web",
+        "prod/web/extra",
+        "arn:aws:ecs:eu-west-1:123456789012:service/prod/web",
+        "prod/web ",
+        "prod/*",
+    ] {
+        assert!(!services.is_match(bad), "EcsServices takes {bad:?}");
+    }
+
+    for item in ECS_TASK_ROLES.split(',').chain([
+        "arn:aws-cn:iam::123456789012:role/service-role/web-task",
+        "arn:aws-us-gov:iam::123456789012:role/web.task@prod",
+    ]) {
+        assert!(roles.is_match(item), "{item}");
+    }
+    for bad in [
+        "web-task",
+        "arn:aws:iam::123456789012:role/*",
+        "arn:aws:iam::123456789012:user/alice",
+        "arn:aws:iam::123456789012:policy/web",
+        "*",
+    ] {
+        assert!(!roles.is_match(bad), "EcsTaskRoles takes {bad:?}");
+    }
+}
+
+#[test]
+fn the_codedeploy_parameter_takes_the_groups_the_configuration_names() {
+    let t = template();
+    let groups = parameter_pattern(&t, "CodeDeployGroups");
+    assert_eq!(
+        t.at(&["Parameters", "CodeDeployGroups", "Type"])
+            .and_then(Yaml::as_str),
+        Some("CommaDelimitedList")
+    );
+    assert_eq!(
+        t.parameter_defaults()
+            .get("CodeDeployGroups")
+            .map(String::as_str),
+        Some(""),
+        "CodeDeploy is off unless asked for"
+    );
+    assert!(groups.is_match(""));
+    for item in CODEDEPLOY_GROUPS.split(',') {
+        assert!(groups.is_match(item), "{item}");
+    }
+
+    // A name is an APPLICATION or DEPLOYMENT_GROUP item exactly when a codedeploy target
+    // may name it.
+    let config_takes = |application: &str, group: &str| {
+        Config::from_yaml(&format!(
+            r#"
+apps:
+  web:
+    repository: acme/web
+    environments:
+      hosts:
+        target:
+          codedeploy:
+            application: "{application}"
+            deployment_group: "{group}"
+            ec2: {{ container: web, ports: ["80:8000"] }}
+      blue-green:
+        target:
+          codedeploy:
+            application: "{application}"
+            deployment_group: "{group}"
+            ecs: {{ cluster: prod, service: web, container: web, container_port: 8000 }}
+"#
+        ))
+        .is_ok()
+    };
+    let longest = "a".repeat(100);
+    let too_long = "a".repeat(101);
+    for name in [
+        "web",
+        "Web.API+v2_1-x",
+        longest.as_str(),
+        too_long.as_str(),
+        "",
+        "web app",
+        "web/app",
+        "web,app",
+        "wéb",
+        "*",
+        "web:app",
+    ] {
+        for (application, group) in [(name, "web-production"), ("web", name)] {
+            let item = format!("{application}/{group}");
+            assert_eq!(
+                groups.is_match(&item),
+                config_takes(application, group),
+                "CodeDeployGroups and the configuration disagree on {item:?}"
+            );
+        }
+    }
+    assert!(config_takes("Web.API+v2_1-x", &longest));
+    for bad in [
+        "web",
+        "web/web-production/extra",
+        "arn:aws:codedeploy:eu-west-1:123456789012:deploymentgroup:web/web-production",
+        "web/web-production ",
+        "web/*",
+        "/web-production",
+        "web/",
+    ] {
+        assert!(!groups.is_match(bad), "CodeDeployGroups takes {bad:?}");
+    }
+}
+
+#[test]
+fn without_codedeploy_groups_the_stack_creates_and_grants_nothing_for_codedeploy() {
+    let t = template();
+    let has_groups = |stack: &Stack| Evaluated::new(&t, stack).condition("HasCodeDeployGroups");
+    assert!(!has_groups(&Stack::default()));
+    assert!(
+        !has_groups(&Stack::ecs()),
+        "ECS services alone are not CodeDeploy"
+    );
+    assert!(has_groups(&Stack::default().codedeploy()));
+    assert!(has_groups(&Stack::ecs().codedeploy()));
+
+    // The policy, the bucket and its policy exist only with deployment groups, and so does
+    // the output naming the bucket.
+    for (id, ty) in [
+        ("CodeDeployPolicy", "AWS::IAM::ManagedPolicy"),
+        ("BundleBucket", "AWS::S3::Bucket"),
+        ("BundleBucketPolicy", "AWS::S3::BucketPolicy"),
+    ] {
+        let (found, _) = t
+            .resource(id)
+            .unwrap_or_else(|| panic!("the template has no {id}"));
+        assert_eq!(found, ty, "{id}");
+        assert_eq!(
+            t.at(&["Resources", id, "Condition"]).and_then(Yaml::as_str),
+            Some("HasCodeDeployGroups"),
+            "{id}"
+        );
+    }
+    assert_eq!(
+        t.at(&["Outputs", "BundleBucketName", "Condition"])
+            .and_then(Yaml::as_str),
+        Some("HasCodeDeployGroups")
+    );
+    assert_eq!(
+        resolve(t.at(&["Outputs", "BundleBucketName", "Value"]).unwrap()),
+        "<BundleBucket>"
+    );
+
+    // Exactly the functions that start rollouts take the policy, under the same condition.
+    let mut given = BTreeSet::new();
+    for (id, package, props) in function_properties(&t) {
+        for policy in props
+            .get("Policies")
+            .and_then(Yaml::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            if format!("{policy:?}").contains("CodeDeployPolicy") {
+                let Some((function, arg)) = intrinsic(policy) else {
+                    panic!("{id}: CodeDeployPolicy without its condition")
+                };
+                assert_eq!(function, "If", "{id}");
+                assert_eq!(arg[0].as_str(), Some("HasCodeDeployGroups"), "{id}");
+                given.insert(package.clone());
+            }
+        }
+    }
+    assert_eq!(given, STARTERS.map(String::from).into());
+
+    for (stack_name, stack) in [
+        ("no deployment group", Stack::default()),
+        ("ECS services only", Stack::ecs()),
+    ] {
+        for (function, (statements, _)) in grants(&t, &stack) {
+            for s in &statements {
+                for action in strings(&s["Action"]) {
+                    assert!(
+                        !action.starts_with("codedeploy:") && !action.starts_with("s3:"),
+                        "{stack_name}: {function} is granted {action}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_bundle_bucket_is_private_versioned_tls_only_retained_and_keeps_current_bundles() {
+    let t = template();
+    let (_, props) = t.resource("BundleBucket").unwrap();
+    for policy in ["DeletionPolicy", "UpdateReplacePolicy"] {
+        assert_eq!(
+            t.at(&["Resources", "BundleBucket", policy])
+                .and_then(Yaml::as_str),
+            Some("Retain"),
+            "{policy}: no stack change deletes the bundles rollbacks redeploy"
+        );
+    }
+    let bucket = resolve(props);
+    assert_eq!(bucket["VersioningConfiguration"]["Status"], "Enabled");
+    let encryption = &bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"];
+    let algorithms: Vec<&str> = encryption
+        .as_array()
+        .expect("default encryption")
+        .iter()
+        .filter_map(|r| r["ServerSideEncryptionByDefault"]["SSEAlgorithm"].as_str())
+        .collect();
+    assert!(
+        !algorithms.is_empty() && algorithms.iter().all(|a| ["AES256", "aws:kms"].contains(a)),
+        "{encryption}"
+    );
+    assert_eq!(
+        bucket["PublicAccessBlockConfiguration"],
+        serde_json::json!({
+            "BlockPublicAcls": true,
+            "BlockPublicPolicy": true,
+            "IgnorePublicAcls": true,
+            "RestrictPublicBuckets": true
+        })
+    );
+    assert_eq!(
+        bucket["OwnershipControls"],
+        serde_json::json!({ "Rules": [{ "ObjectOwnership": "BucketOwnerEnforced" }] }),
+        "no ACLs"
+    );
+    for key in ["AccessControl", "WebsiteConfiguration", "CorsConfiguration"] {
+        assert!(bucket.get(key).is_none(), "the bucket has {key}");
+    }
+
+    // CodeDeploy's automatic rollback redeploys the revision a group last deployed
+    // successfully, however old: no rule may expire or archive a current version.
+    let rules = bucket["LifecycleConfiguration"]["Rules"]
+        .as_array()
+        .expect("lifecycle rules");
+    for rule in rules {
+        for key in [
+            "ExpirationInDays",
+            "ExpirationDate",
+            "Transitions",
+            "Transition",
+        ] {
+            assert!(
+                rule.get(key).is_none(),
+                "lifecycle rule {rule} has {key}: it would take current bundles away"
+            );
+        }
+    }
+    assert!(
+        rules.iter().any(|r| r["Status"] == "Enabled"
+            && r["NoncurrentVersionExpiration"]["NoncurrentDays"] == 30),
+        "noncurrent versions expire after 30 days: {rules:?}"
+    );
+
+    // Only TLS, and nothing granted to anyone by the bucket itself.
+    let (ty, policy) = t.resource("BundleBucketPolicy").unwrap();
+    assert_eq!(ty, "AWS::S3::BucketPolicy");
+    let policy = resolve(policy);
+    assert_eq!(policy["Bucket"], "<BundleBucket>");
+    let statements = policy["PolicyDocument"]["Statement"].as_array().unwrap();
+    assert!(
+        statements.iter().all(|s| s["Effect"] == "Deny"),
+        "the bucket policy only denies: {statements:?}"
+    );
+    let tls_only = statements.iter().any(|s| {
+        s["Principal"] == "*"
+            && s["Action"] == "s3:*"
+            && strings(&s["Resource"]).into_iter().collect::<BTreeSet<_>>()
+                == ["<BundleBucket.Arn>", "<BundleBucket.Arn>/*"]
+                    .map(String::from)
+                    .into()
+            && s["Condition"] == serde_json::json!({ "Bool": { "aws:SecureTransport": "false" } })
+    });
+    assert!(
+        tls_only,
+        "no statement denies requests without TLS: {statements:?}"
+    );
+}
+
+/// The configuration of a CodeDeploy EC2/on-premises environment.
+const CODEDEPLOY_EC2: &str = r#"
+apps:
+  web:
+    repository: acme/web
+    environments:
+      onprem:
+        target:
+          codedeploy:
+            application: web
+            deployment_group: web-onprem
+            ec2:
+              container: web
+              ports: ["80:8000", "8443:8443"]
+              health: { port: 80, path: /health, timeout_seconds: 60 }
+              timeout_seconds: 600
+"#;
+
+/// The files of the bundle a rollout of `CODEDEPLOY_EC2` uploads: (path, mode, content).
+fn codedeploy_bundle() -> Vec<(&'static str, u32, String)> {
+    let config = Config::from_yaml(CODEDEPLOY_EC2).expect("a valid CodeDeploy configuration");
+    let (app, env, env_config) = config.environments().next().unwrap();
+    let TargetConfig::CodeDeploy(CodeDeployTarget {
+        platform: CodeDeployPlatform::Ec2(hosts),
+        ..
+    }) = &env_config.target
+    else {
+        panic!("{env}: not a CodeDeploy EC2 target")
+    };
+    let image = PinnedImage::parse(&format!(
+        "123456789012.dkr.ecr.eu-west-1.amazonaws.com/acme/web@sha256:{}",
+        "3f".repeat(32)
+    ))
+    .unwrap();
+    let request = Request {
+        image,
+        tag: None,
+        kind: Kind::Push,
+        pushed_at: time::OffsetDateTime::now_utc(),
+        requested_by: None,
+        reason: None,
+    };
+    let dep = Deployment::new(
+        app.clone(),
+        env.clone(),
+        request,
+        time::OffsetDateTime::now_utc(),
+    );
+    codedeploy::bundle_files(&dep, hosts, "eu-west-1").expect("the bundle is built")
+}
+
+#[test]
+fn the_codedeploy_bundle_carries_the_document_script() {
+    let document = template().document().unwrap();
+    assert_eq!(
+        codedeploy::DOCUMENT_SCRIPT.trim_end_matches('\n'),
+        document.script,
+        "the bundle's deploy.sh and the document's runCommand lines must be the same script"
+    );
+}
+
+#[test]
+fn the_codedeploy_bundle_passes_shellcheck() {
+    let files = codedeploy_bundle();
+    let dir = std::env::temp_dir().join(format!("pushdeploy-bundle-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Unpacked from the tar the adapter uploads, as the CodeDeploy agent does.
+    let bytes = codedeploy::tar(&files, 0).unwrap();
+    let mut archive = ::tar::Archive::new(bytes.as_slice());
+    archive.set_preserve_permissions(true);
+    archive.unpack(&dir).unwrap();
+    for (path, mode, content) in &files {
+        use std::os::unix::fs::PermissionsExt;
+        let on_disk = dir.join(path);
+        assert_eq!(
+            &std::fs::read_to_string(&on_disk).unwrap(),
+            content,
+            "{path}"
+        );
+        let found = std::fs::metadata(&on_disk).unwrap().permissions().mode() & 0o777;
+        assert_eq!(found, *mode, "{path}: mode {found:o}");
+    }
+
+    // Every hook the appspec names is in the bundle and executable, and every hook script
+    // of the bundle is named.
+    let appspec: Yaml =
+        serde_norway::from_str(&std::fs::read_to_string(dir.join("appspec.yml")).unwrap())
+            .expect("appspec.yml is YAML");
+    let mut locations = BTreeSet::new();
+    for (hook, entries) in appspec["hooks"].as_mapping().expect("appspec hooks") {
+        for entry in entries.as_sequence().unwrap() {
+            let location = entry["location"].as_str().unwrap().to_owned();
+            let (_, mode, _) = files
+                .iter()
+                .find(|(path, _, _)| *path == location)
+                .unwrap_or_else(|| panic!("{hook:?}: {location} is not in the bundle"));
+            assert_eq!(
+                mode & 0o111,
+                0o111,
+                "{hook:?}: {location} is not executable"
+            );
+            assert!(
+                entry["timeout"]
+                    .as_u64()
+                    .is_some_and(|t| (1..=3600).contains(&t)),
+                "{hook:?}: CodeDeploy takes a timeout of at most 3600 s"
+            );
+            locations.insert(location);
+        }
+    }
+    let hooks: BTreeSet<String> = files
+        .iter()
+        .map(|(path, _, _)| path.to_string())
+        .filter(|path| path.starts_with("hooks/") && path.ends_with(".sh"))
+        .collect();
+    assert_eq!(locations, hooks, "every hook script, and only those, runs");
+
+    let out = Command::new("shellcheck")
+        .args(["-x", "-s", "bash"])
+        .args(&hooks)
+        .arg("pushdeploy/deploy.sh")
+        .current_dir(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run shellcheck ({e}); {SETUP}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "shellcheck found problems in the CodeDeploy bundle:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -790,31 +1913,48 @@ fn the_initial_configuration_is_valid_and_deploys_nothing() {
     assert_eq!(config.environments().count(), 0);
 }
 
+/// The environment every function is given in `stack`, with its references as placeholders.
+fn global_variables(t: &Template, stack: &Stack) -> Json {
+    let variables = t
+        .at(&["Globals", "Function", "Environment", "Variables"])
+        .unwrap();
+    resolve(&Evaluated::new(t, stack).of(variables))
+}
+
 #[test]
 fn the_functions_read_the_settings_the_code_requires() {
     let t = template();
-    let variables = resolve(
-        t.at(&["Globals", "Function", "Environment", "Variables"])
-            .unwrap(),
-    );
-    let lookup = |name: &str| variables[name].as_str().map(str::to_owned);
-    let settings = pushdeploy::settings::Settings::from_lookup(lookup)
-        .expect("settings from the template's variables");
-    assert_eq!(settings.table, "<StateTable>");
-    assert_eq!(settings.event_bus, "<EventBus>");
-    assert_eq!(settings.require_document().unwrap(), "<DeployDocument>");
-    assert_eq!(
-        settings.config,
-        pushdeploy::settings::ConfigLocation::Parameter("<ConfigParameterName>".into())
-    );
+    for (stack_name, stack) in stacks() {
+        let variables = global_variables(&t, &stack);
+        let lookup = |name: &str| variables[name].as_str().map(str::to_owned);
+        let settings = pushdeploy::settings::Settings::from_lookup(lookup)
+            .expect("settings from the template's variables");
+        assert_eq!(settings.table, "<StateTable>");
+        assert_eq!(settings.event_bus, "<EventBus>");
+        assert_eq!(settings.require_document().unwrap(), "<DeployDocument>");
+        assert_eq!(
+            settings.config,
+            pushdeploy::settings::ConfigLocation::Parameter("<ConfigParameterName>".into())
+        );
+        // The bucket CodeDeploy EC2/on-premises bundles go to, in the stacks that have one.
+        let has_groups = !stack.list("CodeDeployGroups").is_empty();
+        assert_eq!(
+            settings.bundle_bucket.as_deref(),
+            has_groups.then_some("<BundleBucket>"),
+            "{stack_name}"
+        );
+        if !has_groups {
+            assert!(
+                variables.get("PUSHDEPLOY_BUNDLE_BUCKET").is_none(),
+                "{stack_name}: no bucket, no variable"
+            );
+        }
+    }
 }
 
 /// The namespace every function's metrics go to.
 fn metrics_namespace(t: &Template) -> String {
-    let variables = resolve(
-        t.at(&["Globals", "Function", "Environment", "Variables"])
-            .unwrap(),
-    );
+    let variables = global_variables(t, &Stack::default());
     variables["PUSHDEPLOY_METRICS_NAMESPACE"]
         .as_str()
         .expect("the functions are told their metrics namespace")

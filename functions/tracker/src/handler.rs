@@ -431,6 +431,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failed_codedeploy_deployment_waits_for_codedeploys_own_rollback() {
+        let w = world();
+        let dep = rolling_out_as(&w, CODEDEPLOY_REF).await;
+        let codedeploy_ref = TargetRef::parse(CODEDEPLOY_REF).unwrap();
+        w.target.set_status(
+            &codedeploy_ref,
+            RolloutStatus::Settling("automatic rollback d-8 is InProgress".into()),
+        );
+        let sample = include_str!("../../../events/tracker/codedeploy-failure.json");
+        let out = handle(&w.tracker, DOCUMENT, event(sample)).await.unwrap();
+        assert_eq!(out["outcome"], "in_progress");
+        assert_eq!(phase(&w, &dep).await, Phase::RollingOut);
+        assert!(w.events.types().is_empty(), "no rollback starts yet");
+        w.target.set_status(
+            &codedeploy_ref,
+            RolloutStatus::Failed("automatic rollback d-8 is Succeeded".into()),
+        );
+        handle(
+            &w.tracker,
+            DOCUMENT,
+            event(include_str!("../../../events/tracker/schedule.json")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(phase(&w, &dep).await, Phase::Failed);
+        assert_eq!(w.events.types(), vec!["Rollout Failed"]);
+    }
+
+    #[tokio::test]
     async fn a_failure_event_stands_when_the_target_has_not_caught_up() {
         let w = world();
         let dep = rolling_out_as(&w, CODEDEPLOY_REF).await;

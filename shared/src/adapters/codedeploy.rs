@@ -215,7 +215,7 @@ impl CodeDeploy {
     ) -> Result<RevisionLocation, TargetError> {
         let bucket = self.bucket.as_deref().ok_or_else(|| {
             TargetError::Invalid(
-                "CodeDeploy EC2 deployments need a bundle bucket: set PUSHDEPLOY_BUNDLE_BUCKET"
+                "CodeDeploy EC2 deployments need the bundle bucket: list the deployment group in the stack's CodeDeployGroups parameter (locally, set PUSHDEPLOY_BUNDLE_BUCKET)"
                     .into(),
                 None,
             )
@@ -296,8 +296,10 @@ impl CodeDeploy {
         Ok((location, current))
     }
 
-    /// Why a deployment failed, with what CodeDeploy's automatic rollback did.
-    async fn failure(&self, info: &DeploymentInfo, state: &str) -> String {
+    /// Why a deployment failed, with what CodeDeploy's automatic rollback did; `Settling`
+    /// while that rollback still runs (CodeDeploy takes one deployment per group at a
+    /// time, so pushdeploy's own rollback must wait for it).
+    async fn failure(&self, info: &DeploymentInfo, state: &str) -> RolloutStatus {
         let id = info.deployment_id().unwrap_or_default();
         let mut reason = match info.error_information() {
             Some(e) => format!(
@@ -311,37 +313,49 @@ impl CodeDeploy {
         };
         let rollback = info.rollback_info();
         if let Some(rollback_id) = rollback.and_then(|r| r.rollback_deployment_id()) {
-            let outcome = match self
+            let status = match self
                 .client
                 .get_deployment()
                 .deployment_id(rollback_id)
                 .send()
                 .await
             {
-                Ok(out) => out
-                    .deployment_info()
-                    .and_then(|i| i.status())
-                    .map(|s| s.as_str().to_owned())
-                    .unwrap_or_else(|| "unknown".into()),
-                Err(_) => "not readable".into(),
+                Ok(out) => out.deployment_info().and_then(|i| i.status()).cloned(),
+                Err(e) => {
+                    let error = target_error(e, "GetDeployment");
+                    tracing::warn!(rollback_id, %error, "could not read CodeDeploy's rollback");
+                    None
+                }
             };
+            let outcome = status
+                .as_ref()
+                .map_or("not readable", DeploymentStatus::as_str);
             reason.push_str(&format!(
                 "; CodeDeploy's automatic rollback {rollback_id} is {outcome}"
             ));
+            let running = !matches!(
+                status,
+                None | Some(
+                    DeploymentStatus::Succeeded
+                        | DeploymentStatus::Failed
+                        | DeploymentStatus::Stopped
+                )
+            );
+            if running {
+                return RolloutStatus::Settling(reason);
+            }
         } else if let Some(message) = rollback.and_then(|r| r.rollback_message()) {
             reason.push_str(&format!("; automatic rollback: {message}"));
         }
-        reason
+        RolloutStatus::Failed(reason)
     }
 }
 
-/// CodeDeploy's own rollback stays on: for failures, and when pushdeploy stops a
-/// deployment that ran too long.
+/// CodeDeploy's own rollback stays on for failed deployments.
 fn auto_rollback() -> AutoRollbackConfiguration {
     AutoRollbackConfiguration::builder()
         .enabled(true)
         .events(AutoRollbackEvent::DeploymentFailure)
-        .events(AutoRollbackEvent::DeploymentStopOnRequest)
         .build()
 }
 
@@ -386,7 +400,18 @@ impl Target for CodeDeploy {
             ))
             .send()
             .await
-            .map_err(|e| target_error(e, "CreateDeployment"))?;
+            .map_err(|e| {
+                let busy = e
+                    .as_service_error()
+                    .is_some_and(|e| e.is_deployment_limit_exceeded_exception());
+                if busy {
+                    TargetError::Busy(format!(
+                        "deployment group {deployment_group:?} is running another deployment; CodeDeploy takes one at a time"
+                    ))
+                } else {
+                    target_error(e, "CreateDeployment")
+                }
+            })?;
         let id = out.deployment_id().ok_or_else(|| {
             TargetError::Invalid("CreateDeployment returned no deployment id".into(), None)
         })?;
@@ -414,17 +439,20 @@ impl Target for CodeDeploy {
         Ok(match info.status() {
             Some(DeploymentStatus::Succeeded) => RolloutStatus::Succeeded,
             Some(s @ (DeploymentStatus::Failed | DeploymentStatus::Stopped)) => {
-                RolloutStatus::Failed(self.failure(info, s.as_str()).await)
+                self.failure(info, s.as_str()).await
             }
             _ => RolloutStatus::InProgress,
         })
     }
 
+    /// A deployment that ran too long is stopped without CodeDeploy's rollback: pushdeploy's
+    /// own rollback to the last verified digest follows, and CodeDeploy would refuse it
+    /// while a rollback of its own ran in the group.
     async fn cancel(&self, target_ref: &TargetRef) -> Result<(), TargetError> {
         self.client
             .stop_deployment()
             .deployment_id(target_ref.id())
-            .auto_rollback_enabled(true)
+            .auto_rollback_enabled(false)
             .send()
             .await
             .map_err(|e| target_error(e, "StopDeployment"))?;
@@ -859,10 +887,78 @@ apps:
     }
 
     #[tokio::test]
-    async fn cancelling_stops_the_deployment_with_codedeploys_rollback() {
+    async fn a_failure_settles_while_codedeploys_own_rollback_runs() {
+        let failed = mock!(Client::get_deployment)
+            .match_requests(|r| r.deployment_id() == Some("d-1"))
+            .then_output(|| {
+                let mut i = info("d-1", DeploymentStatus::Failed);
+                i.rollback_info = Some(
+                    RollbackInfo::builder()
+                        .rollback_deployment_id("d-2")
+                        .build(),
+                );
+                GetDeploymentOutput::builder().deployment_info(i).build()
+            });
+        let rolling_back = mock!(Client::get_deployment)
+            .match_requests(|r| r.deployment_id() == Some("d-2"))
+            .then_output(|| {
+                GetDeploymentOutput::builder()
+                    .deployment_info(info("d-2", DeploymentStatus::InProgress))
+                    .build()
+            });
+        let cd = adapter(
+            mock_client!(
+                aws_sdk_codedeploy,
+                RuleMode::MatchAny,
+                [&failed, &rolling_back]
+            ),
+            mock_client!(aws_sdk_s3, []),
+            mock_client!(aws_sdk_ecs, []),
+            None,
+        );
+        assert_eq!(
+            cd.status(&TargetRef::new(KIND, "d-1")).await.unwrap(),
+            RolloutStatus::Settling(
+                "CodeDeploy deployment d-1 ended Failed; CodeDeploy's automatic rollback d-2 is InProgress"
+                    .into()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_busy_deployment_group_is_a_retryable_refusal_that_names_the_group() {
+        let (dep, target) = fixture("production");
+        let put = mock!(aws_sdk_s3::Client::put_object)
+            .then_output(|| PutObjectOutput::builder().e_tag("\"e\"").build());
+        let create = mock!(Client::create_deployment).then_error(|| {
+            aws_sdk_codedeploy::operation::create_deployment::CreateDeploymentError::DeploymentLimitExceededException(
+                aws_sdk_codedeploy::types::error::DeploymentLimitExceededException::builder()
+                    .message("The Deployment Group already has an active Deployment")
+                    .build(),
+            )
+        });
+        let err = adapter(
+            mock_client!(aws_sdk_codedeploy, [&create]),
+            mock_client!(aws_sdk_s3, [&put]),
+            mock_client!(aws_sdk_ecs, []),
+            Some("pushdeploy-bundles"),
+        )
+        .start(&dep, &target)
+        .await
+        .unwrap_err();
+        assert!(err.is_retryable());
+        assert!(
+            err.to_string()
+                .contains("\"web-production\" is running another deployment"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn cancelling_stops_the_deployment_without_codedeploys_rollback() {
         let stop = mock!(Client::stop_deployment)
             .match_requests(|r| {
-                r.deployment_id() == Some("d-1") && r.auto_rollback_enabled() == Some(true)
+                r.deployment_id() == Some("d-1") && r.auto_rollback_enabled() == Some(false)
             })
             .then_output(|| StopDeploymentOutput::builder().build());
         let cd = adapter(

@@ -48,6 +48,9 @@ pub enum RolloutStatus {
     InProgress,
     Succeeded,
     Failed(String),
+    /// Failed, and the target's own automatic rollback (CodeDeploy's) is still running:
+    /// nothing may be deployed to the environment until it ends.
+    Settling(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,9 @@ pub enum TargetError {
     Throttled(#[source] BoxError),
     #[error("could not reach the target API")]
     Transient(#[source] BoxError),
+    /// The target is doing something else that must end first; retrying later will do.
+    #[error("{0}")]
+    Busy(String),
     /// The request cannot succeed as configured (no such instance, access denied, …).
     #[error("the target refused the rollout: {0}")]
     Invalid(String, #[source] Option<BoxError>),
@@ -65,7 +71,10 @@ pub enum TargetError {
 
 impl TargetError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, TargetError::Throttled(_) | TargetError::Transient(_))
+        matches!(
+            self,
+            TargetError::Throttled(_) | TargetError::Transient(_) | TargetError::Busy(_)
+        )
     }
 }
 

@@ -86,7 +86,7 @@ impl Tracker {
             // The target's own account of a failure says more than the event (which hosts,
             // what its automatic rollback did); the event's word stands if it has none yet.
             Some(RolloutStatus::Failed(said)) => match self.target.status(target_ref).await {
-                Ok(failed @ RolloutStatus::Failed(_)) => failed,
+                Ok(read @ (RolloutStatus::Failed(_) | RolloutStatus::Settling(_))) => read,
                 Ok(_) => RolloutStatus::Failed(said),
                 Err(error) => {
                     warn!(%error, "could not read the failure back; recording the event's");
@@ -106,6 +106,12 @@ impl Tracker {
         let id = dep.id.clone();
         match status {
             RolloutStatus::InProgress => Ok(TrackOutcome::InProgress { deployment_id: id }),
+            // The rollback waits for the target's own to end; the reconciliation (or the
+            // next event) records the failure then.
+            RolloutStatus::Settling(why) => {
+                info!(deployment_id = %id, %why, "failed; waiting for the target's own rollback to end");
+                Ok(TrackOutcome::InProgress { deployment_id: id })
+            }
             RolloutStatus::Succeeded => {
                 if !advance(
                     &self.core,
