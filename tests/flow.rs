@@ -149,148 +149,6 @@ async fn a_push_rolls_out_by_digest_and_is_verified() {
 }
 
 #[tokio::test]
-async fn a_failed_smoke_test_rolls_back_to_the_previous_verified_digest() {
-    let w = world().await;
-    deploy_and_verify(&w, "v1", &digest('a')).await;
-    push(&w, "v2", &digest('b')).await;
-    ssm_reports(&w, "Success").await;
-    w.endpoint.answer(500, "boom");
-    let outcome = verify(&w).await;
-    let VerifyOutcome::Failed { reason, .. } = outcome else {
-        panic!("{outcome:?}")
-    };
-    assert!(reason.contains("status 500 (expected 200)"), "{reason}");
-    roll_back(&w, "Verification Failed").await;
-    assert_eq!(
-        images(&w.commands().await.unwrap()),
-        vec!["a", "b", "a"],
-        "the rollback redeploys the verified digest"
-    );
-    w.endpoint.answer(200, "ok");
-    ssm_reports(&w, "Success").await;
-    assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
-
-    let status = &w.control.status(None, None).await.unwrap()[0];
-    assert_eq!(status.current.as_ref().unwrap().digest, digest('a'));
-    assert_eq!(status.last_verified.as_ref().unwrap().digest, digest('a'));
-    assert!(
-        status
-            .quarantined
-            .iter()
-            .any(|q| q.digest == digest('b').as_str())
-    );
-    let failed = status
-        .deployments
-        .iter()
-        .find(|d| d.digest == digest('b'))
-        .unwrap();
-    assert_eq!(failed.phase, Phase::RolledBack);
-    assert!(
-        w.published
-            .types()
-            .ends_with(&["Deployment Verified", "Rollback Succeeded"])
-    );
-}
-
-#[tokio::test]
-async fn a_repeated_event_or_another_tag_on_the_same_digest_starts_one_rollout() {
-    let w = world().await;
-    let event = w.push("v1", &digest('a')).await.unwrap();
-    on_push_event(&w, event.clone()).await.unwrap();
-    let again = on_push_event(&w, event).await.unwrap();
-    assert!(
-        matches!(&again[0].outcome, EnvOutcome::Skipped { reason, .. }
-            if reason.contains("already handled") || reason.contains("being rolled out now")),
-        "{again:?}"
-    );
-    let retagged = push(&w, "v1-final", &digest('a')).await;
-    assert!(
-        matches!(&retagged[0].outcome, EnvOutcome::Skipped { .. }),
-        "{retagged:?}"
-    );
-    ssm_reports(&w, "Success").await;
-    verify(&w).await;
-    push(&w, "v1-latest", &digest('a')).await;
-    assert_eq!(w.commands().await.unwrap().len(), 1);
-}
-
-#[tokio::test]
-async fn pushes_during_a_rollout_are_queued_and_only_the_newest_runs_next() {
-    let w = world().await;
-    push(&w, "v1", &digest('a')).await;
-    for (tag, c) in [("v2", 'b'), ("v3", 'c'), ("v4", 'd')] {
-        let results = push(&w, tag, &digest(c)).await;
-        assert!(
-            matches!(results[0].outcome, EnvOutcome::Queued { .. }),
-            "{results:?}"
-        );
-    }
-    assert_eq!(
-        w.commands().await.unwrap().len(),
-        1,
-        "nothing starts while a rollout holds the environment"
-    );
-    ssm_reports(&w, "Success").await;
-    verify(&w).await;
-    let next = environment_free(&w, "Deployment Verified").await.unwrap();
-    assert!(
-        matches!(next.outcome, EnvOutcome::Started { .. }),
-        "{next:?}"
-    );
-    assert_eq!(images(&w.commands().await.unwrap()), vec!["a", "d"]);
-    assert!(
-        environment_free(&w, "Deployment Verified").await.is_none(),
-        "b and c never run"
-    );
-}
-
-#[tokio::test]
-async fn a_failed_rollback_freezes_the_environment_and_later_pushes_do_not_deploy() {
-    let w = world().await;
-    deploy_and_verify(&w, "v1", &digest('a')).await;
-    push(&w, "v2", &digest('b')).await;
-    ssm_reports(&w, "Success").await;
-    w.endpoint.answer(503, "down");
-    verify(&w).await;
-    roll_back(&w, "Verification Failed").await;
-    assert!(
-        matches!(ssm_reports(&w, "Failed").await, TrackOutcome::Failed { .. }),
-        "the rollback's own command fails"
-    );
-    roll_back(&w, "Rollout Failed").await;
-
-    let status = &w.control.status(None, None).await.unwrap()[0];
-    assert!(
-        status.frozen.as_ref().unwrap().reason.contains("rollback"),
-        "{:?}",
-        status.frozen
-    );
-    assert!(status.in_flight.is_none());
-    let original = status
-        .deployments
-        .iter()
-        .find(|d| d.digest == digest('b'))
-        .unwrap();
-    assert_eq!(original.phase, Phase::RollbackFailed);
-    assert!(
-        w.published
-            .types()
-            .ends_with(&["Rollback Failed", "Environment Frozen"])
-    );
-
-    let commands_before = w.commands().await.unwrap().len();
-    let results = push(&w, "v3", &digest('c')).await;
-    assert!(
-        matches!(&results[0].outcome, EnvOutcome::Skipped { reason, .. } if reason.contains("frozen"))
-    );
-    assert_eq!(
-        w.commands().await.unwrap().len(),
-        commands_before,
-        "no further rollout, no further rollback"
-    );
-}
-
-#[tokio::test]
 async fn bad_input_gets_a_clear_error_and_changes_no_row() {
     let w = world().await;
     deploy_and_verify(&w, "v1", &digest('a')).await;
@@ -548,15 +406,6 @@ fn pinned(c: char) -> String {
     format!("{ECS_REGISTRY}/acme/web@{}", digest(c))
 }
 
-async fn ecs_deploy_and_verify(w: &World, tag: &str, d: &Digest) {
-    push(w, tag, d).await;
-    assert!(matches!(
-        ecs_reports(w, "SERVICE_DEPLOYMENT_COMPLETED").await,
-        TrackOutcome::Succeeded { .. }
-    ));
-    assert!(matches!(verify(w).await, VerifyOutcome::Verified { .. }));
-}
-
 #[tokio::test]
 async fn ecs_a_push_registers_a_revision_changing_only_the_image_and_is_verified() {
     let w = ecs_world(ECS_CONFIG).await;
@@ -605,7 +454,7 @@ async fn ecs_a_push_registers_a_revision_changing_only_the_image_and_is_verified
     ));
     assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
 
-    ecs_deploy_and_verify(&w, "v1.1.0", &digest('b')).await;
+    Via::Ecs.deploy_and_verify(&w, "v1.1.0", &digest('b')).await;
     assert_eq!(ecs_runs(&w).await, (pinned('b'), 3));
     assert_eq!(
         w.ecs_revisions().await.unwrap(),
@@ -614,145 +463,6 @@ async fn ecs_a_push_registers_a_revision_changing_only_the_image_and_is_verified
     );
     let status = &w.control.status(None, None).await.unwrap()[0];
     assert_eq!(status.last_verified.as_ref().unwrap().digest, digest('b'));
-}
-
-#[tokio::test]
-async fn ecs_a_failed_deployment_points_the_service_back_at_the_revision_it_replaced() {
-    let w = ecs_world(ECS_CONFIG).await;
-    ecs_deploy_and_verify(&w, "v1", &digest('a')).await;
-    push(&w, "v2", &digest('b')).await;
-    assert_eq!(ecs_runs(&w).await, (pinned('b'), 3));
-    let failed = ecs_reports(&w, "SERVICE_DEPLOYMENT_FAILED").await;
-    let TrackOutcome::Failed { reason, .. } = failed else {
-        panic!("{failed:?}")
-    };
-    assert!(reason.contains("circuit breaker"), "{reason}");
-    roll_back(&w, "Rollout Failed").await;
-    assert_eq!(
-        ecs_runs(&w).await,
-        (pinned('a'), 2),
-        "the rollback returns to revision 2 instead of registering another"
-    );
-    assert_eq!(w.ecs_revisions().await.unwrap(), vec![2, 3]);
-    ecs_reports(&w, "SERVICE_DEPLOYMENT_COMPLETED").await;
-    assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
-    let status = &w.control.status(None, None).await.unwrap()[0];
-    assert_eq!(status.current.as_ref().unwrap().digest, digest('a'));
-    let original = status
-        .deployments
-        .iter()
-        .find(|d| d.digest == digest('b'))
-        .unwrap();
-    assert_eq!(original.phase, Phase::RolledBack);
-}
-
-#[tokio::test]
-async fn ecs_a_failed_smoke_test_rolls_back_to_the_verified_revision() {
-    let w = ecs_world(ECS_CONFIG).await;
-    ecs_deploy_and_verify(&w, "v1", &digest('a')).await;
-    push(&w, "v2", &digest('b')).await;
-    ecs_reports(&w, "SERVICE_DEPLOYMENT_COMPLETED").await;
-    w.endpoint.answer(500, "boom");
-    assert!(matches!(verify(&w).await, VerifyOutcome::Failed { .. }));
-    roll_back(&w, "Verification Failed").await;
-    assert_eq!(ecs_runs(&w).await, (pinned('a'), 2));
-    w.endpoint.answer(200, "ok");
-    ecs_reports(&w, "SERVICE_DEPLOYMENT_COMPLETED").await;
-    assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
-    let status = &w.control.status(None, None).await.unwrap()[0];
-    assert_eq!(status.last_verified.as_ref().unwrap().digest, digest('a'));
-    assert!(
-        status
-            .quarantined
-            .iter()
-            .any(|q| q.digest == digest('b').as_str())
-    );
-    assert!(
-        w.published
-            .types()
-            .ends_with(&["Deployment Verified", "Rollback Succeeded"])
-    );
-}
-
-#[tokio::test]
-async fn ecs_repeated_events_start_one_rollout_and_record_one_success() {
-    let w = ecs_world(ECS_CONFIG).await;
-    let event = w.push("v1", &digest('a')).await.unwrap();
-    on_push_event(&w, event.clone()).await.unwrap();
-    let again = on_push_event(&w, event).await.unwrap();
-    assert!(
-        matches!(&again[0].outcome, EnvOutcome::Skipped { .. }),
-        "{again:?}"
-    );
-    assert!(matches!(
-        ecs_reports(&w, "SERVICE_DEPLOYMENT_COMPLETED").await,
-        TrackOutcome::Succeeded { .. }
-    ));
-    assert!(matches!(
-        ecs_reports(&w, "SERVICE_DEPLOYMENT_COMPLETED").await,
-        TrackOutcome::AlreadyRecorded { .. }
-    ));
-    assert_eq!(ecs_runs(&w).await, (pinned('a'), 2));
-    let types = w.published.types();
-    assert_eq!(types.iter().filter(|t| **t == "Rollout Started").count(), 1);
-    assert_eq!(
-        types.iter().filter(|t| **t == "Rollout Succeeded").count(),
-        1
-    );
-}
-
-#[tokio::test]
-async fn ecs_pushes_during_a_rollout_are_queued_and_only_the_newest_runs_next() {
-    let w = ecs_world(ECS_CONFIG).await;
-    push(&w, "v1", &digest('a')).await;
-    for (tag, c) in [("v2", 'b'), ("v3", 'c'), ("v4", 'd')] {
-        let results = push(&w, tag, &digest(c)).await;
-        assert!(
-            matches!(results[0].outcome, EnvOutcome::Queued { .. }),
-            "{results:?}"
-        );
-    }
-    assert_eq!(ecs_runs(&w).await, (pinned('a'), 2));
-    ecs_reports(&w, "SERVICE_DEPLOYMENT_COMPLETED").await;
-    verify(&w).await;
-    let next = environment_free(&w, "Deployment Verified").await.unwrap();
-    assert!(
-        matches!(next.outcome, EnvOutcome::Started { .. }),
-        "{next:?}"
-    );
-    assert_eq!(ecs_runs(&w).await, (pinned('d'), 3), "b and c never run");
-}
-
-#[tokio::test]
-async fn ecs_a_failed_rollback_freezes_the_environment() {
-    let w = ecs_world(ECS_CONFIG).await;
-    ecs_deploy_and_verify(&w, "v1", &digest('a')).await;
-    push(&w, "v2", &digest('b')).await;
-    ecs_reports(&w, "SERVICE_DEPLOYMENT_COMPLETED").await;
-    w.endpoint.answer(503, "down");
-    verify(&w).await;
-    roll_back(&w, "Verification Failed").await;
-    assert!(
-        matches!(
-            ecs_reports(&w, "SERVICE_DEPLOYMENT_FAILED").await,
-            TrackOutcome::Failed { .. }
-        ),
-        "the rollback's own deployment fails"
-    );
-    roll_back(&w, "Rollout Failed").await;
-    let status = &w.control.status(None, None).await.unwrap()[0];
-    assert!(status.frozen.is_some());
-    assert!(
-        w.published
-            .types()
-            .ends_with(&["Rollback Failed", "Environment Frozen"])
-    );
-    let running = ecs_runs(&w).await;
-    let results = push(&w, "v3", &digest('c')).await;
-    assert!(
-        matches!(&results[0].outcome, EnvOutcome::Skipped { reason, .. } if reason.contains("frozen"))
-    );
-    assert_eq!(ecs_runs(&w).await, running, "nothing touches the service");
 }
 
 const CODEDEPLOY_CONFIG: &str = r#"
@@ -810,15 +520,6 @@ async fn bundled(w: &World) -> Vec<String> {
         .collect()
 }
 
-async fn codedeploy_deploy_and_verify(w: &World, tag: &str, d: &Digest) {
-    push(w, tag, d).await;
-    assert!(matches!(
-        codedeploy_reports(w, "SUCCESS").await,
-        TrackOutcome::Succeeded { .. }
-    ));
-    assert!(matches!(verify(w).await, VerifyOutcome::Verified { .. }));
-}
-
 #[tokio::test]
 async fn codedeploy_a_push_uploads_a_bundle_pinning_the_digest_and_is_verified() {
     let w = codedeploy_world(CODEDEPLOY_CONFIG).await;
@@ -851,108 +552,6 @@ async fn codedeploy_a_push_uploads_a_bundle_pinning_the_digest_and_is_verified()
     ));
     assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
     assert!(w.commands().await.unwrap().is_empty(), "no SSM command");
-}
-
-#[tokio::test]
-async fn codedeploy_a_failed_deployment_rolls_back_to_the_verified_digest() {
-    let w = codedeploy_world(CODEDEPLOY_CONFIG).await;
-    codedeploy_deploy_and_verify(&w, "v1", &digest('a')).await;
-    push(&w, "v2", &digest('b')).await;
-    let failed = codedeploy_reports(&w, "FAILURE").await;
-    let TrackOutcome::Failed { reason, .. } = failed else {
-        panic!("{failed:?}")
-    };
-    assert!(reason.contains("ended FAILURE"), "{reason}");
-    roll_back(&w, "Rollout Failed").await;
-    assert_eq!(bundled(&w).await, vec!["a", "b", "a"]);
-    codedeploy_reports(&w, "SUCCESS").await;
-    assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
-    let status = &w.control.status(None, None).await.unwrap()[0];
-    assert_eq!(status.current.as_ref().unwrap().digest, digest('a'));
-}
-
-#[tokio::test]
-async fn codedeploy_a_failed_smoke_test_rolls_back_to_the_verified_digest() {
-    let w = codedeploy_world(CODEDEPLOY_CONFIG).await;
-    codedeploy_deploy_and_verify(&w, "v1", &digest('a')).await;
-    push(&w, "v2", &digest('b')).await;
-    codedeploy_reports(&w, "SUCCESS").await;
-    w.endpoint.answer(500, "boom");
-    assert!(matches!(verify(&w).await, VerifyOutcome::Failed { .. }));
-    roll_back(&w, "Verification Failed").await;
-    assert_eq!(bundled(&w).await, vec!["a", "b", "a"]);
-    w.endpoint.answer(200, "ok");
-    codedeploy_reports(&w, "SUCCESS").await;
-    assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
-    let status = &w.control.status(None, None).await.unwrap()[0];
-    assert!(
-        status
-            .quarantined
-            .iter()
-            .any(|q| q.digest == digest('b').as_str())
-    );
-}
-
-#[tokio::test]
-async fn codedeploy_repeated_events_start_one_rollout_and_record_one_success() {
-    let w = codedeploy_world(CODEDEPLOY_CONFIG).await;
-    let event = w.push("v1", &digest('a')).await.unwrap();
-    on_push_event(&w, event.clone()).await.unwrap();
-    on_push_event(&w, event).await.unwrap();
-    push(&w, "v1-again", &digest('a')).await;
-    assert!(matches!(
-        codedeploy_reports(&w, "SUCCESS").await,
-        TrackOutcome::Succeeded { .. }
-    ));
-    assert!(matches!(
-        codedeploy_reports(&w, "SUCCESS").await,
-        TrackOutcome::AlreadyRecorded { .. }
-    ));
-    assert_eq!(bundled(&w).await, vec!["a"]);
-}
-
-#[tokio::test]
-async fn codedeploy_pushes_during_a_rollout_are_queued_and_only_the_newest_runs_next() {
-    let w = codedeploy_world(CODEDEPLOY_CONFIG).await;
-    push(&w, "v1", &digest('a')).await;
-    for (tag, c) in [("v2", 'b'), ("v3", 'c'), ("v4", 'd')] {
-        let results = push(&w, tag, &digest(c)).await;
-        assert!(
-            matches!(results[0].outcome, EnvOutcome::Queued { .. }),
-            "{results:?}"
-        );
-    }
-    codedeploy_reports(&w, "SUCCESS").await;
-    verify(&w).await;
-    environment_free(&w, "Deployment Verified").await.unwrap();
-    assert_eq!(bundled(&w).await, vec!["a", "d"]);
-}
-
-#[tokio::test]
-async fn codedeploy_a_failed_rollback_freezes_the_environment() {
-    let w = codedeploy_world(CODEDEPLOY_CONFIG).await;
-    codedeploy_deploy_and_verify(&w, "v1", &digest('a')).await;
-    push(&w, "v2", &digest('b')).await;
-    codedeploy_reports(&w, "SUCCESS").await;
-    w.endpoint.answer(503, "down");
-    verify(&w).await;
-    roll_back(&w, "Verification Failed").await;
-    assert!(matches!(
-        codedeploy_reports(&w, "FAILURE").await,
-        TrackOutcome::Failed { .. }
-    ));
-    roll_back(&w, "Rollout Failed").await;
-    let status = &w.control.status(None, None).await.unwrap()[0];
-    assert!(status.frozen.is_some());
-    let results = push(&w, "v3", &digest('c')).await;
-    assert!(
-        matches!(&results[0].outcome, EnvOutcome::Skipped { reason, .. } if reason.contains("frozen"))
-    );
-    assert_eq!(
-        bundled(&w).await,
-        vec!["a", "b", "a"],
-        "nothing further is deployed"
-    );
 }
 
 const BLUE_GREEN_CONFIG: &str = r#"
@@ -1132,4 +731,295 @@ async fn staging_on_ssm_promotes_the_verified_digest_to_ecs_and_codedeploy_envir
         status[0].deployments[0].kind,
         pushdeploy::domain::Kind::Promotion
     );
+}
+
+// ------------------------------------------------------------ every target, alike
+
+/// Where a scenario deploys: one environment on SSM, on ECS or on CodeDeploy (EC2).
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    Ssm,
+    Ecs,
+    CodeDeploy,
+}
+
+impl Via {
+    async fn world(self) -> World {
+        match self {
+            Via::Ssm => world().await,
+            Via::Ecs => ecs_world(ECS_CONFIG).await,
+            Via::CodeDeploy => codedeploy_world(CODEDEPLOY_CONFIG).await,
+        }
+    }
+
+    /// The target's status event about the last started rollout: it succeeded, or failed.
+    async fn reports(self, w: &World, succeeded: bool) -> TrackOutcome {
+        match (self, succeeded) {
+            (Via::Ssm, true) => ssm_reports(w, "Success").await,
+            (Via::Ssm, false) => ssm_reports(w, "Failed").await,
+            (Via::Ecs, true) => ecs_reports(w, "SERVICE_DEPLOYMENT_COMPLETED").await,
+            (Via::Ecs, false) => ecs_reports(w, "SERVICE_DEPLOYMENT_FAILED").await,
+            (Via::CodeDeploy, true) => codedeploy_reports(w, "SUCCESS").await,
+            (Via::CodeDeploy, false) => codedeploy_reports(w, "FAILURE").await,
+        }
+    }
+
+    /// The digest (by its letter) the target was last told to run, as the target has it:
+    /// the last command's `Image`, the service's task definition, the last bundle.
+    async fn runs(self, w: &World) -> String {
+        match self {
+            Via::Ssm => images(&w.commands().await.unwrap()).pop().unwrap(),
+            Via::Ecs => letter(&ecs_runs(w).await.0),
+            Via::CodeDeploy => bundled(w).await.pop().unwrap(),
+        }
+    }
+
+    async fn deploy_and_verify(self, w: &World, tag: &str, d: &Digest) {
+        push(w, tag, d).await;
+        assert!(matches!(
+            self.reports(w, true).await,
+            TrackOutcome::Succeeded { .. }
+        ));
+        assert!(matches!(verify(w).await, VerifyOutcome::Verified { .. }));
+    }
+}
+
+/// The letter of a digest made by `digest(c)`, from an image reference.
+fn letter(image: &str) -> String {
+    image.rsplit('@').next().unwrap()[7..8].to_owned()
+}
+
+/// The digests (by letter) of every rollout started, in order, as the lifecycle events say.
+fn started(w: &World) -> Vec<String> {
+    w.published
+        .all()
+        .iter()
+        .filter(|e| e.detail_type == pushdeploy::domain::EventType::RolloutStarted)
+        .map(|e| letter(&e.deployment().unwrap().image.as_ref().unwrap().to_string()))
+        .collect()
+}
+
+/// Each scenario runs once per target: `<scenario>::ssm`, `::ecs`, `::codedeploy`.
+macro_rules! on_every_target {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            use super::Via;
+
+            #[tokio::test]
+            async fn ssm() {
+                super::$scenario(Via::Ssm).await
+            }
+
+            #[tokio::test]
+            async fn ecs() {
+                super::$scenario(Via::Ecs).await
+            }
+
+            #[tokio::test]
+            async fn codedeploy() {
+                super::$scenario(Via::CodeDeploy).await
+            }
+        }
+    )*};
+}
+
+on_every_target!(
+    a_failed_rollout_rolls_back_to_the_verified_digest,
+    a_failed_smoke_test_rolls_back_to_the_verified_digest,
+    a_repeated_event_or_another_tag_on_the_same_digest_starts_one_rollout,
+    pushes_during_a_rollout_are_queued_and_only_the_newest_runs_next,
+    a_failed_rollback_freezes_the_environment_and_later_pushes_do_not_deploy,
+);
+
+async fn a_failed_rollout_rolls_back_to_the_verified_digest(via: Via) {
+    let w = via.world().await;
+    via.deploy_and_verify(&w, "v1", &digest('a')).await;
+    push(&w, "v2", &digest('b')).await;
+    let failed = via.reports(&w, false).await;
+    assert!(matches!(failed, TrackOutcome::Failed { .. }), "{failed:?}");
+    roll_back(&w, "Rollout Failed").await;
+    assert_eq!(started(&w), ["a", "b", "a"]);
+    assert_eq!(
+        via.runs(&w).await,
+        "a",
+        "the target is told the verified digest"
+    );
+    if let Via::Ecs = via {
+        assert_eq!(
+            ecs_runs(&w).await.1,
+            2,
+            "the service returns to the revision it ran before, none is registered"
+        );
+        assert_eq!(w.ecs_revisions().await.unwrap(), vec![2, 3]);
+    }
+    via.reports(&w, true).await;
+    assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
+    let status = &w.control.status(None, None).await.unwrap()[0];
+    assert_eq!(status.current.as_ref().unwrap().digest, digest('a'));
+    let original = status
+        .deployments
+        .iter()
+        .find(|d| d.digest == digest('b'))
+        .unwrap();
+    assert_eq!(original.phase, Phase::RolledBack);
+    assert!(original.reason.is_some());
+}
+
+async fn a_failed_smoke_test_rolls_back_to_the_verified_digest(via: Via) {
+    let w = via.world().await;
+    via.deploy_and_verify(&w, "v1", &digest('a')).await;
+    push(&w, "v2", &digest('b')).await;
+    via.reports(&w, true).await;
+    w.endpoint.answer(500, "boom");
+    let outcome = verify(&w).await;
+    let VerifyOutcome::Failed { reason, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(reason.contains("status 500 (expected 200)"), "{reason}");
+    roll_back(&w, "Verification Failed").await;
+    assert_eq!(started(&w), ["a", "b", "a"]);
+    assert_eq!(
+        via.runs(&w).await,
+        "a",
+        "the rollback redeploys the verified digest"
+    );
+    w.endpoint.answer(200, "ok");
+    via.reports(&w, true).await;
+    assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
+
+    let status = &w.control.status(None, None).await.unwrap()[0];
+    assert_eq!(status.current.as_ref().unwrap().digest, digest('a'));
+    assert_eq!(status.last_verified.as_ref().unwrap().digest, digest('a'));
+    assert!(
+        status
+            .quarantined
+            .iter()
+            .any(|q| q.digest == digest('b').as_str())
+    );
+    let failed = status
+        .deployments
+        .iter()
+        .find(|d| d.digest == digest('b'))
+        .unwrap();
+    assert_eq!(failed.phase, Phase::RolledBack);
+    assert!(
+        w.published
+            .types()
+            .ends_with(&["Deployment Verified", "Rollback Succeeded"])
+    );
+}
+
+async fn a_repeated_event_or_another_tag_on_the_same_digest_starts_one_rollout(via: Via) {
+    let w = via.world().await;
+    let event = w.push("v1", &digest('a')).await.unwrap();
+    on_push_event(&w, event.clone()).await.unwrap();
+    let again = on_push_event(&w, event).await.unwrap();
+    assert!(
+        matches!(&again[0].outcome, EnvOutcome::Skipped { reason, .. }
+            if reason.contains("already handled") || reason.contains("being rolled out now")),
+        "{again:?}"
+    );
+    let retagged = push(&w, "v1-final", &digest('a')).await;
+    assert!(
+        matches!(&retagged[0].outcome, EnvOutcome::Skipped { .. }),
+        "{retagged:?}"
+    );
+    assert!(matches!(
+        via.reports(&w, true).await,
+        TrackOutcome::Succeeded { .. }
+    ));
+    assert!(
+        matches!(
+            via.reports(&w, true).await,
+            TrackOutcome::AlreadyRecorded { .. }
+        ),
+        "a repeated status event records nothing new"
+    );
+    verify(&w).await;
+    push(&w, "v1-latest", &digest('a')).await;
+    assert_eq!(started(&w), ["a"]);
+    assert_eq!(
+        w.published
+            .types()
+            .iter()
+            .filter(|t| **t == "Rollout Succeeded")
+            .count(),
+        1
+    );
+}
+
+async fn pushes_during_a_rollout_are_queued_and_only_the_newest_runs_next(via: Via) {
+    let w = via.world().await;
+    push(&w, "v1", &digest('a')).await;
+    for (tag, c) in [("v2", 'b'), ("v3", 'c'), ("v4", 'd')] {
+        let results = push(&w, tag, &digest(c)).await;
+        assert!(
+            matches!(results[0].outcome, EnvOutcome::Queued { .. }),
+            "{results:?}"
+        );
+    }
+    assert_eq!(
+        started(&w),
+        ["a"],
+        "nothing starts while a rollout holds the environment"
+    );
+    via.reports(&w, true).await;
+    verify(&w).await;
+    let next = environment_free(&w, "Deployment Verified").await.unwrap();
+    assert!(
+        matches!(next.outcome, EnvOutcome::Started { .. }),
+        "{next:?}"
+    );
+    assert_eq!(started(&w), ["a", "d"]);
+    assert_eq!(via.runs(&w).await, "d");
+    assert!(
+        environment_free(&w, "Deployment Verified").await.is_none(),
+        "b and c never run"
+    );
+}
+
+async fn a_failed_rollback_freezes_the_environment_and_later_pushes_do_not_deploy(via: Via) {
+    let w = via.world().await;
+    via.deploy_and_verify(&w, "v1", &digest('a')).await;
+    push(&w, "v2", &digest('b')).await;
+    via.reports(&w, true).await;
+    w.endpoint.answer(503, "down");
+    verify(&w).await;
+    roll_back(&w, "Verification Failed").await;
+    assert!(
+        matches!(via.reports(&w, false).await, TrackOutcome::Failed { .. }),
+        "the rollback's own rollout fails"
+    );
+    roll_back(&w, "Rollout Failed").await;
+
+    let status = &w.control.status(None, None).await.unwrap()[0];
+    assert!(
+        status.frozen.as_ref().unwrap().reason.contains("rollback"),
+        "{:?}",
+        status.frozen
+    );
+    assert!(status.in_flight.is_none());
+    let original = status
+        .deployments
+        .iter()
+        .find(|d| d.digest == digest('b'))
+        .unwrap();
+    assert_eq!(original.phase, Phase::RollbackFailed);
+    assert!(
+        w.published
+            .types()
+            .ends_with(&["Rollback Failed", "Environment Frozen"])
+    );
+
+    let runs = via.runs(&w).await;
+    let results = push(&w, "v3", &digest('c')).await;
+    assert!(
+        matches!(&results[0].outcome, EnvOutcome::Skipped { reason, .. } if reason.contains("frozen"))
+    );
+    assert_eq!(
+        started(&w),
+        ["a", "b", "a"],
+        "no further rollout, no further rollback"
+    );
+    assert_eq!(via.runs(&w).await, runs, "nothing touches the target");
 }

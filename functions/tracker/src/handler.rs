@@ -208,23 +208,36 @@ mod tests {
             .phase
     }
 
+    /// The deployment of the ECS sample events.
+    const ECS_REF: &str = "ecs:prod/web/ecs-svc/4372928184467399157";
+    /// The deployment of the CodeDeploy sample events.
+    const CODEDEPLOY_REF: &str = "codedeploy:d-7Q2X9K4LB";
+
     #[tokio::test]
-    async fn a_successful_command_marks_the_rollout_succeeded_once() {
-        let w = world();
-        let dep = rolling_out(&w).await;
-        for _ in 0..2 {
-            handle(
-                &w.tracker,
-                DOCUMENT,
-                event(include_str!(
-                    "../../../events/tracker/ssm-command-success.json"
-                )),
-            )
-            .await
-            .unwrap();
+    async fn each_targets_success_event_marks_its_rollout_succeeded_once() {
+        let cases = [
+            (
+                format!("ssm:{COMMAND}"),
+                include_str!("../../../events/tracker/ssm-command-success.json"),
+            ),
+            (
+                ECS_REF.to_owned(),
+                include_str!("../../../events/tracker/ecs-deployment-completed.json"),
+            ),
+            (
+                CODEDEPLOY_REF.to_owned(),
+                include_str!("../../../events/tracker/codedeploy-success.json"),
+            ),
+        ];
+        for (target_ref, sample) in cases {
+            let w = world();
+            let dep = rolling_out_as(&w, &target_ref).await;
+            for _ in 0..2 {
+                handle(&w.tracker, DOCUMENT, event(sample)).await.unwrap();
+            }
+            assert_eq!(phase(&w, &dep).await, Phase::RolledOut, "{target_ref}");
+            assert_eq!(w.events.types(), vec!["Rollout Succeeded"], "{target_ref}");
         }
-        assert_eq!(phase(&w, &dep).await, Phase::RolledOut);
-        assert_eq!(w.events.types(), vec!["Rollout Succeeded"]);
     }
 
     #[tokio::test]
@@ -282,28 +295,6 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(phase(&w, &dep).await, Phase::Failed);
-    }
-
-    /// The deployment of the ECS sample events.
-    const ECS_REF: &str = "ecs:prod/web/ecs-svc/4372928184467399157";
-
-    #[tokio::test]
-    async fn a_completed_ecs_deployment_marks_the_rollout_succeeded_once() {
-        let w = world();
-        let dep = rolling_out_as(&w, ECS_REF).await;
-        for _ in 0..2 {
-            handle(
-                &w.tracker,
-                DOCUMENT,
-                event(include_str!(
-                    "../../../events/tracker/ecs-deployment-completed.json"
-                )),
-            )
-            .await
-            .unwrap();
-        }
-        assert_eq!(phase(&w, &dep).await, Phase::RolledOut);
-        assert_eq!(w.events.types(), vec!["Rollout Succeeded"]);
     }
 
     #[tokio::test]
@@ -378,28 +369,6 @@ mod tests {
         assert_eq!(out["outcome"], "ignored");
         assert!(out["reason"].as_str().unwrap().contains("old ARN format"));
         assert_eq!(w.store.commits(), 0);
-    }
-
-    /// The deployment of the CodeDeploy sample events.
-    const CODEDEPLOY_REF: &str = "codedeploy:d-7Q2X9K4LB";
-
-    #[tokio::test]
-    async fn a_successful_codedeploy_deployment_marks_the_rollout_succeeded_once() {
-        let w = world();
-        let dep = rolling_out_as(&w, CODEDEPLOY_REF).await;
-        for _ in 0..2 {
-            handle(
-                &w.tracker,
-                DOCUMENT,
-                event(include_str!(
-                    "../../../events/tracker/codedeploy-success.json"
-                )),
-            )
-            .await
-            .unwrap();
-        }
-        assert_eq!(phase(&w, &dep).await, Phase::RolledOut);
-        assert_eq!(w.events.types(), vec!["Rollout Succeeded"]);
     }
 
     #[tokio::test]

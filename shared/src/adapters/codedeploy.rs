@@ -475,10 +475,8 @@ mod tests {
     use aws_sdk_ecs::types::{ContainerDefinition, DeploymentController, Service, TaskDefinition};
     use aws_sdk_s3::operation::put_object::PutObjectOutput;
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
-    use time::macros::datetime;
 
     use super::*;
-    use crate::domain::{Config, Kind, PinnedImage, Request};
 
     const CONFIG: &str = r#"
 apps:
@@ -503,24 +501,7 @@ apps:
     const NEXT: &str = "arn:aws:ecs:eu-west-1:123456789012:task-definition/web:8";
 
     fn fixture(env: &str) -> (Deployment, TargetConfig) {
-        let config = Config::from_yaml(CONFIG).unwrap();
-        let (app, env, env_config) = config
-            .environments()
-            .find(|(_, e, _)| e.as_str() == env)
-            .unwrap();
-        let request = Request {
-            image: PinnedImage::parse(&format!("{IMAGE}{}", "ab".repeat(32))).unwrap(),
-            tag: None,
-            kind: Kind::Push,
-            pushed_at: datetime!(2026-01-01 0:00 UTC),
-            requested_by: None,
-            reason: None,
-        };
-        let at = datetime!(2026-01-01 0:00 UTC);
-        (
-            Deployment::new(app.clone(), env.clone(), request, at),
-            env_config.target.clone(),
-        )
+        super::super::deployment_to(CONFIG, env, &format!("{IMAGE}{}", "ab".repeat(32)))
     }
 
     fn hosts(target: &TargetConfig) -> CodeDeployHosts {

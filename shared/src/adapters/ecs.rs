@@ -432,10 +432,8 @@ mod tests {
         KeyValuePair, LogConfiguration, LogDriver, NetworkMode, Secret, Tag,
     };
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
-    use time::macros::datetime;
 
     use super::*;
-    use crate::domain::{Config, Kind, PinnedImage, Request};
 
     const CONFIG: &str = r#"
 apps:
@@ -454,21 +452,7 @@ apps:
     }
 
     fn fixture(image: &str) -> (Deployment, TargetConfig) {
-        let config = Config::from_yaml(CONFIG).unwrap();
-        let (app, env, env_config) = config.environments().next().unwrap();
-        let request = Request {
-            image: PinnedImage::parse(image).unwrap(),
-            tag: None,
-            kind: Kind::Push,
-            pushed_at: datetime!(2026-01-01 0:00 UTC),
-            requested_by: None,
-            reason: None,
-        };
-        let at = datetime!(2026-01-01 0:00 UTC);
-        (
-            Deployment::new(app.clone(), env.clone(), request, at),
-            env_config.target.clone(),
-        )
+        super::super::deployment_to(CONFIG, "production", image)
     }
 
     /// The running revision: the app container with secrets and logs, and a sidecar.
@@ -537,6 +521,23 @@ apps:
             .build()
     }
 
+    /// What UpdateService answers: the service runs `revision` under deployment `id`.
+    fn updated(revision: &str, id: &str) -> UpdateServiceOutput {
+        UpdateServiceOutput::builder()
+            .service(service(
+                revision,
+                vec![deployment(id, revision, DeploymentRolloutState::InProgress)],
+            ))
+            .build()
+    }
+
+    /// What RegisterTaskDefinition answers: revision 8.
+    fn registered() -> RegisterTaskDefinitionOutput {
+        RegisterTaskDefinitionOutput::builder()
+            .task_definition(definition(NEXT, "ignored"))
+            .build()
+    }
+
     fn describe(svc: Service) -> aws_smithy_mocks::Rule {
         mock!(Client::describe_services)
             .match_requests(|r| r.cluster() == Some("prod") && r.services() == ["web"])
@@ -580,11 +581,7 @@ apps:
                     && r.memory() == Some("512")
                     && r.tags() == [Tag::builder().key("team").value("web").build()]
             })
-            .then_output(|| {
-                RegisterTaskDefinitionOutput::builder()
-                    .task_definition(definition(NEXT, "ignored"))
-                    .build()
-            });
+            .then_output(registered);
         let update = mock!(Client::update_service)
             .match_requests(|r| {
                 let config = r.deployment_configuration().unwrap();
@@ -595,18 +592,7 @@ apps:
                     && config.maximum_percent() == Some(200)
                     && config.minimum_healthy_percent() == Some(100)
             })
-            .then_output(|| {
-                UpdateServiceOutput::builder()
-                    .service(service(
-                        NEXT,
-                        vec![deployment(
-                            "ecs-svc/2",
-                            NEXT,
-                            DeploymentRolloutState::InProgress,
-                        )],
-                    ))
-                    .build()
-            });
+            .then_output(|| updated(NEXT, "ecs-svc/2"));
         let client = mock_client!(
             aws_sdk_ecs,
             RuleMode::MatchAny,
@@ -634,18 +620,7 @@ apps:
             .then_output(|| RegisterTaskDefinitionOutput::builder().build());
         let update = mock!(Client::update_service)
             .match_requests(|r| r.task_definition() == Some(CURRENT))
-            .then_output(|| {
-                UpdateServiceOutput::builder()
-                    .service(service(
-                        CURRENT,
-                        vec![deployment(
-                            "ecs-svc/3",
-                            CURRENT,
-                            DeploymentRolloutState::InProgress,
-                        )],
-                    ))
-                    .build()
-            });
+            .then_output(|| updated(CURRENT, "ecs-svc/3"));
         let client = mock_client!(
             aws_sdk_ecs,
             RuleMode::MatchAny,
@@ -673,25 +648,10 @@ apps:
             .match_requests(move |r| {
                 r.container_definitions()[0].image() == Some(digest("02").as_str())
             })
-            .then_output(|| {
-                RegisterTaskDefinitionOutput::builder()
-                    .task_definition(definition(NEXT, "ignored"))
-                    .build()
-            });
+            .then_output(registered);
         let update = mock!(Client::update_service)
             .match_requests(|r| r.task_definition() == Some(NEXT))
-            .then_output(|| {
-                UpdateServiceOutput::builder()
-                    .service(service(
-                        NEXT,
-                        vec![deployment(
-                            "ecs-svc/4",
-                            NEXT,
-                            DeploymentRolloutState::InProgress,
-                        )],
-                    ))
-                    .build()
-            });
+            .then_output(|| updated(NEXT, "ecs-svc/4"));
         let client = mock_client!(
             aws_sdk_ecs,
             RuleMode::MatchAny,
@@ -800,11 +760,7 @@ apps:
             [(not_active, false), (throttled, true)];
         for (error, retryable) in cases {
             let update = mock!(Client::update_service).then_error(error);
-            let register = mock!(Client::register_task_definition).then_output(|| {
-                RegisterTaskDefinitionOutput::builder()
-                    .task_definition(definition(NEXT, "ignored"))
-                    .build()
-            });
+            let register = mock!(Client::register_task_definition).then_output(registered);
             let client = mock_client!(
                 aws_sdk_ecs,
                 RuleMode::MatchAny,
@@ -937,23 +893,8 @@ apps:
                 aws_sdk_ecs::operation::deregister_task_definition::DeregisterTaskDefinitionOutput::builder()
                     .build()
             });
-        let register = mock!(Client::register_task_definition).then_output(|| {
-            RegisterTaskDefinitionOutput::builder()
-                .task_definition(definition(NEXT, "ignored"))
-                .build()
-        });
-        let update = mock!(Client::update_service).then_output(|| {
-            UpdateServiceOutput::builder()
-                .service(service(
-                    NEXT,
-                    vec![deployment(
-                        "ecs-svc/2",
-                        NEXT,
-                        DeploymentRolloutState::InProgress,
-                    )],
-                ))
-                .build()
-        });
+        let register = mock!(Client::register_task_definition).then_output(registered);
+        let update = mock!(Client::update_service).then_output(|| updated(NEXT, "ecs-svc/2"));
         let client = mock_client!(
             aws_sdk_ecs,
             RuleMode::MatchAny,

@@ -26,3 +26,32 @@ pub mod ssm_config;
 pub mod webhook;
 #[cfg(all(feature = "dynamodb", feature = "eventbridge", feature = "ssm"))]
 pub mod wire;
+
+/// For the target adapters' tests: a deployment of `image` to `env` of a configuration,
+/// with that environment's target.
+#[cfg(all(test, feature = "aws"))]
+pub(crate) fn deployment_to(
+    config_yaml: &str,
+    env: &str,
+    image: &str,
+) -> (crate::domain::Deployment, crate::domain::TargetConfig) {
+    use crate::domain::{Config, Deployment, Kind, PinnedImage, Request};
+    let config = Config::from_yaml(config_yaml).unwrap();
+    let (app, env, env_config) = config
+        .environments()
+        .find(|(_, e, _)| e.as_str() == env)
+        .unwrap_or_else(|| panic!("no environment {env}"));
+    let at = time::macros::datetime!(2026-01-01 0:00 UTC);
+    let request = Request {
+        image: PinnedImage::parse(image).unwrap(),
+        tag: None,
+        kind: Kind::Push,
+        pushed_at: at,
+        requested_by: None,
+        reason: None,
+    };
+    (
+        Deployment::new(app.clone(), env.clone(), request, at),
+        env_config.target.clone(),
+    )
+}

@@ -196,9 +196,6 @@ mod tests {
     use aws_sdk_ssm::types::Command;
     use aws_sdk_ssm::types::error::InvalidInstanceId;
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
-    use time::macros::datetime;
-
-    use crate::domain::{Config, Kind, PinnedImage, Request};
 
     const CONFIG: &str = r#"
 apps:
@@ -210,29 +207,13 @@ apps:
 "#;
 
     fn fixture() -> (Deployment, TargetConfig) {
-        let config = Config::from_yaml(CONFIG).unwrap();
-        let (app, env, env_config) = config.environments().next().unwrap();
-        let image = PinnedImage::parse(&format!(
-            "123456789012.dkr.ecr.eu-west-1.amazonaws.com/acme/web@sha256:{}",
-            "cd".repeat(32)
-        ))
-        .unwrap();
-        let request = Request {
-            image,
-            tag: None,
-            kind: Kind::Push,
-            pushed_at: datetime!(2026-01-01 0:00 UTC),
-            requested_by: None,
-            reason: None,
-        };
-        (
-            Deployment::new(
-                app.clone(),
-                env.clone(),
-                request,
-                datetime!(2026-01-01 0:00 UTC),
+        super::super::deployment_to(
+            CONFIG,
+            "staging",
+            &format!(
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com/acme/web@sha256:{}",
+                "cd".repeat(32)
             ),
-            env_config.target.clone(),
         )
     }
 
