@@ -861,6 +861,28 @@ apps:
         else {
             panic!("a failed deployment")
         };
+        let stopped = mock!(Client::get_deployment).then_output(|| {
+            let mut i = info("d-3", DeploymentStatus::Stopped);
+            i.rollback_info = Some(
+                RollbackInfo::builder()
+                    .rollback_message("Automatic rollback is not enabled for stopped deployments")
+                    .build(),
+            );
+            GetDeploymentOutput::builder().deployment_info(i).build()
+        });
+        let cd_stopped = adapter(
+            mock_client!(aws_sdk_codedeploy, [&stopped]),
+            mock_client!(aws_sdk_s3, []),
+            mock_client!(aws_sdk_ecs, []),
+            None,
+        );
+        assert_eq!(
+            cd_stopped.status(&TargetRef::new(KIND, "d-3")).await.unwrap(),
+            RolloutStatus::Failed(
+                "CodeDeploy deployment d-3 ended Stopped; automatic rollback: Automatic rollback is not enabled for stopped deployments"
+                    .into()
+            )
+        );
         assert_eq!(
             reason,
             "CodeDeploy deployment d-1 ended Failed: HEALTH_CONSTRAINTS The overall deployment failed because too many individual instances failed deployment; CodeDeploy's automatic rollback d-2 is Succeeded"
