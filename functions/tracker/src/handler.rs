@@ -200,6 +200,17 @@ mod tests {
         )
     }
 
+    /// Hands `sample` to the tracker; returns its answer and the deployment as stored after.
+    async fn after(w: &World, dep: &Deployment, sample: &str) -> (Value, Deployment) {
+        let out = handle(&w.tracker, DOCUMENT, event(sample)).await.unwrap();
+        let stored = w
+            .store
+            .deployment(&dep.app, &dep.environment, &dep.id)
+            .await
+            .unwrap();
+        (out, stored)
+    }
+
     async fn phase(w: &World, dep: &Deployment) -> Phase {
         w.store
             .deployment(&dep.app, &dep.environment, &dep.id)
@@ -301,21 +312,13 @@ mod tests {
     async fn a_failed_ecs_deployment_fails_the_rollout_with_the_reason_ecs_gives() {
         let w = world();
         let dep = rolling_out_as(&w, ECS_REF).await;
-        let out = handle(
-            &w.tracker,
-            DOCUMENT,
-            event(include_str!(
-                "../../../events/tracker/ecs-deployment-failed.json"
-            )),
+        let (out, stored) = after(
+            &w,
+            &dep,
+            include_str!("../../../events/tracker/ecs-deployment-failed.json"),
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(out["outcome"], "failed");
-        let stored = w
-            .store
-            .deployment(&dep.app, &dep.environment, &dep.id)
-            .await
-            .unwrap();
         assert_eq!(stored.phase, Phase::Failed);
         assert!(
             stored.reason.as_deref().is_some_and(
@@ -380,21 +383,13 @@ mod tests {
             &TargetRef::parse(CODEDEPLOY_REF).unwrap(),
             RolloutStatus::Failed(said.into()),
         );
-        let out = handle(
-            &w.tracker,
-            DOCUMENT,
-            event(include_str!(
-                "../../../events/tracker/codedeploy-failure.json"
-            )),
+        let (out, stored) = after(
+            &w,
+            &dep,
+            include_str!("../../../events/tracker/codedeploy-failure.json"),
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(out["outcome"], "failed");
-        let stored = w
-            .store
-            .deployment(&dep.app, &dep.environment, &dep.id)
-            .await
-            .unwrap();
         assert_eq!(stored.phase, Phase::Failed);
         assert_eq!(stored.reason.as_deref(), Some(said));
     }
@@ -436,20 +431,12 @@ mod tests {
             &TargetRef::parse(CODEDEPLOY_REF).unwrap(),
             RolloutStatus::InProgress,
         );
-        handle(
-            &w.tracker,
-            DOCUMENT,
-            event(include_str!(
-                "../../../events/tracker/codedeploy-failure.json"
-            )),
+        let (_, stored) = after(
+            &w,
+            &dep,
+            include_str!("../../../events/tracker/codedeploy-failure.json"),
         )
-        .await
-        .unwrap();
-        let stored = w
-            .store
-            .deployment(&dep.app, &dep.environment, &dep.id)
-            .await
-            .unwrap();
+        .await;
         assert_eq!(
             stored.reason.as_deref(),
             Some("CodeDeploy deployment d-7Q2X9K4LB ended FAILURE")

@@ -559,6 +559,25 @@ apps:
             })
     }
 
+    /// A client for a service running revision 7 (digest 01), no old revisions to prune,
+    /// and these answers to RegisterTaskDefinition and UpdateService.
+    fn running_digest_01(
+        register: &aws_smithy_mocks::Rule,
+        update: &aws_smithy_mocks::Rule,
+    ) -> Client {
+        mock_client!(
+            aws_sdk_ecs,
+            RuleMode::MatchAny,
+            [
+                &describe(service(CURRENT, vec![])),
+                &describe_definition(CURRENT, digest("01")),
+                register,
+                update,
+                &no_old_revisions(),
+            ]
+        )
+    }
+
     fn no_old_revisions() -> aws_smithy_mocks::Rule {
         mock!(Client::list_task_definitions)
             .then_output(|| ListTaskDefinitionsOutput::builder().build())
@@ -593,17 +612,7 @@ apps:
                     && config.minimum_healthy_percent() == Some(100)
             })
             .then_output(|| updated(NEXT, "ecs-svc/2"));
-        let client = mock_client!(
-            aws_sdk_ecs,
-            RuleMode::MatchAny,
-            [
-                &describe(service(CURRENT, vec![])),
-                &describe_definition(CURRENT, digest("01")),
-                &register,
-                &update,
-                &no_old_revisions(),
-            ]
-        );
+        let client = running_digest_01(&register, &update);
         let started = EcsService::new(client).start(&dep, &target).await.unwrap();
         assert_eq!(started.target_ref.as_str(), "ecs:prod/web/ecs-svc/2");
         assert_eq!(started.before.as_deref(), Some(CURRENT));
@@ -652,17 +661,7 @@ apps:
         let update = mock!(Client::update_service)
             .match_requests(|r| r.task_definition() == Some(NEXT))
             .then_output(|| updated(NEXT, "ecs-svc/4"));
-        let client = mock_client!(
-            aws_sdk_ecs,
-            RuleMode::MatchAny,
-            [
-                &describe(service(CURRENT, vec![])),
-                &describe_definition(CURRENT, digest("01")),
-                &register,
-                &update,
-                &no_old_revisions(),
-            ]
-        );
+        let client = running_digest_01(&register, &update);
         EcsService::new(client).start(&dep, &target).await.unwrap();
         assert_eq!(register.num_calls(), 1);
     }
