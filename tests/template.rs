@@ -12,7 +12,9 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use pushdeploy::adapters::codedeploy;
 use pushdeploy::adapters::ssm::{SsmRunCommand, params};
 use pushdeploy::domain::config::{CodeDeployPlatform, CodeDeployTarget};
-use pushdeploy::domain::{Config, Deployment, EventType, Kind, PinnedImage, Request, TargetConfig};
+use pushdeploy::domain::{
+    AppName, Config, Deployment, EnvName, EventType, Kind, PinnedImage, Request, TargetConfig,
+};
 use pushdeploy::inbound::{
     CODEDEPLOY_STATE, ECS_DEPLOYMENT_STATE, SSM_COMMAND_STATUS, SSM_INVOCATION_STATUS,
 };
@@ -415,6 +417,26 @@ fn ssm_adapter() -> SsmRunCommand {
     SsmRunCommand::new(aws_sdk_ssm::Client::new(&sdk), "pushdeploy-deploy")
 }
 
+/// A deployment of a pushed image of `acme/web` from `registry` to `app`/`env`.
+fn push_of(app: &AppName, env: &EnvName, registry: &str) -> Deployment {
+    let image =
+        PinnedImage::parse(&format!("{registry}/acme/web@sha256:{}", "3f".repeat(32))).unwrap();
+    let request = Request {
+        image,
+        tag: None,
+        kind: Kind::Push,
+        pushed_at: time::OffsetDateTime::now_utc(),
+        requested_by: None,
+        reason: None,
+    };
+    Deployment::new(
+        app.clone(),
+        env.clone(),
+        request,
+        time::OffsetDateTime::now_utc(),
+    )
+}
+
 /// What the adapter sends for every SSM environment of `events/config.yaml`, from an ECR
 /// registry and from a plain registry with a port.
 fn sent_parameters() -> Vec<Vec<(&'static str, String)>> {
@@ -430,23 +452,7 @@ fn sent_parameters() -> Vec<Vec<(&'static str, String)>> {
             let TargetConfig::Ssm(target) = &env_config.target else {
                 continue;
             };
-            let image =
-                PinnedImage::parse(&format!("{registry}/acme/web@sha256:{}", "3f".repeat(32)))
-                    .unwrap();
-            let request = Request {
-                image,
-                tag: None,
-                kind: Kind::Push,
-                pushed_at: time::OffsetDateTime::now_utc(),
-                requested_by: None,
-                reason: None,
-            };
-            let dep = Deployment::new(
-                app.clone(),
-                env.clone(),
-                request,
-                time::OffsetDateTime::now_utc(),
-            );
+            let dep = push_of(app, env, registry);
             sent.push(ssm.parameters(&dep, target));
         }
     }
@@ -1798,25 +1804,7 @@ fn codedeploy_bundle() -> Vec<(&'static str, u32, String)> {
     else {
         panic!("{env}: not a CodeDeploy EC2 target")
     };
-    let image = PinnedImage::parse(&format!(
-        "123456789012.dkr.ecr.eu-west-1.amazonaws.com/acme/web@sha256:{}",
-        "3f".repeat(32)
-    ))
-    .unwrap();
-    let request = Request {
-        image,
-        tag: None,
-        kind: Kind::Push,
-        pushed_at: time::OffsetDateTime::now_utc(),
-        requested_by: None,
-        reason: None,
-    };
-    let dep = Deployment::new(
-        app.clone(),
-        env.clone(),
-        request,
-        time::OffsetDateTime::now_utc(),
-    );
+    let dep = push_of(app, env, "123456789012.dkr.ecr.eu-west-1.amazonaws.com");
     codedeploy::bundle_files(&dep, hosts, "eu-west-1").expect("the bundle is built")
 }
 

@@ -15,7 +15,7 @@ use tracing::info;
 
 use super::aws::target_error;
 use super::ecs::EcsService;
-use super::ssm::{document_parameters, ecr_region};
+use super::ssm::{document_parameters, registry_region};
 use crate::domain::config::{CodeDeployHosts, CodeDeployPlatform, CodeDeployTarget, EcsTarget};
 use crate::domain::{Deployment, TargetConfig};
 use crate::ports::{RolloutStatus, Started, Target, TargetError, TargetRef};
@@ -201,10 +201,7 @@ impl CodeDeploy {
     }
 
     fn region(&self, dep: &Deployment) -> String {
-        ecr_region(dep.image.registry.as_str())
-            .map(str::to_owned)
-            .or_else(|| self.client.config().region().map(|r| r.as_ref().to_owned()))
-            .unwrap_or_default()
+        registry_region(dep, self.client.config().region())
     }
 
     /// Uploads the bundle; returns its location for `CreateDeployment`.
@@ -281,18 +278,9 @@ impl CodeDeploy {
             .revision_type(RevisionLocationType::AppSpecContent)
             .app_spec_content(AppSpecContent::builder().content(content).build())
             .build();
-        if let Some((family, _)) = revision
-            .rsplit_once(":task-definition/")
-            .and_then(|(_, r)| r.rsplit_once(':'))
-        {
-            self.ecs
-                .prune(
-                    family,
-                    service.keep_revisions as usize,
-                    &[revision.as_str(), current.as_str()],
-                )
-                .await;
-        }
+        self.ecs
+            .prune(&revision, &current, service.keep_revisions as usize)
+            .await;
         Ok((location, current))
     }
 

@@ -247,9 +247,13 @@ impl EcsService {
         self.register(next, tags).await
     }
 
-    /// Deregisters revisions of the family beyond `keep`; failures only warn, since the
-    /// rollout itself has started.
-    pub(crate) async fn prune(&self, family: &str, keep: usize, protect: &[&str]) {
+    /// Deregisters revisions of `revision`'s family beyond `keep`, never `revision` nor
+    /// `before`; failures only warn, since the rollout itself has started.
+    pub(crate) async fn prune(&self, revision: &str, before: &str, keep: usize) {
+        let Some((family, _)) = family_revision(revision) else {
+            return;
+        };
+        let protect = [revision, before];
         let mut registered = Vec::new();
         let mut token = None;
         loop {
@@ -275,7 +279,7 @@ impl EcsService {
                 break;
             }
         }
-        for arn in revisions_to_deregister(&registered, family, keep, protect)
+        for arn in revisions_to_deregister(&registered, family, keep, &protect)
             .into_iter()
             .take(MAX_DEREGISTER)
         {
@@ -376,14 +380,8 @@ impl Target for EcsService {
         let id = deployment
             .id()
             .ok_or_else(|| TargetError::Invalid("the ECS deployment has no id".into(), None))?;
-        if let Some((family, _)) = family_revision(&revision) {
-            self.prune(
-                family,
-                ecs.keep_revisions as usize,
-                &[revision.as_str(), current.as_str()],
-            )
+        self.prune(&revision, &current, ecs.keep_revisions as usize)
             .await;
-        }
         Ok(Started {
             target_ref: target_ref(&ecs.cluster, &ecs.service, id),
             before: Some(current),

@@ -45,10 +45,7 @@ impl SsmRunCommand {
 
     /// The document parameters for one deployment.
     pub fn parameters(&self, dep: &Deployment, ssm: &SsmTarget) -> Vec<(&'static str, String)> {
-        let region = ecr_region(dep.image.registry.as_str())
-            .map(str::to_owned)
-            .or_else(|| self.client.config().region().map(|r| r.as_ref().to_owned()))
-            .unwrap_or_default();
+        let region = registry_region(dep, self.client.config().region());
         document_parameters(
             dep,
             region,
@@ -86,6 +83,15 @@ pub fn document_parameters(
         ),
         (params::DEPLOYMENT_ID, dep.id.to_string()),
     ]
+}
+
+/// The region to log in to the deployment's registry: the ECR registry's own, else the
+/// client's.
+pub fn registry_region(dep: &Deployment, client: Option<&aws_config::Region>) -> String {
+    ecr_region(dep.image.registry.as_str())
+        .map(str::to_owned)
+        .or_else(|| client.map(|r| r.as_ref().to_owned()))
+        .unwrap_or_default()
 }
 
 /// The region of an ECR registry host (`<account>.dkr.ecr.<region>.amazonaws.com`).
