@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use pushdeploy::adapters::ecr::EcrRegistry;
-use pushdeploy::domain::deployment::{Current, Queued, VerifiedDigest};
+use pushdeploy::domain::environment::{Current, Queued, VerifiedDigest};
 use pushdeploy::domain::event::Detail;
 use pushdeploy::domain::{DeploymentId, Digest, Kind, PinnedImage, Tag};
 use pushdeploy::ports::{Commit, MAX_BATCH};

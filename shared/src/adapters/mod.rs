@@ -22,7 +22,6 @@ pub mod secrets;
 pub mod ssm;
 #[cfg(feature = "ssm")]
 pub mod ssm_config;
-#[cfg(feature = "webhook")]
 pub mod webhook;
 #[cfg(all(feature = "dynamodb", feature = "eventbridge", feature = "ssm"))]
 pub mod wire;

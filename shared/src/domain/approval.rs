@@ -1,14 +1,14 @@
 //! Promotions that wait: for a person's approval, or for their digest to be verified in
-//! the source environment. An environment holds at most one; a newer one supersedes it.
-//! An approval names (app, environment, digest): approving anything else, an expired one
-//! or a superseded one fails with what happened to it, and changes nothing.
+//! the source environment. An environment holds at most one; a newer one supersedes it
+//! (`EnvState::hold`). An approval names (app, environment, digest): approving anything
+//! else, an expired one or a superseded one fails with what happened to it, and changes
+//! nothing.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::deployment::EnvState;
 use super::image::{Digest, PinnedImage, Tag};
 use super::names::EnvName;
 
@@ -138,133 +138,11 @@ impl fmt::Display for Waiting {
     }
 }
 
-impl EnvState {
-    /// Holds a promotion here, superseding any other. Holding the same digest again changes
-    /// nothing, except that a digest once waiting for verification now waits for approval.
-    /// Returns the promotion it superseded.
-    pub fn hold(&mut self, pending: Pending, now: OffsetDateTime) -> Option<Pending> {
-        if let Some(p) = &self.pending
-            && p.digest() == pending.digest()
-        {
-            if p.waiting_for == Waiting::Verification && pending.waiting_for != p.waiting_for {
-                self.pending = Some(pending);
-            }
-            return None;
-        }
-        let by = pending.digest().clone();
-        let previous = self.pending.replace(pending)?;
-        self.decide(previous.digest().clone(), Outcome::Superseded { by }, now);
-        Some(previous)
-    }
-
-    /// Checks that `digest` may be approved or rejected now, and returns the pending
-    /// promotion. An expired one is recorded as such.
-    pub fn pending_for(
-        &mut self,
-        digest: &Digest,
-        now: OffsetDateTime,
-    ) -> Result<&mut Pending, ApprovalError> {
-        let env = self.environment.clone();
-        let Some(pending) = &self.pending else {
-            return Err(self
-                .explain(digest)
-                .unwrap_or(ApprovalError::NothingPending { env }));
-        };
-        if pending.digest() != digest {
-            return Err(self
-                .explain(digest)
-                .unwrap_or_else(|| ApprovalError::OtherDigest {
-                    env,
-                    digest: digest.clone(),
-                    pending: pending.digest().clone(),
-                }));
-        }
-        if pending.waiting_for == Waiting::Verification {
-            return Err(ApprovalError::NotVerifiedYet {
-                digest: digest.clone(),
-                from: pending.from.clone(),
-            });
-        }
-        if let Some(approved) = &pending.approved {
-            return Err(ApprovalError::AlreadyDecided {
-                env,
-                digest: digest.clone(),
-                what: format!(
-                    "was already approved by {} at {}",
-                    approved.by,
-                    rfc3339(approved.at)
-                ),
-            });
-        }
-        if pending.is_expired(now) {
-            let at = rfc3339(pending.expires_at.unwrap_or(now));
-            self.pending = None;
-            self.decide(digest.clone(), Outcome::Expired, now);
-            return Err(ApprovalError::Expired {
-                env,
-                digest: digest.clone(),
-                at,
-            });
-        }
-        Ok(self.pending.as_mut().expect("checked above"))
-    }
-
-    /// What happened to a digest no longer pending, from the decisions remembered.
-    fn explain(&self, digest: &Digest) -> Option<ApprovalError> {
-        let env = self.environment.clone();
-        let decision = self.decisions.iter().find(|d| &d.digest == digest)?;
-        Some(match &decision.outcome {
-            Outcome::Superseded { by } => ApprovalError::Superseded {
-                env,
-                digest: digest.clone(),
-                by: by.clone(),
-            },
-            Outcome::Expired => ApprovalError::Expired {
-                env,
-                digest: digest.clone(),
-                at: rfc3339(decision.at),
-            },
-            Outcome::Approved { by } => ApprovalError::AlreadyDecided {
-                env,
-                digest: digest.clone(),
-                what: format!("was already approved by {by} at {}", rfc3339(decision.at)),
-            },
-            Outcome::Rejected { by, .. } => ApprovalError::AlreadyDecided {
-                env,
-                digest: digest.clone(),
-                what: format!("was rejected by {by} at {}", rfc3339(decision.at)),
-            },
-            Outcome::Deployed => ApprovalError::AlreadyDecided {
-                env,
-                digest: digest.clone(),
-                what: format!("was deployed at {}", rfc3339(decision.at)),
-            },
-        })
-    }
-
-    /// Records what became of a pending promotion.
-    pub fn decide(&mut self, digest: Digest, outcome: Outcome, at: OffsetDateTime) {
-        self.decisions.insert(
-            0,
-            Decision {
-                digest,
-                outcome,
-                at,
-            },
-        );
-        self.decisions.truncate(KEEP_DECISIONS);
-    }
-}
-
-fn rfc3339(at: OffsetDateTime) -> String {
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| at.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::AppName;
+    use crate::domain::environment::EnvState;
     use time::Duration;
     use time::macros::datetime;
 

@@ -3,6 +3,7 @@
 pub mod approval;
 pub mod config;
 pub mod deployment;
+pub mod environment;
 pub mod event;
 pub mod image;
 pub mod lifecycle;
@@ -12,7 +13,8 @@ pub mod policy;
 pub mod retention;
 
 pub use config::{Config, ConfigError, EnvConfig, TargetConfig};
-pub use deployment::{Admission, Deployment, DeploymentId, EnvState, Request, SkipReason};
+pub use deployment::{Deployment, DeploymentId, Request};
+pub use environment::{Admission, EnvState, SkipReason};
 pub use event::{Detail, EventDetail, EventType, ImagesDetail, LifecycleEvent};
 pub use image::{Digest, ImageRef, ImageRefError, PinnedImage, Registry, Repository, Tag};
 pub use lifecycle::{Kind, Outcome, Phase, Step};

@@ -1,9 +1,8 @@
-//! What people are told: which lifecycle events are worth a message, the message for each
-//! kind of channel, and the key that keeps a state change from being announced twice.
+//! What people are told: which lifecycle events are worth a message, the message in words,
+//! and the key that keeps a state change from being announced twice. The shape each kind
+//! of channel wants is the webhook adapter's.
 
-use serde_json::{Value, json};
-
-use super::config::{ChannelKind, Notice};
+use super::config::Notice;
 use super::event::{EventDetail, EventType};
 use super::lifecycle::Kind;
 
@@ -86,19 +85,24 @@ pub fn text(notice: Notice, d: &EventDetail) -> String {
     }
 }
 
-/// The request body for a channel.
-pub fn body(kind: ChannelKind, notice: Notice, detail_type: EventType, d: &EventDetail) -> Value {
-    let text = text(notice, d);
-    match kind {
-        ChannelKind::Slack => json!({ "text": text }),
-        // Discord refuses content over 2000 characters.
-        ChannelKind::Discord => json!({ "content": text.chars().take(2000).collect::<String>() }),
-        ChannelKind::Webhook => json!({
-            "notice": notice.as_str(),
-            "event": detail_type.as_str(),
-            "text": text,
-            "detail": d,
-        }),
+/// What a channel is told about one state change: the words, and what they are about.
+/// The webhook adapter puts it in each kind of channel's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub notice: Notice,
+    pub event: EventType,
+    pub text: String,
+    pub detail: EventDetail,
+}
+
+impl Message {
+    pub fn new(notice: Notice, event: EventType, detail: &EventDetail) -> Self {
+        Self {
+            notice,
+            event,
+            text: text(notice, detail),
+            detail: detail.clone(),
+        }
     }
 }
 
@@ -110,6 +114,7 @@ fn short(digest: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
 
     fn detail(json: Value) -> EventDetail {
         serde_json::from_value(json).unwrap()
@@ -160,40 +165,6 @@ mod tests {
         assert_ne!(
             dedupe_key(Notice::Failed, &d),
             dedupe_key(Notice::RolledBack, &d)
-        );
-    }
-
-    #[test]
-    fn messages_say_where_what_and_why_in_each_channels_shape() {
-        let d = failed();
-        let slack = body(
-            ChannelKind::Slack,
-            Notice::Failed,
-            EventType::VerificationFailed,
-            &d,
-        );
-        assert_eq!(
-            slack,
-            json!({ "text": "❌ web/staging: v1.4.0 (3f2c7b1d9e8a) failed: smoke test failed: http://web/health: status 500 (expected 200) — deployment 01JD8Z6V6WQ5N8B9C3H4K2M7PX" })
-        );
-        let discord = body(
-            ChannelKind::Discord,
-            Notice::Failed,
-            EventType::VerificationFailed,
-            &d,
-        );
-        assert_eq!(discord["content"], slack["text"]);
-        let hook = body(
-            ChannelKind::Webhook,
-            Notice::Failed,
-            EventType::VerificationFailed,
-            &d,
-        );
-        assert_eq!(hook["notice"], "failed");
-        assert_eq!(hook["event"], "Verification Failed");
-        assert_eq!(
-            hook["detail"]["deployment_id"],
-            "01JD8Z6V6WQ5N8B9C3H4K2M7PX"
         );
     }
 

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use crate::domain::config::ChannelKind;
+use crate::domain::notice::Message;
 use async_trait::async_trait;
-use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WebhookError {
@@ -27,5 +28,12 @@ impl WebhookError {
 
 #[async_trait]
 pub trait Webhook: Send + Sync {
-    async fn post(&self, url: &str, body: &Value, timeout: Duration) -> Result<(), WebhookError>;
+    /// Posts `message` in the shape `kind` of channel takes.
+    async fn post(
+        &self,
+        url: &str,
+        kind: ChannelKind,
+        message: &Message,
+        timeout: Duration,
+    ) -> Result<(), WebhookError>;
 }

@@ -8,7 +8,7 @@ use tracing::info;
 use super::deploy::{unknown_app, unknown_env};
 use super::{Core, MAX_ATTEMPTS, ServiceError, too_busy};
 use crate::domain::approval::{ApprovalError, Approved, Outcome, Pending, Waiting};
-use crate::domain::deployment::{Current, Freeze, Queued, VerifiedDigest};
+use crate::domain::environment::{Current, Freeze, Queued, VerifiedDigest};
 use crate::domain::{
     AppName, Deployment, DeploymentId, Digest, EnvName, EventType, Kind, LifecycleEvent, Phase, Tag,
 };

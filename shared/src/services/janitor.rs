@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::{Core, ServiceError};
 use crate::domain::config::{Config, Retention};
-use crate::domain::deployment::KEEP_VERIFIED;
+use crate::domain::environment::KEEP_VERIFIED;
 use crate::domain::retention::{self, Keep, RetentionRule, StoredImage};
 use crate::domain::{Digest, LifecycleEvent, Repository};
 use crate::ports::{DeleteFailure, ImageCatalog, MAX_BATCH, RegistryError, StoreError};

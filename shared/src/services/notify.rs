@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::{Core, ServiceError};
 use crate::domain::config::{Channel, ChannelKind, Notice};
-use crate::domain::notice::{body, dedupe_key, notice_of};
+use crate::domain::notice::{Message, dedupe_key, notice_of};
 use crate::domain::{EventDetail, EventType};
 use crate::ports::{Commit, SecretSource, StoreError, Webhook};
 
@@ -171,7 +171,7 @@ impl Notifier {
             .read(&channel.url)
             .await
             .map_err(|e| format!("reading the webhook URL: {e}"))?;
-        let message = body(channel.kind, notice, detail_type, detail);
+        let message = Message::new(notice, detail_type, detail);
         let Delivery {
             attempts,
             first_backoff,
@@ -180,7 +180,11 @@ impl Notifier {
         let mut backoff = first_backoff;
         let mut attempt = 1;
         loop {
-            match self.webhook.post(url.trim(), &message, timeout).await {
+            match self
+                .webhook
+                .post(url.trim(), channel.kind, &message, timeout)
+                .await
+            {
                 Ok(()) => return Ok(attempt),
                 Err(e) if e.is_retryable() && attempt < attempts => {
                     tokio::time::sleep(backoff).await;

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use super::deploy::{unknown_app, unknown_env};
 use super::rollout::{advance, end_without_rollback, launch, rollback_failed};
 use super::{Core, MAX_ATTEMPTS, ServiceError, too_busy};
-use crate::domain::deployment::{Freeze, VerifiedDigest};
+use crate::domain::environment::{Freeze, VerifiedDigest};
 use crate::domain::{
     AppName, Deployment, DeploymentId, Digest, EnvName, EnvState, EventType, Kind, LifecycleEvent,
     Phase, Request, Step,

@@ -7,7 +7,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::{Core, MAX_ATTEMPTS, ServiceError, too_busy};
-use crate::domain::deployment::Freeze;
+use crate::domain::environment::Freeze;
 use crate::domain::{
     Admission, AppName, Deployment, DeploymentId, EnvConfig, EnvName, EnvState, EventType, Kind,
     LifecycleEvent, Outcome, Step,

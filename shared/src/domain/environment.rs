@@ -1,0 +1,645 @@
+//! The state of one (app, environment) and the pure rules that change it: what a new image
+//! does there (start, queue behind the rollout in flight, or be skipped, and why), the
+//! lease, the queue, the verified and quarantined digests, and the promotion waiting.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::approval::{ApprovalError, Decision, KEEP_DECISIONS, Outcome, Pending, Waiting};
+use super::deployment::{Deployment, DeploymentId, Request};
+use super::image::{Digest, PinnedImage, Tag};
+use super::lifecycle::Kind;
+use super::names::{AppName, EnvName};
+
+/// How many verified digests an environment remembers as rollback candidates.
+pub const KEEP_VERIFIED: usize = 10;
+
+/// The image an environment runs, or is rolling out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Current {
+    pub deployment_id: DeploymentId,
+    pub digest: Digest,
+    pub tag: Option<Tag>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub pushed_at: OffsetDateTime,
+}
+
+/// Held by the one deployment that may change the environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub deployment_id: DeploymentId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+}
+
+/// The newest image waiting for the environment to be free.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Queued {
+    pub image: PinnedImage,
+    pub tag: Option<Tag>,
+    pub kind: Kind,
+    #[serde(with = "time::serde::rfc3339")]
+    pub pushed_at: OffsetDateTime,
+    pub requested_by: Option<String>,
+    pub reason: Option<String>,
+}
+
+impl Queued {
+    pub fn into_request(self) -> Request {
+        Request {
+            image: self.image,
+            tag: self.tag,
+            kind: self.kind,
+            pushed_at: self.pushed_at,
+            requested_by: self.requested_by,
+            reason: self.reason,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Freeze {
+    pub reason: String,
+    pub by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifiedDigest {
+    pub digest: Digest,
+    pub tag: Option<Tag>,
+    pub deployment_id: DeploymentId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quarantine {
+    pub reason: String,
+    pub deployment_id: DeploymentId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// Everything pushdeploy knows about one (app, environment).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvState {
+    pub app: AppName,
+    pub environment: EnvName,
+    pub current: Option<Current>,
+    pub lease: Option<Lease>,
+    pub queued: Option<Queued>,
+    pub frozen: Option<Freeze>,
+    /// Most recent first; at most `KEEP_VERIFIED`.
+    pub verified: Vec<VerifiedDigest>,
+    /// Digests that failed here; pushes of them are ignored until one is deployed by hand.
+    pub quarantined: BTreeMap<String, Quarantine>,
+    /// A promotion waiting for approval or for its digest to be verified at the source.
+    #[serde(default)]
+    pub pending: Option<Pending>,
+    /// What became of earlier pending promotions, newest first.
+    #[serde(default)]
+    pub decisions: Vec<Decision>,
+    #[serde(skip)]
+    pub version: u64,
+}
+
+/// What a request does to an environment.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admission {
+    Start,
+    Queue { behind: DeploymentId },
+    Skip(SkipReason),
+}
+
+/// Why a request starts nothing. Each is a normal outcome, not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipReason {
+    Frozen(String),
+    Quarantined(String),
+    AlreadyCurrent(DeploymentId),
+    AlreadyInFlight(DeploymentId),
+    AlreadyQueued,
+    OlderThanCurrent,
+    OlderThanQueued,
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipReason::Frozen(why) => write!(
+                f,
+                "the environment is frozen ({why}); unfreeze it or deploy by hand"
+            ),
+            SkipReason::Quarantined(why) => {
+                write!(
+                    f,
+                    "the digest is quarantined here ({why}); deploy it by hand to lift the quarantine"
+                )
+            }
+            SkipReason::AlreadyCurrent(id) => {
+                write!(f, "the digest is already deployed here (deployment {id})")
+            }
+            SkipReason::AlreadyInFlight(id) => {
+                write!(f, "the digest is being rolled out now (deployment {id})")
+            }
+            SkipReason::AlreadyQueued => write!(f, "the digest is already queued"),
+            SkipReason::OlderThanCurrent => write!(f, "a newer image is already deployed here"),
+            SkipReason::OlderThanQueued => write!(f, "a newer image is already queued"),
+        }
+    }
+}
+
+impl EnvState {
+    pub fn new(app: AppName, environment: EnvName) -> Self {
+        Self {
+            app,
+            environment,
+            current: None,
+            lease: None,
+            queued: None,
+            frozen: None,
+            verified: Vec::new(),
+            quarantined: BTreeMap::new(),
+            pending: None,
+            decisions: Vec::new(),
+            version: 0,
+        }
+    }
+
+    /// Decides what `request` does here. Pushes respect freezes, quarantines and push
+    /// order (latest wins, never out of order); a request by hand overrides freeze and
+    /// quarantine, because it is how a person takes control.
+    pub fn admit(&self, request: &Request) -> Admission {
+        // Pushes and promotions nobody asked for by hand are automatic.
+        let automatic = request.kind == Kind::Push
+            || (request.kind == Kind::Promotion && request.requested_by.is_none());
+        let digest = &request.image.digest;
+        if automatic {
+            if let Some(freeze) = &self.frozen {
+                return Admission::Skip(SkipReason::Frozen(freeze.reason.clone()));
+            }
+            if let Some(q) = self.quarantined.get(digest.as_str()) {
+                return Admission::Skip(SkipReason::Quarantined(q.reason.clone()));
+            }
+        }
+        let current_is_newer = self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.pushed_at > request.pushed_at);
+        match &self.lease {
+            Some(lease) => {
+                if self.current.as_ref().is_some_and(|c| &c.digest == digest) {
+                    return Admission::Skip(SkipReason::AlreadyInFlight(
+                        lease.deployment_id.clone(),
+                    ));
+                }
+                if let Some(queued) = &self.queued {
+                    if &queued.image.digest == digest {
+                        return Admission::Skip(SkipReason::AlreadyQueued);
+                    }
+                    if automatic && queued.pushed_at > request.pushed_at {
+                        return Admission::Skip(SkipReason::OlderThanQueued);
+                    }
+                }
+                if automatic && current_is_newer {
+                    return Admission::Skip(SkipReason::OlderThanCurrent);
+                }
+                Admission::Queue {
+                    behind: lease.deployment_id.clone(),
+                }
+            }
+            None => {
+                if automatic {
+                    if let Some(current) = self.current.as_ref().filter(|c| &c.digest == digest) {
+                        return Admission::Skip(SkipReason::AlreadyCurrent(
+                            current.deployment_id.clone(),
+                        ));
+                    }
+                    if current_is_newer {
+                        return Admission::Skip(SkipReason::OlderThanCurrent);
+                    }
+                }
+                Admission::Start
+            }
+        }
+    }
+
+    /// Hands the environment to `deployment`, remembering in it what ran before.
+    /// A rollback keeps the queue: pushes waiting behind the failure still go next.
+    pub fn start(&mut self, deployment: &mut Deployment) {
+        deployment.previous = self.current.clone();
+        self.lease = Some(Lease {
+            deployment_id: deployment.id.clone(),
+            since: deployment.created_at,
+        });
+        self.current = Some(Current {
+            deployment_id: deployment.id.clone(),
+            digest: deployment.image.digest.clone(),
+            tag: deployment.tag.clone(),
+            pushed_at: deployment.pushed_at,
+        });
+        let superseded = self.queued.as_ref().is_some_and(|q| {
+            q.image.digest == deployment.image.digest
+                || (deployment.kind != Kind::Rollback && q.pushed_at <= deployment.pushed_at)
+        });
+        if superseded {
+            self.queued = None;
+        }
+        if deployment.kind == Kind::Manual {
+            self.quarantined.remove(deployment.image.digest.as_str());
+        }
+    }
+
+    pub fn queue(&mut self, request: &Request) {
+        self.queued = Some(Queued {
+            image: request.image.clone(),
+            tag: request.tag.clone(),
+            kind: request.kind,
+            pushed_at: request.pushed_at,
+            requested_by: request.requested_by.clone(),
+            reason: request.reason.clone(),
+        });
+    }
+
+    pub fn holder(&self) -> Option<&DeploymentId> {
+        self.lease.as_ref().map(|l| &l.deployment_id)
+    }
+
+    pub fn is_held_by(&self, id: &DeploymentId) -> bool {
+        self.holder() == Some(id)
+    }
+
+    /// Frees the environment if `id` holds it.
+    pub fn release(&mut self, id: &DeploymentId) -> bool {
+        if self.is_held_by(id) {
+            self.lease = None;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes the queued image, if the environment is free and not frozen.
+    pub fn take_queued(&mut self) -> Option<Queued> {
+        if self.lease.is_some() || self.frozen.is_some() {
+            return None;
+        }
+        self.queued.take()
+    }
+
+    pub fn record_verified(&mut self, deployment: &Deployment, at: OffsetDateTime) {
+        let digest = deployment.image.digest.clone();
+        self.verified.retain(|v| v.digest != digest);
+        self.verified.insert(
+            0,
+            VerifiedDigest {
+                digest: digest.clone(),
+                tag: deployment.tag.clone(),
+                deployment_id: deployment.id.clone(),
+                at,
+            },
+        );
+        self.verified.truncate(KEEP_VERIFIED);
+        self.quarantined.remove(digest.as_str());
+    }
+
+    pub fn quarantine(&mut self, deployment: &Deployment, reason: &str, at: OffsetDateTime) {
+        self.quarantined.insert(
+            deployment.image.digest.as_str().to_owned(),
+            Quarantine {
+                reason: reason.to_owned(),
+                deployment_id: deployment.id.clone(),
+                at,
+            },
+        );
+    }
+
+    /// Verified digests a rollback from `failed` may use, most recent first.
+    pub fn rollback_candidates<'a>(
+        &'a self,
+        failed: &'a Digest,
+    ) -> impl Iterator<Item = &'a VerifiedDigest> + 'a {
+        self.verified.iter().filter(move |v| {
+            &v.digest != failed && !self.quarantined.contains_key(v.digest.as_str())
+        })
+    }
+
+    pub fn last_verified(&self) -> Option<&VerifiedDigest> {
+        self.verified.first()
+    }
+}
+
+/// Promotions held here.
+impl EnvState {
+    /// Holds a promotion here, superseding any other. Holding the same digest again changes
+    /// nothing, except that a digest once waiting for verification now waits for approval.
+    /// Returns the promotion it superseded.
+    pub fn hold(&mut self, pending: Pending, now: OffsetDateTime) -> Option<Pending> {
+        if let Some(p) = &self.pending
+            && p.digest() == pending.digest()
+        {
+            if p.waiting_for == Waiting::Verification && pending.waiting_for != p.waiting_for {
+                self.pending = Some(pending);
+            }
+            return None;
+        }
+        let by = pending.digest().clone();
+        let previous = self.pending.replace(pending)?;
+        self.decide(previous.digest().clone(), Outcome::Superseded { by }, now);
+        Some(previous)
+    }
+
+    /// Checks that `digest` may be approved or rejected now, and returns the pending
+    /// promotion. An expired one is recorded as such.
+    pub fn pending_for(
+        &mut self,
+        digest: &Digest,
+        now: OffsetDateTime,
+    ) -> Result<&mut Pending, ApprovalError> {
+        let env = self.environment.clone();
+        let Some(pending) = &self.pending else {
+            return Err(self
+                .explain(digest)
+                .unwrap_or(ApprovalError::NothingPending { env }));
+        };
+        if pending.digest() != digest {
+            return Err(self
+                .explain(digest)
+                .unwrap_or_else(|| ApprovalError::OtherDigest {
+                    env,
+                    digest: digest.clone(),
+                    pending: pending.digest().clone(),
+                }));
+        }
+        if pending.waiting_for == Waiting::Verification {
+            return Err(ApprovalError::NotVerifiedYet {
+                digest: digest.clone(),
+                from: pending.from.clone(),
+            });
+        }
+        if let Some(approved) = &pending.approved {
+            return Err(ApprovalError::AlreadyDecided {
+                env,
+                digest: digest.clone(),
+                what: format!(
+                    "was already approved by {} at {}",
+                    approved.by,
+                    rfc3339(approved.at)
+                ),
+            });
+        }
+        if pending.is_expired(now) {
+            let at = rfc3339(pending.expires_at.unwrap_or(now));
+            self.pending = None;
+            self.decide(digest.clone(), Outcome::Expired, now);
+            return Err(ApprovalError::Expired {
+                env,
+                digest: digest.clone(),
+                at,
+            });
+        }
+        Ok(self.pending.as_mut().expect("checked above"))
+    }
+
+    /// What happened to a digest no longer pending, from the decisions remembered.
+    fn explain(&self, digest: &Digest) -> Option<ApprovalError> {
+        let env = self.environment.clone();
+        let decision = self.decisions.iter().find(|d| &d.digest == digest)?;
+        Some(match &decision.outcome {
+            Outcome::Superseded { by } => ApprovalError::Superseded {
+                env,
+                digest: digest.clone(),
+                by: by.clone(),
+            },
+            Outcome::Expired => ApprovalError::Expired {
+                env,
+                digest: digest.clone(),
+                at: rfc3339(decision.at),
+            },
+            Outcome::Approved { by } => ApprovalError::AlreadyDecided {
+                env,
+                digest: digest.clone(),
+                what: format!("was already approved by {by} at {}", rfc3339(decision.at)),
+            },
+            Outcome::Rejected { by, .. } => ApprovalError::AlreadyDecided {
+                env,
+                digest: digest.clone(),
+                what: format!("was rejected by {by} at {}", rfc3339(decision.at)),
+            },
+            Outcome::Deployed => ApprovalError::AlreadyDecided {
+                env,
+                digest: digest.clone(),
+                what: format!("was deployed at {}", rfc3339(decision.at)),
+            },
+        })
+    }
+
+    /// Records what became of a pending promotion.
+    pub fn decide(&mut self, digest: Digest, outcome: Outcome, at: OffsetDateTime) {
+        self.decisions.insert(
+            0,
+            Decision {
+                digest,
+                outcome,
+                at,
+            },
+        );
+        self.decisions.truncate(KEEP_DECISIONS);
+    }
+}
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use time::macros::datetime;
+
+    fn image(n: u8) -> PinnedImage {
+        PinnedImage::parse(&format!(
+            "localhost:5000/web@sha256:{}",
+            format!("{n:02x}").repeat(32)
+        ))
+        .unwrap()
+    }
+
+    fn request(n: u8, kind: Kind, minute: u8) -> Request {
+        Request {
+            image: image(n),
+            tag: Some(Tag::parse(&format!("v{n}")).unwrap()),
+            kind,
+            pushed_at: datetime!(2026-01-01 10:00 UTC) + time::Duration::minutes(minute as i64),
+            requested_by: None,
+            reason: None,
+        }
+    }
+
+    fn state() -> EnvState {
+        EnvState::new(
+            AppName::parse("web").unwrap(),
+            EnvName::parse("staging").unwrap(),
+        )
+    }
+
+    fn started(state: &mut EnvState, req: Request) -> Deployment {
+        let mut d = Deployment::new(
+            state.app.clone(),
+            state.environment.clone(),
+            req,
+            datetime!(2026-01-01 11:00 UTC),
+        );
+        state.start(&mut d);
+        d
+    }
+
+    #[test]
+    fn a_free_environment_starts_a_push() {
+        assert_eq!(state().admit(&request(1, Kind::Push, 0)), Admission::Start);
+    }
+
+    #[test]
+    fn a_push_during_a_rollout_is_queued_behind_it() {
+        let mut s = state();
+        let d = started(&mut s, request(1, Kind::Push, 0));
+        assert_eq!(
+            s.admit(&request(2, Kind::Push, 1)),
+            Admission::Queue { behind: d.id }
+        );
+    }
+
+    #[test]
+    fn the_same_digest_twice_starts_nothing() {
+        let mut s = state();
+        let d = started(&mut s, request(1, Kind::Push, 0));
+        assert_eq!(
+            s.admit(&request(1, Kind::Push, 1)),
+            Admission::Skip(SkipReason::AlreadyInFlight(d.id.clone()))
+        );
+        s.release(&d.id);
+        assert_eq!(
+            s.admit(&request(1, Kind::Push, 2)),
+            Admission::Skip(SkipReason::AlreadyCurrent(d.id))
+        );
+    }
+
+    #[test]
+    fn an_older_push_arriving_late_never_replaces_a_newer_queued_one() {
+        let mut s = state();
+        started(&mut s, request(1, Kind::Push, 0));
+        s.queue(&request(3, Kind::Push, 3));
+        assert_eq!(
+            s.admit(&request(2, Kind::Push, 2)),
+            Admission::Skip(SkipReason::OlderThanQueued)
+        );
+    }
+
+    #[test]
+    fn frozen_and_quarantined_block_pushes_but_not_people() {
+        let mut s = state();
+        s.frozen = Some(Freeze {
+            reason: "rollback failed".into(),
+            by: "pushdeploy".into(),
+            at: datetime!(2026-01-01 0:00 UTC),
+        });
+        assert!(matches!(
+            s.admit(&request(1, Kind::Push, 0)),
+            Admission::Skip(SkipReason::Frozen(_))
+        ));
+        assert_eq!(s.admit(&request(1, Kind::Manual, 0)), Admission::Start);
+        s.frozen = None;
+        let d = started(&mut s, request(1, Kind::Push, 0));
+        s.quarantine(&d, "smoke test failed", d.created_at);
+        s.release(&d.id);
+        s.current = None;
+        assert!(matches!(
+            s.admit(&request(1, Kind::Push, 5)),
+            Admission::Skip(SkipReason::Quarantined(_))
+        ));
+        let manual = started(&mut s, request(1, Kind::Manual, 6));
+        assert!(
+            s.quarantined.is_empty(),
+            "deploying by hand lifts the quarantine"
+        );
+        assert!(s.is_held_by(&manual.id));
+    }
+
+    #[test]
+    fn taking_the_queue_needs_a_free_unfrozen_environment() {
+        let mut s = state();
+        let d = started(&mut s, request(1, Kind::Push, 0));
+        s.queue(&request(2, Kind::Push, 1));
+        assert!(s.take_queued().is_none());
+        assert!(s.release(&d.id));
+        s.frozen = Some(Freeze {
+            reason: "x".into(),
+            by: "y".into(),
+            at: d.created_at,
+        });
+        assert!(s.take_queued().is_none());
+        s.frozen = None;
+        assert_eq!(s.take_queued().unwrap().image, image(2));
+        assert!(s.queued.is_none());
+    }
+
+    #[test]
+    fn rollback_candidates_skip_the_failed_and_quarantined_digests() {
+        let mut s = state();
+        for n in 1..=3 {
+            let d = started(&mut s, request(n, Kind::Push, n));
+            s.record_verified(&d, d.created_at);
+            s.release(&d.id);
+        }
+        let failed = image(3).digest;
+        let third = Deployment::new(
+            s.app.clone(),
+            s.environment.clone(),
+            request(2, Kind::Push, 9),
+            datetime!(2026-01-01 12:00 UTC),
+        );
+        s.quarantine(&third, "bad", third.created_at);
+        let candidates: Vec<_> = s
+            .rollback_candidates(&failed)
+            .map(|v| v.digest.clone())
+            .collect();
+        assert_eq!(candidates, vec![image(1).digest]);
+    }
+
+    proptest! {
+        /// Whatever order pushes arrive in, once the rollout in flight ends the queue holds
+        /// the newest of them, and nothing older than the running image is ever queued.
+        #[test]
+        fn latest_push_wins_whatever_the_arrival_order(order in Just((2u8..8).collect::<Vec<_>>()).prop_shuffle()) {
+            let mut s = state();
+            started(&mut s, request(1, Kind::Push, 1));
+            for n in &order {
+                let req = request(*n, Kind::Push, *n);
+                if let Admission::Queue { .. } = s.admit(&req) {
+                    s.queue(&req);
+                }
+            }
+            prop_assert_eq!(s.queued.unwrap().image, image(7));
+        }
+
+        #[test]
+        fn verified_history_is_bounded_and_unique(digests in proptest::collection::vec(1u8..6, 0..40)) {
+            let mut s = state();
+            for n in digests {
+                let d = started(&mut s, request(n, Kind::Manual, n));
+                s.record_verified(&d, d.created_at);
+                s.release(&d.id);
+            }
+            prop_assert!(s.verified.len() <= KEEP_VERIFIED);
+            let mut seen = std::collections::HashSet::new();
+            prop_assert!(s.verified.iter().all(|v| seen.insert(v.digest.clone())));
+        }
+    }
+}
