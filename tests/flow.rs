@@ -3,13 +3,9 @@
 //! rules of `template.yaml` route them. moto sends no ECR, SSM or ECS events, so the test
 //! sends those the way AWS would.
 
-use pushdeploy::adapters::ssm::status_from_event;
-use pushdeploy::adapters::{codedeploy, ecs};
 use pushdeploy::domain::{Digest, Phase};
-use pushdeploy::inbound;
-use pushdeploy::ports::TargetRef;
+use pushdeploy::entrypoints::Function;
 use pushdeploy::services::ServiceError;
-use pushdeploy::services::deploy::{ManualDeploy, Wanted};
 use pushdeploy::services::rollout::{EnvOutcome, EnvResult};
 use pushdeploy::services::track::TrackOutcome;
 use pushdeploy::services::verify::VerifyOutcome;
@@ -42,9 +38,8 @@ async fn push(w: &World, tag: &str, d: &Digest) -> Vec<EnvResult> {
 }
 
 async fn on_push_event(w: &World, event: Value) -> Result<Vec<EnvResult>, ServiceError> {
-    let envelope = inbound::envelope(event)?;
-    let push = inbound::ecr_push(&envelope)?.expect("a successful push");
-    w.deployer.on_push(&push).await
+    let out = w.deliver(Function::Deployer, event).await?;
+    Ok(serde_json::from_value(out["results"].clone()).unwrap())
 }
 
 /// The target's handle on the last started rollout.
@@ -61,40 +56,43 @@ async fn last_target_ref(w: &World) -> String {
     dep.target_ref.unwrap()
 }
 
-/// SSM reports the last started rollout's command as `status` (an SSM status-change event).
+/// SSM reports the last started rollout's command as `status`: its status-change event
+/// reaches the tracker.
 async fn ssm_reports(w: &World, status: &str) -> TrackOutcome {
-    let target_ref = TargetRef::parse(&last_target_ref(w).await).unwrap();
-    w.tracker
-        .on_status(&target_ref, Some(status_from_event(status)))
-        .await
-        .unwrap()
+    let target_ref = last_target_ref(w).await;
+    let command = target_ref.strip_prefix("ssm:").expect("an SSM handle");
+    tracked(w, w.ssm_event(command, status)).await
+}
+
+/// A target's status-change event reaches the tracker.
+async fn tracked(w: &World, event: Value) -> TrackOutcome {
+    let out = w.deliver(Function::Tracker, event).await.unwrap();
+    serde_json::from_value(out).unwrap()
 }
 
 /// "Rollout Succeeded" reaches the verifier.
 async fn verify(w: &World) -> VerifyOutcome {
-    let d = w.published.last_detail("Rollout Succeeded");
-    w.verifier
-        .on_rollout_succeeded(&d.app, &d.environment, d.deployment_id.as_ref().unwrap())
+    let out = w
+        .deliver(Function::Verifier, w.published_event("Rollout Succeeded"))
         .await
-        .unwrap()
+        .unwrap();
+    serde_json::from_value(out).unwrap()
 }
 
 /// A failure event reaches the rollback function.
 async fn roll_back(w: &World, detail_type: &str) {
-    let d = w.published.last_detail(detail_type);
-    w.rollback
-        .on_failure(&d.app, &d.environment, d.deployment_id.as_ref().unwrap())
+    w.deliver(Function::Rollback, w.published_event(detail_type))
         .await
         .unwrap();
 }
 
 /// "Deployment Verified" (or another release event) reaches the deployer.
 async fn environment_free(w: &World, detail_type: &str) -> Option<EnvResult> {
-    let d = w.published.last_detail(detail_type);
-    w.deployer
-        .on_environment_free(&d.app, &d.environment)
+    let out = w
+        .deliver(Function::Deployer, w.published_event(detail_type))
         .await
-        .unwrap()
+        .unwrap();
+    serde_json::from_value(out["queued"].clone()).unwrap()
 }
 
 async fn deploy_and_verify(w: &World, tag: &str, d: &Digest) {
@@ -133,7 +131,7 @@ async fn a_push_rolls_out_by_digest_and_is_verified() {
         TrackOutcome::Succeeded { .. }
     ));
     assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
-    let status = &w.control.status(None, None).await.unwrap()[0];
+    let status = &w.status().await[0];
     assert_eq!(status.last_verified.as_ref().unwrap().digest, digest('a'));
     assert!(status.in_flight.is_none());
     assert_eq!(status.deployments[0].phase, Phase::Verified);
@@ -156,12 +154,10 @@ async fn bad_input_gets_a_clear_error_and_changes_no_row() {
     let commands = w.commands().await.unwrap().len();
 
     let malformed = serde_json::json!({ "id": "x", "source": "aws.ecr", "detail-type": "ECR Image Action", "detail": { "action-type": "PUSH" } });
-    let err = inbound::envelope(malformed)
-        .and_then(|e| inbound::ecr_push(&e))
-        .unwrap_err();
+    let err = on_push_event(&w, malformed).await.unwrap_err();
     assert!(
         err.to_string()
-            .contains("malformed \"ECR Image Action\" event detail"),
+            .contains("invalid \"ECR Image Action\" event detail"),
         "{err}"
     );
 
@@ -175,15 +171,8 @@ async fn bad_input_gets_a_clear_error_and_changes_no_row() {
     let err = on_push_event(&w, hostile).await.unwrap_err();
     assert!(err.to_string().contains("tag \"v9;$(reboot)\""), "{err}");
 
-    let (_, env) = names("web", "staging");
-    let unknown = ManualDeploy {
-        app: inbound::app_name("shop").unwrap(),
-        environment: env,
-        wanted: Wanted::Tag(inbound::tag("v1").unwrap()),
-        requested_by: None,
-        reason: None,
-    };
-    let err = w.deployer.manual(&unknown).await.unwrap_err();
+    let unknown = serde_json::json!({ "app": "shop", "environment": "staging", "tag": "v1" });
+    let err = w.invoke(Function::Deployer, unknown).await.unwrap_err();
     assert_eq!(
         err.to_string(),
         "unknown app \"shop\"; configured apps: web"
@@ -241,19 +230,11 @@ apps:
 
 /// "Deployment Verified" reaches the deployer, which promotes what it names.
 async fn promote_verified(w: &World) -> Vec<pushdeploy::services::promote::Promoted> {
-    let d = w.published.last_detail("Deployment Verified");
-    w.deployer
-        .on_source_verified(&pushdeploy::services::promote::Verified {
-            app: d.app.clone(),
-            environment: d.environment.clone(),
-            image: d.image.clone().unwrap(),
-            tag: d.tag.clone(),
-            kind: d.kind.unwrap(),
-            pushed_at: d.pushed_at.unwrap(),
-            event_id: format!("verified-{}", d.deployment_id.unwrap()),
-        })
+    let out = w
+        .deliver(Function::Deployer, w.published_event("Deployment Verified"))
         .await
-        .unwrap()
+        .unwrap();
+    serde_json::from_value(out["promoted"].clone()).unwrap()
 }
 
 #[tokio::test]
@@ -281,30 +262,37 @@ async fn staging_to_production_with_an_approval_deploys_the_exact_digest_verifie
     // for the digest, not the tag.
     w.push("v1.0.0", &digest('b')).await.unwrap();
 
-    let pending = w.control.list_pending(Some(&app)).await.unwrap();
+    let listed = w
+        .invoke(
+            Function::Control,
+            serde_json::json!({ "action": "list-pending", "app": "web" }),
+        )
+        .await
+        .unwrap();
+    let pending: Vec<pushdeploy::services::control::PendingSummary> =
+        serde_json::from_value(listed["pending"].clone()).unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].digest, digest('a'));
+    let approve = |d: Digest| serde_json::json!({ "action": "approve", "app": app.as_str(), "environment": production.as_str(), "digest": d.as_str(), "by": "alice" });
     let wrong = w
-        .control
-        .approve(&app, &production, &digest('b'), "alice")
+        .invoke(Function::Control, approve(digest('b')))
         .await
         .unwrap_err();
     assert!(
         wrong.to_string().contains("is not the promotion waiting"),
         "{wrong}"
     );
-    w.control
-        .approve(&app, &production, &digest('a'), "alice")
+    w.invoke(Function::Control, approve(digest('a')))
         .await
         .unwrap();
     let approved = w.published.last_detail("Promotion Approved");
     assert_eq!(approved.by.as_deref(), Some("alice"));
-    let started = w
-        .deployer
-        .on_approved(&app, &production, &digest('a'), "approved-1")
+    let out = w
+        .deliver(Function::Deployer, w.published_event("Promotion Approved"))
         .await
-        .unwrap()
-        .expect("the approved promotion starts");
+        .unwrap();
+    let started: EnvResult =
+        serde_json::from_value(out["approved"].clone()).expect("the approved promotion starts");
     assert!(
         matches!(started.outcome, EnvOutcome::Started { .. }),
         "{started:?}"
@@ -323,12 +311,8 @@ async fn staging_to_production_with_an_approval_deploys_the_exact_digest_verifie
         TrackOutcome::Succeeded { .. }
     ));
     assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
-    let status = w
-        .control
-        .status(Some(&app), Some(&production))
-        .await
-        .unwrap();
-    let production_status = &status[0];
+    let status = w.status().await;
+    let production_status = status.iter().find(|s| s.environment == production).unwrap();
     assert_eq!(
         production_status.last_verified.as_ref().unwrap().digest,
         digest('a')
@@ -369,24 +353,15 @@ async fn ecs_world(config: &str) -> World {
     w
 }
 
-/// ECS reports the last started rollout's service deployment as `event_name`, through the
-/// event the tracker's rule delivers and the handler's reading of it.
+/// ECS reports the last started rollout's service deployment as `event_name`: its
+/// `ECS Deployment State Change` event reaches the tracker.
 async fn ecs_reports(w: &World, event_name: &str) -> TrackOutcome {
     let event = w.ecs_event(
         &last_target_ref(w).await,
         event_name,
         "ECS deployment circuit breaker: tasks failed to start.",
     );
-    let envelope = inbound::envelope(event).unwrap();
-    let state = inbound::ecs_deployment_state(&envelope).unwrap().unwrap();
-    let target_ref = ecs::target_ref(&state.cluster, &state.service, &state.deployment_id);
-    w.tracker
-        .on_status(
-            &target_ref,
-            ecs::status_from_event(&state.event_name, state.reason.as_deref()),
-        )
-        .await
-        .unwrap()
+    tracked(w, event).await
 }
 
 const ECS_REGISTRY: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
@@ -461,7 +436,7 @@ async fn ecs_a_push_registers_a_revision_changing_only_the_image_and_is_verified
         vec![2, 3],
         "keep_revisions 1: revision 1 is deregistered, the one before the current is kept"
     );
-    let status = &w.control.status(None, None).await.unwrap()[0];
+    let status = &w.status().await[0];
     assert_eq!(status.last_verified.as_ref().unwrap().digest, digest('b'));
 }
 
@@ -488,21 +463,14 @@ async fn codedeploy_world(config: &str) -> World {
     w
 }
 
-/// CodeDeploy reports the last started rollout's deployment as `state`.
+/// CodeDeploy reports the last started rollout's deployment as `state`: its state-change
+/// event reaches the tracker.
 async fn codedeploy_reports(w: &World, state: &str) -> TrackOutcome {
     let target_ref = last_target_ref(w).await;
     let id = target_ref
         .strip_prefix("codedeploy:")
         .expect("a CodeDeploy handle");
-    let envelope = inbound::envelope(w.codedeploy_event(id, state)).unwrap();
-    let detail = inbound::codedeploy_state(&envelope).unwrap();
-    w.tracker
-        .on_status(
-            &TargetRef::new(codedeploy::KIND, &detail.deployment_id),
-            codedeploy::status_from_event(&detail.deployment_id, &detail.state),
-        )
-        .await
-        .unwrap()
+    tracked(w, w.codedeploy_event(id, state)).await
 }
 
 /// The digests (by their repeated character) the bundles of `onprem` pinned, in order.
@@ -687,48 +655,33 @@ async fn staging_on_ssm_promotes_the_verified_digest_to_ecs_and_codedeploy_envir
     );
     assert_eq!(ecs_runs(&w).await, (pinned('a'), 2));
     assert_eq!(bundled(&w).await, vec!["a"]);
-    let (app, production) = names("web", "production");
-    let started = w
-        .control
-        .status(Some(&app), Some(&production))
-        .await
+    let (_, production) = names("web", "production");
+    let started = w.status().await;
+    let production_status = started
+        .iter()
+        .find(|s| s.environment == production)
         .unwrap();
-    let ecs_ref = started[0].deployments[0].target_ref.clone().unwrap();
-    let envelope =
-        inbound::envelope(w.ecs_event(&ecs_ref, "SERVICE_DEPLOYMENT_COMPLETED", "")).unwrap();
-    let state = inbound::ecs_deployment_state(&envelope).unwrap().unwrap();
-    let outcome = w
-        .tracker
-        .on_status(
-            &ecs::target_ref(&state.cluster, &state.service, &state.deployment_id),
-            ecs::status_from_event(&state.event_name, None),
-        )
-        .await
-        .unwrap();
+    let ecs_ref = production_status.deployments[0].target_ref.clone().unwrap();
+    let outcome = tracked(
+        &w,
+        w.ecs_event(&ecs_ref, "SERVICE_DEPLOYMENT_COMPLETED", ""),
+    )
+    .await;
     assert!(
         matches!(outcome, TrackOutcome::Succeeded { .. }),
         "{outcome:?}"
     );
     let d = w.published.last_detail("Rollout Succeeded");
     assert_eq!(d.environment, production);
-    assert!(matches!(
-        w.verifier
-            .on_rollout_succeeded(&d.app, &d.environment, d.deployment_id.as_ref().unwrap())
-            .await
-            .unwrap(),
-        VerifyOutcome::Verified { .. }
-    ));
-    let status = w
-        .control
-        .status(Some(&app), Some(&production))
-        .await
-        .unwrap();
+    assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
+    let status = w.status().await;
+    let production_status = status.iter().find(|s| s.environment == production).unwrap();
     assert_eq!(
-        status[0].last_verified.as_ref().unwrap().digest,
+        production_status.last_verified.as_ref().unwrap().digest,
         digest('a')
     );
     assert_eq!(
-        status[0].deployments[0].kind,
+        production_status.deployments[0].kind,
         pushdeploy::domain::Kind::Promotion
     );
 }
@@ -854,7 +807,7 @@ async fn a_failed_rollout_rolls_back_to_the_verified_digest(via: Via) {
     }
     via.reports(&w, true).await;
     assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
-    let status = &w.control.status(None, None).await.unwrap()[0];
+    let status = &w.status().await[0];
     assert_eq!(status.current.as_ref().unwrap().digest, digest('a'));
     let original = status
         .deployments
@@ -887,7 +840,7 @@ async fn a_failed_smoke_test_rolls_back_to_the_verified_digest(via: Via) {
     via.reports(&w, true).await;
     assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
 
-    let status = &w.control.status(None, None).await.unwrap()[0];
+    let status = &w.status().await[0];
     assert_eq!(status.current.as_ref().unwrap().digest, digest('a'));
     assert_eq!(status.last_verified.as_ref().unwrap().digest, digest('a'));
     assert!(
@@ -992,7 +945,7 @@ async fn a_failed_rollback_freezes_the_environment_and_later_pushes_do_not_deplo
     );
     roll_back(&w, "Rollout Failed").await;
 
-    let status = &w.control.status(None, None).await.unwrap()[0];
+    let status = &w.status().await[0];
     assert!(
         status.frozen.as_ref().unwrap().reason.contains("rollback"),
         "{:?}",

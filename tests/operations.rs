@@ -2,18 +2,16 @@
 //! a repository of thousands of images, and environment tags moving in ECR.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use pushdeploy::adapters::ecr::EcrRegistry;
 use pushdeploy::domain::environment::{Current, Queued, VerifiedDigest};
 use pushdeploy::domain::event::Detail;
-use pushdeploy::domain::{DeploymentId, Digest, Kind, PinnedImage, Tag};
-use pushdeploy::ports::{Commit, MAX_BATCH};
-use pushdeploy::services::Janitor;
+use pushdeploy::domain::{DeploymentId, Digest, EventType, Kind, LifecycleEvent, PinnedImage, Tag};
+use pushdeploy::entrypoints::Function;
+use pushdeploy::ports::{Clock, Commit, MAX_BATCH, SystemClock};
 use pushdeploy::services::deploy::EnvTagOutcome;
-use pushdeploy::services::janitor::CleanupRequest;
+use pushdeploy::services::janitor::CleanupReport;
 use pushdeploy_tests::{REPOSITORY, World, names};
 use time::macros::datetime;
 
@@ -204,17 +202,17 @@ async fn the_janitor_deletes_exactly_what_no_rule_keeps_from_a_repository_of_tho
         "the third verified digest is not kept"
     );
 
-    let janitor = Janitor {
-        core: w.deployer.core.clone(),
-        catalog: Arc::new(EcrRegistry::new(aws_sdk_ecr::Client::new(&w.sdk))),
+    let clean = |dry_run: bool| {
+        let w = &w;
+        async move {
+            let out = w
+                .invoke(Function::Janitor, serde_json::json!({ "dry_run": dry_run }))
+                .await
+                .unwrap();
+            serde_json::from_value::<CleanupReport>(out).unwrap()
+        }
     };
-    let dry = janitor
-        .run(&CleanupRequest {
-            dry_run: true,
-            repository: None,
-        })
-        .await
-        .unwrap();
+    let dry = clean(true).await;
     let report = &dry.repositories[0];
     assert_eq!(report.error, None);
     assert_eq!(report.images, OLD + NEW + 3);
@@ -229,7 +227,7 @@ async fn the_janitor_deletes_exactly_what_no_rule_keeps_from_a_repository_of_tho
     );
     assert!(w.published.all().is_empty());
 
-    let run = janitor.run(&CleanupRequest::default()).await.unwrap();
+    let run = clean(false).await;
     let report = &run.repositories[0];
     assert_eq!(report.error, None);
     assert!(report.failed.is_empty(), "{:?}", report.failed);
@@ -261,7 +259,7 @@ async fn the_janitor_deletes_exactly_what_no_rule_keeps_from_a_repository_of_tho
     assert_eq!(announced, expected);
 
     // A second run finds nothing more to delete.
-    let again = janitor.run(&CleanupRequest::default()).await.unwrap();
+    let again = clean(false).await;
     assert!(again.repositories[0].deleted.is_empty());
 }
 
@@ -294,7 +292,7 @@ async fn the_environment_tag_follows_the_verified_digest_in_ecr() {
         let mut state = store.env_state(&app, &production).await.unwrap();
         state.verified.insert(0, verified(d, 1));
         store.commit(Commit::env(&mut state)).await.unwrap();
-        let outcome = w.deployer.on_verified(&app, &production, d).await.unwrap();
+        let outcome = verified_event_moves(&w, d).await;
         assert_eq!(
             outcome,
             EnvTagOutcome::Moved {
@@ -306,13 +304,37 @@ async fn the_environment_tag_follows_the_verified_digest_in_ecr() {
     }
     // The image it left keeps its own tag.
     assert_eq!(tagged("v1.0.0").await, first.as_str());
-    let again = w
-        .deployer
-        .on_verified(&app, &production, &second)
-        .await
-        .unwrap();
+    let again = verified_event_moves(&w, &second).await;
     assert!(
         matches!(again, EnvTagOutcome::AlreadyThere { .. }),
         "{again:?}"
     );
+}
+
+/// "Deployment Verified" of `digest` in web/production reaches the deployer; what became of
+/// the environment's ECR tag.
+async fn verified_event_moves(w: &World, digest: &Digest) -> EnvTagOutcome {
+    let (app, production) = names("web", "production");
+    let registry = format!(
+        "{}.dkr.ecr.{}.amazonaws.com",
+        pushdeploy_local::moto::ACCOUNT,
+        pushdeploy_local::moto::REGION
+    );
+    let image = PinnedImage::parse(&format!("{registry}/{REPOSITORY}@{digest}")).unwrap();
+    let event = LifecycleEvent::environment(
+        EventType::DeploymentVerified,
+        &app,
+        &production,
+        None,
+        SystemClock.now(),
+    )
+    .with_image(&image, None, Kind::Push);
+    let out = w
+        .deliver(
+            Function::Deployer,
+            pushdeploy::fakes::delivered(&event, &format!("verified-{digest}")),
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(out["ecr_tag"].clone()).unwrap()
 }

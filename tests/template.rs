@@ -15,8 +15,8 @@ use pushdeploy::domain::config::{CodeDeployPlatform, CodeDeployTarget};
 use pushdeploy::domain::{
     AppName, Config, Deployment, EnvName, EventType, Kind, PinnedImage, Request, TargetConfig,
 };
-use pushdeploy::inbound::{
-    CODEDEPLOY_STATE, ECS_DEPLOYMENT_STATE, SSM_COMMAND_STATUS, SSM_INVOCATION_STATUS,
+use pushdeploy::entrypoints::{
+    Bus as CodeBus, Function, ROUTES, Trigger as CodeTrigger, routed_to,
 };
 use pushdeploy::metrics::Metric;
 use pushdeploy_local::moto::{venv_tool, workspace_root};
@@ -210,81 +210,130 @@ fn every_function_package_is_built_with_cargo_lambda_and_fails_into_the_dead_let
     }
 }
 
-/// The `detail-type`s each function's rules on pushdeploy's own bus match.
-fn lifecycle_routes(t: &Template) -> BTreeMap<String, BTreeSet<String>> {
-    let mut routes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for f in t.functions(&placeholder).unwrap() {
-        for trigger in &f.triggers {
-            let Trigger::Rule {
-                bus: Bus::Resource(bus),
-                pattern,
-                name,
-            } = trigger
-            else {
-                continue;
+/// Every route of the routing table, as (function, trigger): the bus (or the schedule's
+/// parameter), the source, the detail-types and the detail filter, as the template writes
+/// them.
+/// A rule's pattern with its detail-types in order, since their order means nothing.
+fn normalized(mut trigger: Json) -> String {
+    if let Some(types) = trigger
+        .pointer_mut("/pattern/detail-type")
+        .and_then(Json::as_array_mut)
+    {
+        types.sort_by_key(|t| t.to_string());
+    }
+    trigger.to_string()
+}
+
+fn routes_in_code() -> BTreeSet<(String, String)> {
+    ROUTES
+        .iter()
+        .map(|r| {
+            let trigger = match r.trigger {
+                CodeTrigger::Rule {
+                    bus,
+                    source,
+                    detail_types,
+                    detail,
+                } => {
+                    let mut pattern = serde_json::json!({
+                        "source": [source],
+                        "detail-type": detail_types,
+                    });
+                    if !detail.is_empty() {
+                        let filter: serde_json::Map<String, Json> = detail
+                            .iter()
+                            .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
+                            .collect();
+                        pattern["detail"] = Json::Object(filter);
+                    }
+                    let bus = match bus {
+                        CodeBus::Default => "default",
+                        CodeBus::Pushdeploy => "EventBus",
+                    };
+                    serde_json::json!({ "bus": bus, "pattern": pattern })
+                }
+                CodeTrigger::Schedule { parameter } => {
+                    serde_json::json!({ "schedule": format!("<{parameter}>") })
+                }
             };
-            assert_eq!(bus, "EventBus", "{}.{name}", f.logical_id);
-            assert_eq!(
-                pattern["source"],
-                serde_json::json!(["pushdeploy"]),
-                "{}.{name}",
-                f.logical_id
-            );
-            routes
-                .entry(f.package.clone())
-                .or_default()
-                .extend(strings(&pattern["detail-type"]));
+            (r.function.name().to_owned(), normalized(trigger))
+        })
+        .collect()
+}
+
+/// Every rule and schedule of the template, in the same shape.
+fn routes_in_template(t: &Template) -> BTreeSet<(String, String)> {
+    let mut routes = BTreeSet::new();
+    for f in t.functions(&placeholder).unwrap() {
+        for trigger in f.triggers {
+            let json = match trigger {
+                Trigger::Rule { bus, pattern, .. } => {
+                    let bus = match bus {
+                        Bus::Default => "default".to_owned(),
+                        Bus::Resource(name) => name,
+                    };
+                    serde_json::json!({ "bus": bus, "pattern": pattern })
+                }
+                Trigger::Schedule { expression, .. } => {
+                    serde_json::json!({ "schedule": expression })
+                }
+            };
+            let key = (f.package.clone(), normalized(json.clone()));
+            assert!(routes.insert(key), "{}: {json} twice", f.package);
         }
     }
     routes
 }
 
 #[test]
-fn lifecycle_events_are_routed_to_the_functions_whose_handlers_take_them() {
+fn the_templates_rules_and_schedules_are_exactly_the_routing_table() {
     let t = template();
-    let routes = lifecycle_routes(&t);
-    let expected: BTreeMap<String, BTreeSet<String>> = [
-        (
-            "deployer",
-            vec![
-                EventType::DeploymentVerified,
-                EventType::DeploymentFailed,
-                EventType::EnvironmentUnfrozen,
-                EventType::PromotionApproved,
-            ],
-        ),
-        ("verifier", vec![EventType::RolloutSucceeded]),
-        // Exactly the events the notifier has a message for.
-        (
-            "notifier",
-            EventType::ALL
-                .into_iter()
-                .filter(|t| {
-                    [Kind::Push, Kind::Rollback].into_iter().any(|kind| {
-                        let detail: pushdeploy::domain::EventDetail = serde_json::from_value(serde_json::json!({
-                            "app": "web", "environment": "staging", "kind": kind, "at": "2026-11-20T10:00:00Z"
-                        }))
-                        .unwrap();
-                        pushdeploy::domain::notice::notice_of(*t, &detail).is_some()
-                    })
-                })
-                .collect(),
-        ),
-        (
-            "rollback",
-            vec![EventType::RolloutFailed, EventType::VerificationFailed],
-        ),
-    ]
-    .into_iter()
-    .map(|(f, types)| {
-        (
-            f.to_owned(),
-            types.iter().map(|t| t.as_str().to_owned()).collect(),
-        )
-    })
-    .collect();
-    assert_eq!(routes, expected);
+    let in_template = routes_in_template(&t);
+    let in_code = routes_in_code();
+    let missing: Vec<_> = in_code.difference(&in_template).collect();
+    let extra: Vec<_> = in_template.difference(&in_code).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "routes the template lacks: {missing:#?}\nrules the code does not route: {extra:#?}"
+    );
+    for function in Function::ALL {
+        assert!(
+            t.functions(&placeholder)
+                .unwrap()
+                .iter()
+                .any(|f| f.package == function.name()),
+            "{} has no function in the template",
+            function.name()
+        );
+    }
+}
 
+#[test]
+fn the_notifier_is_routed_exactly_the_events_it_has_a_message_for() {
+    let with_message: BTreeSet<&str> = EventType::ALL
+        .into_iter()
+        .filter(|t| {
+            [Kind::Push, Kind::Rollback].into_iter().any(|kind| {
+                let detail: pushdeploy::domain::EventDetail = serde_json::from_value(serde_json::json!({
+                    "app": "web", "environment": "staging", "kind": kind, "at": "2026-11-20T10:00:00Z"
+                }))
+                .unwrap();
+                pushdeploy::domain::notice::notice_of(*t, &detail).is_some()
+            })
+        })
+        .map(EventType::as_str)
+        .collect();
+    let routed: BTreeSet<&str> = EventType::ALL
+        .into_iter()
+        .map(EventType::as_str)
+        .filter(|t| routed_to(pushdeploy::domain::event::SOURCE, t).contains(&Function::Notifier))
+        .collect();
+    assert_eq!(routed, with_message);
+}
+
+#[test]
+fn only_a_failed_rollback_alerts_a_person_and_codedeploy_ends_need_no_read_back() {
+    let t = template();
     let mut alerted = Vec::new();
     for (id, ty, props) in t.resources() {
         if ty != "AWS::Events::Rule" {
@@ -303,112 +352,14 @@ fn lifecycle_events_are_routed_to_the_functions_whose_handlers_take_them() {
         vec![EventType::RollbackFailed.as_str()],
         "a failed rollback alerts a person"
     );
-
-    for detail_type in routes.values().flatten().chain(&alerted) {
-        assert!(
-            EventType::parse(detail_type).is_some(),
-            "{detail_type:?} is not a lifecycle event pushdeploy publishes"
-        );
-    }
-}
-
-#[test]
-fn aws_events_reach_the_deployer_and_the_tracker_as_their_handlers_read_them() {
-    let t = template();
-    // Every rule on the default bus, by (package, event name): a function may have several.
-    let mut default_bus: BTreeMap<(String, String), Json> = BTreeMap::new();
-    let mut schedules = Vec::new();
-    for f in t.functions(&placeholder).unwrap() {
-        for trigger in f.triggers {
-            match trigger {
-                Trigger::Rule {
-                    bus: Bus::Default,
-                    pattern,
-                    name,
-                } => {
-                    let previous = default_bus.insert((f.package.clone(), name.clone()), pattern);
-                    assert!(previous.is_none(), "{}.{name} twice", f.logical_id);
-                }
-                Trigger::Schedule { expression, .. } => {
-                    schedules.push((f.package.clone(), expression))
-                }
-                Trigger::Rule { .. } => {}
-            }
-        }
-    }
-    let rule = |package: &str, name: &str| -> Json {
-        default_bus
-            .get(&(package.to_owned(), name.to_owned()))
-            .unwrap_or_else(|| panic!("the {package} has no rule {name}: {default_bus:?}"))
-            .clone()
-    };
-    assert_eq!(
-        rule("deployer", "EcrPush"),
-        serde_json::json!({
-            "source": ["aws.ecr"],
-            "detail-type": ["ECR Image Action"],
-            "detail": { "action-type": ["PUSH"], "result": ["SUCCESS"] }
-        })
-    );
-    assert_eq!(
-        rule("tracker", "SsmStatus"),
-        serde_json::json!({
-            "source": ["aws.ssm"],
-            "detail-type": [SSM_COMMAND_STATUS, SSM_INVOCATION_STATUS],
-            // Only the status of pushdeploy's own document.
-            "detail": { "document-name": ["<DeployDocument>"] }
-        })
-    );
-    // Every deployment of every service: the tracker reads `resources[0]` and
-    // `detail.deploymentId` and ignores deployments it did not start.
-    assert_eq!(
-        rule("tracker", "EcsDeploymentState"),
-        serde_json::json!({
-            "source": ["aws.ecs"],
-            "detail-type": [ECS_DEPLOYMENT_STATE]
-        })
-    );
-    // The end of every CodeDeploy deployment: the tracker reads `detail.deploymentId` and
-    // `detail.state`, ignores deployments it did not start, and leaves the states that only
-    // say a deployment runs to the reconciliation.
-    assert_eq!(
-        rule("tracker", "CodeDeployState"),
-        serde_json::json!({
-            "source": ["aws.codedeploy"],
-            "detail-type": [CODEDEPLOY_STATE],
-            "detail": { "state": ["SUCCESS", "FAILURE", "STOP"] }
-        })
-    );
     for state in ["SUCCESS", "FAILURE", "STOP"] {
         assert!(
-            codedeploy::status_from_event("d-1", state).is_some(),
+            codedeploy::events::status_from_event("d-1", state).is_some(),
             "the tracker cannot tell what {state} means without a read back"
         );
     }
-    let rules: Vec<(&str, &str)> = default_bus
-        .keys()
-        .map(|(package, name)| (package.as_str(), name.as_str()))
-        .collect();
-    assert_eq!(
-        rules,
-        [
-            ("deployer", "EcrPush"),
-            ("tracker", "CodeDeployState"),
-            ("tracker", "EcsDeploymentState"),
-            ("tracker", "SsmStatus"),
-        ],
-        "no other AWS events reach a function"
-    );
-    assert_eq!(
-        schedules,
-        vec![
-            ("tracker".to_owned(), "<ReconcileSchedule>".to_owned()),
-            ("janitor".to_owned(), "<JanitorSchedule>".to_owned())
-        ]
-    );
 }
 
-/// The SSM adapter, with a client that is never used to send anything.
 fn ssm_adapter() -> SsmRunCommand {
     let sdk = SdkConfig::builder()
         .region(Region::new("us-east-1"))

@@ -1,5 +1,9 @@
 //! In-memory implementations of every port, with the same conditional-write semantics as
-//! the DynamoDB adapter, for unit tests of the services and for reasoning locally.
+//! the DynamoDB adapter, for unit tests of the services and for reasoning locally; and
+//! `World`, every fake with a clock and the use cases built on them, one per test.
+
+// Test support: a poisoned lock or a bad fixture should fail the test that caused it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -14,10 +18,10 @@ use crate::domain::{
     PinnedImage, Registry, Repository, Tag, TargetConfig,
 };
 use crate::ports::{
-    Clock, Commit, ConfigLoadError, ConfigSource, DeleteFailure, EventPublisher, HttpProbe,
-    ImageCatalog, ImagePage, ImageRegistry, ListedImage, MAX_BATCH, ProbeError, ProbeResponse,
-    PublishError, RegistryError, ResolvedImage, RolloutStatus, Started, StateStore, StoreError,
-    TagMove, TagWriter, Target, TargetError, TargetRef,
+    CallError, Clock, Commit, ConfigLoadError, ConfigSource, DeleteFailure, EventPublisher,
+    HttpProbe, ImageCatalog, ImagePage, ImageRegistry, ListedImage, MAX_BATCH, ProbeError,
+    ProbeResponse, PublishError, RegistryError, ResolvedImage, RolloutStatus, Started, StateStore,
+    StoreError, TagMove, TagWriter, Target, TargetError, TargetRef,
 };
 
 type EnvKey = (AppName, EnvName);
@@ -278,7 +282,10 @@ impl FakeRegistry {
         inner.calls.push(operation);
         if inner.throttle > 0 {
             inner.throttle -= 1;
-            return Err(RegistryError::Throttled("Rate exceeded".into()));
+            return Err(RegistryError::Throttled(CallError::said(
+                "ECR",
+                "ThrottlingException: Rate exceeded",
+            )));
         }
         Ok(())
     }
@@ -635,6 +642,10 @@ impl ManualClock {
     pub fn advance(&self, by: Duration) {
         *self.0.lock().unwrap() += by;
     }
+
+    pub fn set(&self, at: OffsetDateTime) {
+        *self.0.lock().unwrap() = at;
+    }
 }
 
 impl Clock for ManualClock {
@@ -716,4 +727,171 @@ impl crate::ports::SecretSource for FixedSecrets {
             crate::ports::SecretError::NotFound(format!("{secret:?} does not exist"))
         })
     }
+}
+
+/// Every fake, a clock, and the use cases built on them: the world one test runs in.
+#[derive(Clone)]
+pub struct World {
+    pub store: MemoryStore,
+    pub target: FakeTarget,
+    pub events: RecordingPublisher,
+    pub registry: FakeRegistry,
+    pub probe: ScriptedProbe,
+    pub secrets: FixedSecrets,
+    pub clock: ManualClock,
+    pub config: Arc<Config>,
+}
+
+impl World {
+    /// The ECR registry of the sample events.
+    pub const REGISTRY: &'static str = "123456789012.dkr.ecr.eu-west-1.amazonaws.com";
+    /// When every world's clock starts.
+    pub const START: OffsetDateTime = time::macros::datetime!(2026-11-20 10:00 UTC);
+    /// The configuration the sample events refer to.
+    pub const SAMPLE_CONFIG: &'static str = include_str!("../../events/config.yaml");
+
+    /// A world configured by the sample configuration.
+    pub fn sample() -> Self {
+        Self::new(Self::SAMPLE_CONFIG)
+    }
+
+    pub fn new(config_yaml: &str) -> Self {
+        Self {
+            store: MemoryStore::default(),
+            target: FakeTarget::default(),
+            events: RecordingPublisher::default(),
+            registry: FakeRegistry::new(Self::REGISTRY),
+            probe: ScriptedProbe::default(),
+            secrets: FixedSecrets::default(),
+            clock: ManualClock::new(Self::START),
+            config: Arc::new(Config::from_yaml(config_yaml).expect("test configuration is valid")),
+        }
+    }
+
+    pub fn core(&self) -> crate::services::Core {
+        crate::services::Core {
+            store: Arc::new(self.store.clone()),
+            events: Arc::new(self.events.clone()),
+            config: Arc::new(FixedConfig(self.config.clone())),
+            clock: Arc::new(self.clock.clone()),
+        }
+    }
+
+    pub fn deployer(&self) -> crate::services::Deployer {
+        crate::services::Deployer {
+            core: self.core(),
+            registry: Arc::new(self.registry.clone()),
+            target: Arc::new(self.target.clone()),
+            tags: Arc::new(self.registry.clone()),
+        }
+    }
+
+    pub fn tracker(&self) -> crate::services::Tracker {
+        crate::services::Tracker {
+            core: self.core(),
+            target: Arc::new(self.target.clone()),
+        }
+    }
+
+    pub fn verifier(&self) -> crate::services::Verifier {
+        crate::services::Verifier {
+            core: self.core(),
+            probe: Arc::new(self.probe.clone()),
+        }
+    }
+
+    pub fn rollback(&self) -> crate::services::Rollback {
+        crate::services::Rollback {
+            core: self.core(),
+            registry: Arc::new(self.registry.clone()),
+            target: Arc::new(self.target.clone()),
+        }
+    }
+
+    pub fn control(&self) -> crate::services::Control {
+        crate::services::Control { core: self.core() }
+    }
+
+    pub fn janitor(&self) -> crate::services::Janitor {
+        crate::services::Janitor {
+            core: self.core(),
+            catalog: Arc::new(self.registry.clone()),
+        }
+    }
+
+    pub fn notifier(
+        &self,
+        webhook: Arc<dyn crate::ports::Webhook>,
+        delivery: crate::services::notify::Delivery,
+    ) -> crate::services::Notifier {
+        crate::services::Notifier {
+            core: self.core(),
+            secrets: Arc::new(self.secrets.clone()),
+            webhook,
+            delivery,
+        }
+    }
+
+    /// An image of the sample registry's `acme/web`, by the digest's repeated hex digit.
+    pub fn image(&self, hex: char) -> PinnedImage {
+        PinnedImage::parse(&format!(
+            "{}/acme/web@sha256:{}",
+            Self::REGISTRY,
+            hex.to_string().repeat(64)
+        ))
+        .unwrap()
+    }
+
+    /// The stored deployments of an environment of the sample app `web`, oldest first.
+    pub fn deployments(&self, env: &str) -> Vec<Deployment> {
+        self.store.deployments(&app("web"), &env_name(env))
+    }
+
+    /// The stored state of an environment of the sample app `web`.
+    pub fn state(&self, env: &str) -> EnvState {
+        let inner = self.store.inner.lock().unwrap();
+        let key = (app("web"), env_name(env));
+        inner
+            .envs
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| EnvState::new(key.0, key.1))
+    }
+}
+
+/// An invocation as Lambda delivers it, from JSON text (a sample event, a console request).
+pub fn invocation(json: &str) -> lambda_runtime::LambdaEvent<serde_json::Value> {
+    lambda_runtime::LambdaEvent::new(
+        serde_json::from_str(json).expect("the invocation is JSON"),
+        lambda_runtime::Context::default(),
+    )
+}
+
+/// A lifecycle event as EventBridge delivers it, under event id `id`.
+pub fn delivered(event: &LifecycleEvent, id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "version": "0",
+        "id": id,
+        "detail-type": event.detail_type.as_str(),
+        "source": crate::domain::event::SOURCE,
+        "account": "123456789012",
+        "time": event
+            .detail
+            .at()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap(),
+        "region": "eu-west-1",
+        "resources": [],
+        "detail": event.detail,
+    })
+}
+
+/// An app name known to be valid, for tests.
+pub fn app(name: &str) -> AppName {
+    AppName::parse(name).unwrap()
+}
+
+/// An environment name known to be valid, for tests.
+pub fn env_name(name: &str) -> EnvName {
+    EnvName::parse(name).unwrap()
 }

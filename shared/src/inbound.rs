@@ -1,18 +1,19 @@
-//! What the functions receive: EventBridge envelopes (ECR pushes, SSM status changes,
-//! schedules, pushdeploy's own lifecycle events) and the JSON payloads people send from
-//! the console. Everything is checked here, with errors that say what to fix, before any
-//! use case runs.
+//! Reading what the functions receive: EventBridge envelopes and their details, and the
+//! JSON requests people send from the console. A reader either returns the typed value or
+//! an `InputError` that names the field and says what it may hold, in words, never in
+//! the deserializer's terms.
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::domain::{
-    AppName, DeploymentId, Digest, EnvName, EventDetail, EventType, Repository, Tag,
-};
-use crate::services::ServiceError;
-use crate::services::deploy::Push;
+use crate::domain::{EventDetail, EventType};
+use crate::ports::StatusEvent;
+use crate::services::InputError;
+
+/// The longest a problem's text may get: values quoted in it are cut short.
+const MAX_PROBLEM: usize = 400;
 
 /// An EventBridge event, before its detail is read.
 #[derive(Debug, Clone, Deserialize)]
@@ -39,254 +40,363 @@ pub fn is_event(payload: &Value) -> bool {
     payload.get("detail-type").is_some()
 }
 
-pub fn envelope(payload: Value) -> Result<Envelope, ServiceError> {
-    serde_json::from_value(payload)
-        .map_err(|e| ServiceError::Invalid(format!("malformed EventBridge event: {e}")))
+impl Envelope {
+    pub fn read(payload: Value) -> Result<Self, InputError> {
+        from_value(payload, "EventBridge event")
+    }
+
+    /// The event's detail, typed.
+    pub fn detail<T: DeserializeOwned>(&self) -> Result<T, InputError> {
+        from_value(
+            self.detail.clone(),
+            &format!("\"{}\" event detail", self.detail_type),
+        )
+        .map_err(|e| match e {
+            InputError::Field {
+                what,
+                field,
+                problem,
+            } => InputError::Field {
+                what,
+                field: Some(match field {
+                    Some(f) => format!("detail.{f}"),
+                    None => "detail".into(),
+                }),
+                problem,
+            },
+            other => other,
+        })
+    }
+
+    /// A pushdeploy lifecycle event: its type and detail.
+    pub fn lifecycle(&self) -> Result<(EventType, EventDetail), InputError> {
+        let kind = EventType::parse(&self.detail_type).ok_or_else(|| InputError::Field {
+            what: "pushdeploy event".into(),
+            field: Some("detail-type".into()),
+            problem: format!(
+                "{} is not one of pushdeploy's lifecycle events",
+                quote(&self.detail_type)
+            ),
+        })?;
+        Ok((kind, self.detail()?))
+    }
 }
 
-/// Reads a console payload into its typed form; unknown fields are refused so that a typo
-/// never silently changes what happens.
-pub fn payload<T: DeserializeOwned>(payload: Value, what: &str) -> Result<T, ServiceError> {
-    serde_json::from_value(payload)
-        .map_err(|e| ServiceError::Invalid(format!("invalid {what} payload: {e}")))
+/// What a console request of one function looks like, for the messages about it.
+pub struct Console {
+    /// The function, as a sentence names it ("the deployer", "control").
+    pub function: &'static str,
+    /// What a request without `"action"` does; `None` when it must say.
+    pub default_action: Option<&'static str>,
+    pub actions: &'static [&'static str],
+    /// A sentence for a required field that is missing, by (action, field).
+    pub missing: fn(&str, &str) -> Option<String>,
 }
 
-fn detail<T: DeserializeOwned>(envelope: &Envelope) -> Result<T, ServiceError> {
-    serde_json::from_value(envelope.detail.clone()).map_err(|e| {
-        ServiceError::Invalid(format!(
-            "malformed \"{}\" event detail: {e}",
-            envelope.detail_type
+impl Console {
+    /// Reads which action a request asks for (`A`, an enum of the actions by name), and the
+    /// rest of its fields. `action` may be left out when the function has a default.
+    pub fn read<A: DeserializeOwned>(&self, payload: Value) -> Result<(A, Fields), InputError> {
+        let Value::Object(mut fields) = payload else {
+            return Err(InputError::Field {
+                what: format!("request to {}", self.function),
+                field: None,
+                problem: format!(
+                    "a request is a JSON object such as {{\"action\": {:?}, …}}, not {}",
+                    self.actions.first().copied().unwrap_or_default(),
+                    kind_of(&payload)
+                ),
+            });
+        };
+        let action = match fields.remove("action") {
+            Some(Value::String(a)) => a,
+            Some(other) => {
+                return Err(InputError::Field {
+                    what: format!("request to {}", self.function),
+                    field: Some("action".into()),
+                    problem: format!("expected a string, found {}", kind_of(&other)),
+                });
+            }
+            None => match self.default_action {
+                Some(action) => action.to_owned(),
+                None => {
+                    return Err(InputError::Field {
+                        what: format!("request to {}", self.function),
+                        field: None,
+                        problem: format!(
+                            "missing field `action`: say what to do, one of {}",
+                            self.accepted()
+                        ),
+                    });
+                }
+            },
+        };
+        let unknown = || InputError::UnknownAction {
+            function: self.function,
+            action: cut(&action),
+            accepted: self.actions,
+        };
+        if !self.actions.contains(&action.as_str()) {
+            return Err(unknown());
+        }
+        let typed = serde_json::from_value(Value::String(action.clone())).map_err(|_| unknown())?;
+        Ok((
+            typed,
+            Fields {
+                action,
+                fields: Value::Object(fields),
+                missing: self.missing,
+            },
         ))
+    }
+
+    fn accepted(&self) -> String {
+        let quoted: Vec<String> = self.actions.iter().map(|a| format!("{a:?}")).collect();
+        quoted.join(", ")
+    }
+}
+
+/// The fields of a console request, once its action is known.
+pub struct Fields {
+    action: String,
+    fields: Value,
+    missing: fn(&str, &str) -> Option<String>,
+}
+
+impl Fields {
+    /// The fields in the action's typed form. Unknown fields are refused (`T` denies them),
+    /// so a typo never silently changes what happens.
+    pub fn read<T: DeserializeOwned>(self) -> Result<T, InputError> {
+        let what = format!("{} request", self.action);
+        from_value(self.fields, &what).map_err(|e| match e {
+            InputError::Field {
+                field: None,
+                problem,
+                ..
+            } if problem.starts_with("missing field `") => {
+                let field = problem
+                    .trim_start_matches("missing field `")
+                    .split('`')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                match (self.missing)(&self.action, &field) {
+                    Some(sentence) => InputError::Rule(sentence),
+                    None => InputError::Field {
+                        what,
+                        field: None,
+                        problem,
+                    },
+                }
+            }
+            other => other,
+        })
+    }
+}
+
+/// Deserializes `value`, turning a failure into a message that names the field.
+fn from_value<T: DeserializeOwned>(value: Value, what: &str) -> Result<T, InputError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = (path != "." && !path.is_empty()).then_some(path);
+        InputError::Field {
+            what: what.to_owned(),
+            field,
+            problem: cut(&plain(&e.into_inner().to_string())),
+        }
     })
 }
 
-#[derive(Deserialize)]
-struct EcrDetail {
-    #[serde(rename = "action-type")]
-    action_type: String,
-    result: String,
-    #[serde(rename = "repository-name")]
-    repository_name: String,
-    #[serde(rename = "image-digest")]
-    image_digest: String,
-    #[serde(rename = "image-tag", default)]
-    image_tag: Option<String>,
-}
-
-/// An `ECR Image Action` event: `Ok(None)` when it is not a successful push (a deletion, a
-/// failed push), which deploys nothing.
-pub fn ecr_push(envelope: &Envelope) -> Result<Option<Push>, ServiceError> {
-    let d: EcrDetail = detail(envelope)?;
-    if d.action_type != "PUSH" || d.result != "SUCCESS" {
-        return Ok(None);
+/// serde's words, as a person would say them: `invalid type: integer `5`, expected a
+/// string` becomes `expected a string, found integer 5`; Rust type names go.
+fn plain(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("invalid type: ")
+        && let Some((found, expected)) = rest.split_once(", expected ")
+    {
+        return format!(
+            "expected {}, found {}",
+            expected_of(expected),
+            found.replace('`', "")
+        );
     }
-    let invalid = |e: &dyn std::fmt::Display| ServiceError::Invalid(format!("ECR push event: {e}"));
-    let tag = match d.image_tag.as_deref() {
-        None | Some("") => None,
-        Some(t) => Some(Tag::parse(t).map_err(|e| invalid(&e))?),
-    };
-    Ok(Some(Push {
-        event_id: envelope.id.clone(),
-        account: envelope.account.clone(),
-        region: envelope.region.clone(),
-        repository: Repository::parse(&d.repository_name).map_err(|e| invalid(&e))?,
-        digest: Digest::parse(&d.image_digest).map_err(|e| invalid(&e))?,
-        tag,
-        pushed_at: envelope.time.unwrap_or_else(OffsetDateTime::now_utc),
-    }))
-}
-
-/// A pushdeploy lifecycle event: its type and detail.
-pub fn lifecycle(envelope: &Envelope) -> Result<(EventType, EventDetail), ServiceError> {
-    if envelope.source != crate::domain::event::SOURCE {
-        return Err(ServiceError::Invalid(format!(
-            "expected an event from source \"pushdeploy\", got {:?}",
-            envelope.source
-        )));
+    if let Some(rest) = message.strip_prefix("invalid length ")
+        && let Some((_, expected)) = rest.split_once(", expected ")
+    {
+        return format!("expected {}", expected_of(expected));
     }
-    let kind = EventType::parse(&envelope.detail_type).ok_or_else(|| {
-        ServiceError::Invalid(format!(
-            "unknown lifecycle event {:?}",
-            envelope.detail_type
-        ))
-    })?;
-    Ok((kind, detail(envelope)?))
+    if let Some(rest) = message.strip_prefix("unknown field ")
+        && let Some((field, expected)) = rest.split_once(", expected ")
+    {
+        let expected = expected.trim_start_matches("one of ");
+        return format!("unknown field {field}; the fields are {expected}");
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ")
+        && let Some((variant, expected)) = rest.split_once(", expected ")
+    {
+        let expected = expected.trim_start_matches("one of ");
+        return format!(
+            "{} is not allowed; use {expected}",
+            variant.replace('`', "\"")
+        );
+    }
+    message.to_owned()
 }
 
-/// The deployment a lifecycle event is about.
-pub fn deployment_of(
-    detail: &EventDetail,
-    detail_type: EventType,
-) -> Result<DeploymentId, ServiceError> {
-    detail.deployment_id.clone().ok_or_else(|| {
-        ServiceError::Invalid(format!("\"{detail_type}\" event has no deployment_id"))
-    })
+fn expected_of(expected: &str) -> String {
+    if expected.starts_with("struct ") || expected.starts_with("a map") {
+        "an object".into()
+    } else if expected.starts_with("internally tagged enum") || expected.starts_with("enum ") {
+        "an object with an \"action\"".into()
+    } else if expected.starts_with("a sequence") || expected.starts_with("tuple") {
+        "a list".into()
+    } else if expected.starts_with("u64")
+        || expected.starts_with("u32")
+        || expected.starts_with("u16")
+    {
+        "a whole number".into()
+    } else {
+        expected.to_owned()
+    }
 }
 
-/// `EC2 Command Status-change Notification` and its per-instance variant.
-#[derive(Debug, Clone, Deserialize)]
-pub struct SsmStatusDetail {
-    #[serde(rename = "command-id")]
-    pub command_id: String,
-    #[serde(rename = "document-name")]
-    pub document_name: String,
-    #[serde(rename = "instance-id", default)]
-    pub instance_id: Option<String>,
-    pub status: String,
+fn kind_of(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string {}", quote(s)),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "an object".into(),
+    }
 }
 
-pub const SSM_COMMAND_STATUS: &str = "EC2 Command Status-change Notification";
-pub const SSM_INVOCATION_STATUS: &str = "EC2 Command Invocation Status-change Notification";
-
-pub fn ssm_status(envelope: &Envelope) -> Result<SsmStatusDetail, ServiceError> {
-    detail(envelope)
+/// A value quoted for a message, cut short when long.
+pub fn quote(value: &str) -> String {
+    cut(&format!("{value:?}"))
 }
 
-pub const ECS_DEPLOYMENT_STATE: &str = "ECS Deployment State Change";
-
-/// An `ECS Deployment State Change` event: which deployment of which service, and how it
-/// stands.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EcsDeploymentState {
-    pub cluster: String,
-    pub service: String,
-    pub deployment_id: String,
-    /// `SERVICE_DEPLOYMENT_IN_PROGRESS`, `SERVICE_DEPLOYMENT_COMPLETED` or
-    /// `SERVICE_DEPLOYMENT_FAILED`.
-    pub event_name: String,
-    pub reason: Option<String>,
+fn cut(text: &str) -> String {
+    if text.chars().count() <= MAX_PROBLEM {
+        return text.to_owned();
+    }
+    let kept: String = text.chars().take(MAX_PROBLEM).collect();
+    format!("{kept}… ({} characters in all)", text.chars().count())
 }
 
-#[derive(Deserialize)]
-struct EcsDeploymentDetail {
-    #[serde(rename = "eventName")]
-    event_name: String,
-    #[serde(rename = "deploymentId")]
-    deployment_id: String,
-    #[serde(default)]
-    reason: Option<String>,
+/// A kind of target's status-change events: where they come from, what the template's rule
+/// matches, and how to read one. Each target adapter describes its own.
+pub struct TargetEvents {
+    pub source: &'static str,
+    pub detail_types: &'static [&'static str],
+    /// What the rule matches in `detail`, field by field (`OWN_DOCUMENT` stands for the
+    /// stack's SSM document).
+    pub detail: &'static [(&'static str, &'static [&'static str])],
+    /// Reads an event of these; the second argument is the name of pushdeploy's SSM document.
+    pub read: fn(&Envelope, &str) -> Result<StatusEvent, InputError>,
 }
 
-/// Reads the event; `Ok(None)` when its service ARN is in the old format, which does not
-/// name the cluster (the reconciliation follows such rollouts instead).
-pub fn ecs_deployment_state(
-    envelope: &Envelope,
-) -> Result<Option<EcsDeploymentState>, ServiceError> {
-    let d: EcsDeploymentDetail = detail(envelope)?;
-    let Some(arn) = envelope.resources.first() else {
-        return Err(ServiceError::Invalid(format!(
-            "\"{ECS_DEPLOYMENT_STATE}\" event names no service in `resources`"
-        )));
-    };
-    let Some((_, path)) = arn.split_once(":service/") else {
-        return Err(ServiceError::Invalid(format!(
-            "\"{ECS_DEPLOYMENT_STATE}\" event: {arn:?} is not an ECS service ARN"
-        )));
-    };
-    Ok(path
-        .split_once('/')
-        .map(|(cluster, service)| EcsDeploymentState {
-            cluster: cluster.to_owned(),
-            service: service.to_owned(),
-            deployment_id: d.deployment_id,
-            event_name: d.event_name,
-            reason: d.reason,
-        }))
-}
-
-pub const CODEDEPLOY_STATE: &str = "CodeDeploy Deployment State-change Notification";
-
-/// A `CodeDeploy Deployment State-change Notification`: `state` is `START`, `SUCCESS`,
-/// `FAILURE`, `STOP` or `READY` (blue/green, waiting to reroute traffic).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct CodeDeployState {
-    #[serde(rename = "deploymentId")]
-    pub deployment_id: String,
-    pub state: String,
-    #[serde(default)]
-    pub application: Option<String>,
-    #[serde(rename = "deploymentGroup", default)]
-    pub deployment_group: Option<String>,
-}
-
-pub fn codedeploy_state(envelope: &Envelope) -> Result<CodeDeployState, ServiceError> {
-    detail(envelope)
-}
-
-/// Names as a person types them, checked with the same rules as the configuration.
-pub fn app_name(value: &str) -> Result<AppName, ServiceError> {
-    AppName::parse(value).map_err(|e| ServiceError::Invalid(e.to_string()))
-}
-
-pub fn env_name(value: &str) -> Result<EnvName, ServiceError> {
-    EnvName::parse(value).map_err(|e| ServiceError::Invalid(e.to_string()))
-}
-
-pub fn digest(value: &str) -> Result<Digest, ServiceError> {
-    Digest::parse(value).map_err(|e| ServiceError::Invalid(e.to_string()))
-}
-
-pub fn tag(value: &str) -> Result<Tag, ServiceError> {
-    Tag::parse(value).map_err(|e| ServiceError::Invalid(e.to_string()))
-}
+/// In a rule's `detail` filter: the name of the stack's SSM document (`DeployDocument`).
+pub const OWN_DOCUMENT: &str = "<DeployDocument>";
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    fn push_event(detail: Value) -> Envelope {
-        envelope(json!({
-            "version": "0", "id": "e-1", "detail-type": "ECR Image Action", "source": "aws.ecr",
-            "account": "123456789012", "time": "2026-01-01T10:00:00Z", "region": "eu-west-1",
-            "resources": [], "detail": detail
-        }))
-        .unwrap()
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "kebab-case")]
+    enum Action {
+        Freeze,
+        Status,
     }
 
-    #[test]
-    fn reads_a_push_with_and_without_a_tag() {
-        let digest = format!("sha256:{}", "a".repeat(64));
-        let tagged = push_event(
-            json!({"result": "SUCCESS", "repository-name": "acme/web", "image-digest": digest, "action-type": "PUSH", "image-tag": "v1"}),
-        );
-        let push = ecr_push(&tagged).unwrap().unwrap();
-        assert_eq!(push.tag.unwrap().as_str(), "v1");
-        assert_eq!(
-            push.pushed_at,
-            time::macros::datetime!(2026-01-01 10:00 UTC)
-        );
-        let untagged = push_event(
-            json!({"result": "SUCCESS", "repository-name": "acme/web", "image-digest": digest, "action-type": "PUSH"}),
-        );
-        assert!(ecr_push(&untagged).unwrap().unwrap().tag.is_none());
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Freeze {
+        app: crate::domain::AppName,
+        reason: String,
+        #[serde(default)]
+        count: Option<u32>,
     }
 
-    #[test]
-    fn deletions_and_failed_pushes_deploy_nothing() {
-        let digest = format!("sha256:{}", "a".repeat(64));
-        for (action, result) in [("DELETE", "SUCCESS"), ("PUSH", "FAILURE")] {
-            let e = push_event(
-                json!({"result": result, "repository-name": "acme/web", "image-digest": digest, "action-type": action}),
-            );
-            assert!(ecr_push(&e).unwrap().is_none());
+    const CONSOLE: Console = Console {
+        function: "control",
+        default_action: None,
+        actions: &["freeze", "status"],
+        missing: |action, field| {
+            (field == "reason").then(|| format!("{action:?} needs a \"reason\""))
+        },
+    };
+
+    fn error(payload: Value) -> String {
+        match CONSOLE.read::<Action>(payload) {
+            Err(e) => e.to_string(),
+            Ok((Action::Freeze, fields)) => fields.read::<Freeze>().unwrap_err().to_string(),
+            Ok((Action::Status, _)) => panic!("status has no fields to refuse"),
         }
     }
 
     #[test]
-    fn a_hostile_tag_is_an_error_naming_it() {
-        let digest = format!("sha256:{}", "a".repeat(64));
-        let e = push_event(
-            json!({"result": "SUCCESS", "repository-name": "acme/web", "image-digest": digest, "action-type": "PUSH", "image-tag": "v1;$(reboot)"}),
+    fn every_problem_names_its_field_in_plain_words() {
+        assert_eq!(
+            error(json!({"action": "freeze", "app": "web", "reason": "x", "count": "7"})),
+            "invalid freeze request: \"count\": expected a whole number, found string \"7\""
         );
-        let err = ecr_push(&e).unwrap_err().to_string();
-        assert!(err.contains("v1;$(reboot)"), "{err}");
+        assert_eq!(
+            error(json!({"action": "freeze", "app": "Web!", "reason": "x"})),
+            format!(
+                "invalid freeze request: \"app\": {}",
+                crate::domain::AppName::parse("Web!").unwrap_err()
+            )
+        );
+        assert_eq!(
+            error(json!({"action": "freeze", "app": "web", "reason": "x", "tagg": 1})),
+            "invalid freeze request: \"tagg\": unknown field `tagg`; the fields are `app`, `reason`, `count`"
+        );
+        assert_eq!(
+            error(json!({"action": "freeze", "app": "web"})),
+            "\"freeze\" needs a \"reason\""
+        );
+        assert_eq!(
+            error(json!({"action": "reboot"})),
+            "unknown action \"reboot\"; control accepts \"freeze\" and \"status\""
+        );
+        assert_eq!(
+            error(json!({"app": "web"})),
+            "invalid request to control: missing field `action`: say what to do, one of \"freeze\", \"status\""
+        );
+        assert_eq!(
+            error(json!([1, 2])),
+            "invalid request to control: a request is a JSON object such as {\"action\": \"freeze\", …}, not a list"
+        );
     }
 
     #[test]
-    fn a_missing_field_is_named() {
-        let e = push_event(json!({"result": "SUCCESS", "action-type": "PUSH"}));
-        let err = ecr_push(&e).unwrap_err().to_string();
-        assert!(err.contains("repository-name"), "{err}");
+    fn a_long_value_is_cut_short_in_the_message() {
+        let long = "x".repeat(300_000);
+        let message = error(json!({"action": long}));
+        assert!(message.len() < 1_000, "{} bytes", message.len());
+        assert!(message.contains("300000 characters in all"), "{message}");
+    }
+
+    #[test]
+    fn a_detail_field_is_named_with_its_path() {
+        let envelope = Envelope::read(json!({
+            "id": "1", "source": "aws.ecr", "detail-type": "ECR Image Action",
+            "detail": { "repository-name": 5 }
+        }))
+        .unwrap();
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Detail {
+            #[serde(rename = "repository-name")]
+            repository_name: String,
+        }
+        let err = envelope.detail::<Detail>().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid \"ECR Image Action\" event detail: \"detail.repository-name\": expected a string, found integer 5"
+        );
     }
 }

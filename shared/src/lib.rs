@@ -4,8 +4,8 @@
 
 pub mod adapters;
 pub mod domain;
+pub mod entrypoints;
 pub mod inbound;
-#[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod metrics;
 pub mod ports;

@@ -40,6 +40,9 @@ pub struct Settings {
     /// `PUSHDEPLOY_METRICS_NAMESPACE`: the CloudWatch namespace of the metrics (default
     /// `pushdeploy`).
     pub metrics_namespace: String,
+    /// `PUSHDEPLOY_JANITOR_DRY_RUN`: whether the janitor's scheduled runs only report
+    /// (`true` or `false`, default `false`).
+    pub janitor_dry_run: bool,
 }
 
 impl Settings {
@@ -74,6 +77,19 @@ impl Settings {
             bundle_bucket: value("PUSHDEPLOY_BUNDLE_BUCKET"),
             metrics_namespace: value("PUSHDEPLOY_METRICS_NAMESPACE")
                 .unwrap_or_else(|| crate::metrics::DEFAULT_NAMESPACE.to_owned()),
+            janitor_dry_run: match value("PUSHDEPLOY_JANITOR_DRY_RUN")
+                .as_deref()
+                .map(str::trim)
+            {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(other) => {
+                    return Err(SettingsError::Invalid {
+                        name: "PUSHDEPLOY_JANITOR_DRY_RUN",
+                        message: format!("{other:?}; set it to \"true\" or \"false\""),
+                    });
+                }
+            },
         })
     }
 
@@ -107,6 +123,27 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "environment variable PUSHDEPLOY_TABLE is not set"
+        );
+    }
+
+    #[test]
+    fn the_janitors_dry_run_is_true_or_false_and_nothing_else() {
+        let base = [
+            ("PUSHDEPLOY_TABLE", "t"),
+            ("PUSHDEPLOY_EVENT_BUS", "b"),
+            ("PUSHDEPLOY_CONFIG_PARAMETER", "/p"),
+        ];
+        assert!(!from(&base).unwrap().janitor_dry_run);
+        let with = |v| {
+            let mut vars = base.to_vec();
+            vars.push(("PUSHDEPLOY_JANITOR_DRY_RUN", v));
+            from(&vars)
+        };
+        assert!(with("true").unwrap().janitor_dry_run);
+        assert!(!with("false").unwrap().janitor_dry_run);
+        assert_eq!(
+            with("yes").unwrap_err().to_string(),
+            "environment variable PUSHDEPLOY_JANITOR_DRY_RUN is invalid: \"yes\"; set it to \"true\" or \"false\""
         );
     }
 

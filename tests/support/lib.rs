@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use aws_config::SdkConfig;
+use lambda_runtime::LambdaEvent;
 use pushdeploy::adapters::codedeploy::CodeDeploy;
 use pushdeploy::adapters::dynamodb::DynamoStore;
 use pushdeploy::adapters::ecr::EcrRegistry;
@@ -19,8 +20,12 @@ use pushdeploy::adapters::http_probe::ReqwestProbe;
 use pushdeploy::adapters::ssm::SsmRunCommand;
 use pushdeploy::adapters::ssm_config::ParameterConfig;
 use pushdeploy::domain::{AppName, Digest, EnvName, EventDetail, LifecycleEvent};
+use pushdeploy::entrypoints::{self, Function, routed_to};
 use pushdeploy::ports::{Clock, EventPublisher, PublishError, SystemClock, Target, Targets};
-use pushdeploy::services::{Control, Core, Deployer, Rollback, Tracker, Verifier};
+use pushdeploy::services::control::EnvStatus;
+use pushdeploy::services::{
+    Control, Core, Deployer, Janitor, Rollback, ServiceError, Tracker, Verifier,
+};
 use pushdeploy_local::moto::Moto;
 use pushdeploy_local::stack::{create_bus, create_document, create_table};
 use pushdeploy_local::template::Template;
@@ -45,6 +50,7 @@ pub struct World {
     pub verifier: Verifier,
     pub rollback: Rollback,
     pub control: Control,
+    pub janitor: Janitor,
     /// Every lifecycle event published, in order (they also went to moto's bus).
     pub published: Recorder,
     pub endpoint: SmokeEndpoint,
@@ -114,8 +120,12 @@ impl World {
             },
             rollback: Rollback {
                 core: core.clone(),
-                registry,
+                registry: registry.clone(),
                 target,
+            },
+            janitor: Janitor {
+                core: core.clone(),
+                catalog: registry,
             },
             control: Control { core },
             published,
@@ -124,6 +134,81 @@ impl World {
             _moto: moto,
             _dir: dir,
             pushes: Mutex::new(0),
+        })
+    }
+
+    /// Delivers an EventBridge event to `function`'s entrypoint, the one Lambda calls. The
+    /// routing table (which the template's rules are checked against) must route it there.
+    pub async fn deliver(&self, function: Function, event: Value) -> Result<Value, ServiceError> {
+        let source = event["source"].as_str().unwrap_or_default();
+        let detail_type = event["detail-type"].as_str().unwrap_or_default();
+        assert!(
+            routed_to(source, detail_type).contains(&function),
+            "no rule delivers {detail_type:?} from {source:?} to the {}",
+            function.name()
+        );
+        self.call(function, event).await
+    }
+
+    /// A request typed by a person, to `function`'s entrypoint.
+    pub async fn invoke(&self, function: Function, request: Value) -> Result<Value, ServiceError> {
+        assert!(
+            request.get("detail-type").is_none(),
+            "{request} is an event"
+        );
+        self.call(function, request).await
+    }
+
+    async fn call(&self, function: Function, payload: Value) -> Result<Value, ServiceError> {
+        let event = LambdaEvent::new(payload, lambda_runtime::Context::default());
+        match function {
+            Function::Deployer => entrypoints::deployer::handle(&self.deployer, event).await,
+            Function::Tracker => entrypoints::tracker::handle(&self.tracker, DOCUMENT, event).await,
+            Function::Verifier => entrypoints::verifier::handle(&self.verifier, event).await,
+            Function::Rollback => entrypoints::rollback::handle(&self.rollback, event).await,
+            Function::Control => entrypoints::control::handle(&self.control, event).await,
+            Function::Janitor => entrypoints::janitor::handle(&self.janitor, false, event).await,
+            Function::Notifier => panic!("these tests configure no notifications"),
+        }
+    }
+
+    /// The most recent published event of this detail-type, as EventBridge delivers it.
+    pub fn published_event(&self, detail_type: &str) -> Value {
+        let n = self.published.all().len();
+        pushdeploy::fakes::delivered(&self.published.last(detail_type), &format!("published-{n}"))
+    }
+
+    /// What `{"action": "status"}` answers, through control's entrypoint.
+    pub async fn status(&self) -> Vec<EnvStatus> {
+        let out = self
+            .invoke(Function::Control, json!({ "action": "status" }))
+            .await
+            .unwrap();
+        serde_json::from_value(out["environments"].clone()).unwrap()
+    }
+
+    /// The `EC2 Command Status-change Notification` SSM would send for a command of
+    /// pushdeploy's document.
+    pub fn ssm_event(&self, command_id: &str, status: &str) -> Value {
+        json!({
+            "version": "0",
+            "id": format!("ssm-{status}-{command_id}"),
+            "detail-type": "EC2 Command Status-change Notification",
+            "source": "aws.ssm",
+            "account": pushdeploy_local::moto::ACCOUNT,
+            "time": "2026-11-23T10:00:00Z",
+            "region": pushdeploy_local::moto::REGION,
+            "resources": [],
+            "detail": {
+                "command-id": command_id,
+                "document-name": DOCUMENT,
+                "requested-date-time": "2026-11-23T10:00:00Z",
+                "expire-after": "2026-11-23T12:00:00Z",
+                "output-s3bucket-name": "",
+                "output-s3key-prefix": "",
+                "parameters": "",
+                "status": status
+            }
         })
     }
 

@@ -1,24 +1,13 @@
-//! control: what people ask by hand: status, freeze, unfreeze. Wires the adapters once per
-//! cold start.
+//! control: what people ask by hand: status, freeze and unfreeze, approvals. Wires the
+//! adapters once per cold start; what it does with each invocation is
+//! `pushdeploy::entrypoints::control`.
 
-mod handler;
-
-use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use pushdeploy::adapters::wire;
-use pushdeploy::services::Control;
-use pushdeploy::settings::Settings;
-use serde_json::Value;
+use pushdeploy::entrypoints::control;
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
-    let settings = Settings::from_env()?;
-    let sdk = wire::sdk_config().await;
-    let control = Control {
-        core: wire::core(&sdk, &settings),
-    };
-    run(service_fn(|event: LambdaEvent<Value>| {
-        handler::handle(&control, event)
-    }))
-    .await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    let (settings, sdk) = wire::start().await?;
+    let control = wire::control(&sdk, &settings);
+    pushdeploy::lambda::serve(|event| control::handle(&control, event)).await
 }

@@ -1,28 +1,13 @@
 //! deployer: starts rollouts on ECR pushes, on requests by hand, and when an environment
-//! frees up with an image queued. Wires the adapters once per cold start.
+//! frees up with an image queued. Wires the adapters once per cold start; what it does
+//! with each invocation is `pushdeploy::entrypoints::deployer`.
 
-mod handler;
-
-use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use pushdeploy::adapters::wire;
-use pushdeploy::services::Deployer;
-use pushdeploy::settings::Settings;
-use serde_json::Value;
+use pushdeploy::entrypoints::deployer;
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
-    let settings = Settings::from_env()?;
-    let sdk = wire::sdk_config().await;
-    let ecr = wire::ecr(&sdk);
-    let deployer = Deployer {
-        core: wire::core(&sdk, &settings),
-        registry: ecr.clone(),
-        target: wire::target(&sdk, &settings)?,
-        tags: ecr,
-    };
-    run(service_fn(|event: LambdaEvent<Value>| {
-        handler::handle(&deployer, event)
-    }))
-    .await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    let (settings, sdk) = wire::start().await?;
+    let deployer = wire::deployer(&sdk, &settings)?;
+    pushdeploy::lambda::serve(|event| deployer::handle(&deployer, event)).await
 }

@@ -1,27 +1,14 @@
 //! janitor: deletes old images from the repositories of apps with a retention rule, on a
-//! schedule or by hand. Wires the adapters once per cold start.
+//! schedule or by hand. Wires the adapters once per cold start; what it does with each
+//! invocation is `pushdeploy::entrypoints::janitor`.
 
-mod handler;
-
-use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use pushdeploy::adapters::wire;
-use pushdeploy::services::Janitor;
-use pushdeploy::settings::Settings;
-use serde_json::Value;
+use pushdeploy::entrypoints::janitor;
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
-    let settings = Settings::from_env()?;
-    let scheduled_dry_run =
-        handler::dry_run_setting(std::env::var("PUSHDEPLOY_JANITOR_DRY_RUN").ok())?;
-    let sdk = wire::sdk_config().await;
-    let janitor = Janitor {
-        core: wire::core(&sdk, &settings),
-        catalog: wire::ecr(&sdk),
-    };
-    run(service_fn(|event: LambdaEvent<Value>| {
-        handler::handle(&janitor, scheduled_dry_run, event)
-    }))
-    .await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    let (settings, sdk) = wire::start().await?;
+    let janitor = wire::janitor(&sdk, &settings);
+    let dry_run = settings.janitor_dry_run;
+    pushdeploy::lambda::serve(|event| janitor::handle(&janitor, dry_run, event)).await
 }

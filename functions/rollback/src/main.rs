@@ -1,27 +1,13 @@
 //! rollback: rolls a failed deployment back to the last verified image, automatically on
 //! "Rollout Failed" / "Verification Failed", or by hand. Wires the adapters once per cold
-//! start.
+//! start; what it does with each invocation is `pushdeploy::entrypoints::rollback`.
 
-mod handler;
-
-use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use pushdeploy::adapters::wire;
-use pushdeploy::services::Rollback;
-use pushdeploy::settings::Settings;
-use serde_json::Value;
+use pushdeploy::entrypoints::rollback;
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
-    let settings = Settings::from_env()?;
-    let sdk = wire::sdk_config().await;
-    let rollback = Rollback {
-        core: wire::core(&sdk, &settings),
-        registry: wire::ecr(&sdk),
-        target: wire::target(&sdk, &settings)?,
-    };
-    run(service_fn(|event: LambdaEvent<Value>| {
-        handler::handle(&rollback, event)
-    }))
-    .await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    let (settings, sdk) = wire::start().await?;
+    let rollback = wire::rollback(&sdk, &settings)?;
+    pushdeploy::lambda::serve(|event| rollback::handle(&rollback, event)).await
 }

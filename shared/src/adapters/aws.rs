@@ -4,6 +4,8 @@
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
+use crate::ports::{CallError, FromCall};
+
 /// How an SDK failure should be treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
@@ -78,27 +80,29 @@ where
             match (e.code(), e.message()) {
                 (Some(code), Some(message)) => format!("{code}: {message}"),
                 (Some(code), None) => code.to_owned(),
-                _ => aws_smithy_types::error::display::DisplayErrorContext(error).to_string(),
+                // A modelled error says its name and message itself.
+                _ => e.to_string(),
             }
         }
         other => aws_smithy_types::error::display::DisplayErrorContext(other).to_string(),
     }
 }
 
-/// A target API's failure as the target port reports it, with what was being done.
-#[cfg(any(feature = "ssm", feature = "ecs"))]
-pub fn target_error<E>(
+/// A failed call as the port's error: throttled, transient or refused, with the
+/// operation and the service's own words, the SDK's error kept as the source.
+pub fn failed<P, E>(
     error: SdkError<E, aws_smithy_runtime_api::http::Response>,
-    what: &str,
-) -> crate::ports::TargetError
+    operation: &str,
+) -> P
 where
+    P: FromCall,
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    use crate::ports::TargetError;
-    let message = format!("{what}: {}", describe(&error));
-    match classify(&error) {
-        ErrorClass::Throttled => TargetError::Throttled(Box::new(error)),
-        ErrorClass::Transient => TargetError::Transient(Box::new(error)),
-        ErrorClass::Permanent => TargetError::Invalid(message, Some(Box::new(error))),
+    let class = classify(&error);
+    let call = CallError::new(operation, describe(&error), Box::new(error));
+    match class {
+        ErrorClass::Throttled => P::throttled(call),
+        ErrorClass::Transient => P::transient(call),
+        ErrorClass::Permanent => P::refused(call),
     }
 }

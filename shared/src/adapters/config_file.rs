@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::domain::Config;
-use crate::ports::{ConfigLoadError, ConfigSource};
+use crate::ports::{CallError, ConfigLoadError, ConfigSource};
 
 pub struct FileConfig {
     path: PathBuf,
@@ -30,7 +30,7 @@ impl ConfigSource for FileConfig {
                 _ => ConfigLoadError::Unavailable {
                     origin: origin.clone(),
                     retryable: false,
-                    source: Box::new(e),
+                    source: CallError::new("read", e.to_string(), Box::new(e)),
                 },
             })?;
         Config::from_yaml(&text)

@@ -21,7 +21,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::aws::{ErrorClass, classify, describe};
+use super::aws::failed;
 use crate::domain::{AppName, Deployment, DeploymentId, EnvName, EnvState};
 use crate::ports::{Commit, StateStore, StoreError};
 
@@ -60,25 +60,6 @@ fn n(value: impl ToString) -> AttributeValue {
 
 type Item = HashMap<String, AttributeValue>;
 
-fn map_error<E>(
-    error: SdkError<E, aws_smithy_runtime_api::http::Response>,
-    what: &str,
-) -> StoreError
-where
-    E: aws_smithy_types::error::metadata::ProvideErrorMetadata
-        + std::error::Error
-        + Send
-        + Sync
-        + 'static,
-{
-    let message = format!("{what}: {}", describe(&error));
-    match classify(&error) {
-        ErrorClass::Throttled => StoreError::Throttled(Box::new(error)),
-        ErrorClass::Transient => StoreError::Transient(Box::new(error)),
-        ErrorClass::Permanent => StoreError::Invalid(message, Box::new(error)),
-    }
-}
-
 fn decode<T: DeserializeOwned>(item: &Item, key: &str) -> Result<(T, u64), StoreError> {
     let corrupt = |message: String| StoreError::Corrupt {
         key: key.to_owned(),
@@ -105,10 +86,8 @@ fn versioned_put<T: Serialize>(
     version: u64,
     extra: Item,
 ) -> Result<Put, StoreError> {
-    let body = serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
-        key: format!("{keys:?}"),
-        message: format!("cannot encode: {e}"),
-    })?;
+    let body = serde_json::to_string(value)
+        .map_err(|e| StoreError::Internal(format!("cannot encode {keys:?}: {e}")))?;
     keys.insert("body".into(), s(body));
     keys.insert("version".into(), n(version + 1));
     keys.extend(extra);
@@ -120,7 +99,7 @@ fn versioned_put<T: Serialize>(
             .expression_attribute_values(":v", n(version))
     };
     put.build()
-        .map_err(|e| StoreError::Invalid(format!("cannot build put: {e}"), Box::new(e)))
+        .map_err(|e| StoreError::Internal(format!("cannot build a put: {e}")))
 }
 
 #[async_trait]
@@ -136,7 +115,7 @@ impl StateStore for DynamoStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| map_error(e, "reading environment state"))?;
+            .map_err(|e| failed(e, "GetItem"))?;
         match out.item() {
             None => Ok(EnvState::new(app.clone(), env.clone())),
             Some(item) => {
@@ -163,7 +142,7 @@ impl StateStore for DynamoStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| map_error(e, "reading a deployment"))?;
+            .map_err(|e| failed(e, "GetItem"))?;
         let item = out
             .item()
             .ok_or_else(|| StoreError::NotFound(format!("deployment {id} of {app}/{env}")))?;
@@ -182,7 +161,7 @@ impl StateStore for DynamoStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| map_error(e, "reading a target handle"))?;
+            .map_err(|e| failed(e, "GetItem"))?;
         let Some(item) = out.item() else {
             return Ok(None);
         };
@@ -221,7 +200,7 @@ impl StateStore for DynamoStore {
             .limit(limit.clamp(1, 100) as i32)
             .send()
             .await
-            .map_err(|e| map_error(e, "listing deployments"))?;
+            .map_err(|e| failed(e, "Query"))?;
         out.items()
             .iter()
             .map(|item| {
@@ -290,42 +269,36 @@ impl StateStore for DynamoStore {
                     .table_name(&self.table)
                     .set_item(Some(item))
                     .build()
-                    .map_err(|e| {
-                        StoreError::Invalid(format!("cannot build put: {e}"), Box::new(e))
-                    })?;
+                    .map_err(|e| StoreError::Internal(format!("cannot build a put: {e}")))?;
                 writes.push(TransactWriteItem::builder().put(put).build());
                 what.push(format!("handle {target_ref}"));
             }
         }
-        let claim_index = commit.claim_event.as_ref().map(|claim| {
+        let mut claim_index = None;
+        if let Some(claim) = &commit.claim_event {
             let expires = time::OffsetDateTime::now_utc().unix_timestamp() + CLAIM_TTL_SECONDS;
             let item = Item::from([
                 ("pk".into(), s(format!("EVENT#{claim}"))),
                 ("sk".into(), s("EVENT")),
                 ("expires_at".into(), n(expires)),
             ]);
-            writes.push(
-                TransactWriteItem::builder()
-                    .put(
-                        Put::builder()
-                            .table_name(&self.table)
-                            .set_item(Some(item))
-                            .condition_expression("attribute_not_exists(pk)")
-                            .build()
-                            .expect("table, item and condition are set"),
-                    )
-                    .build(),
-            );
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map_err(|e| StoreError::Internal(format!("cannot build a claim: {e}")))?;
+            writes.push(TransactWriteItem::builder().put(put).build());
             what.push(format!("event {claim}"));
-            writes.len() - 1
-        });
+            claim_index = Some(writes.len() - 1);
+        }
         if let Some(forget) = &commit.forget_event {
             let delete = Delete::builder()
                 .table_name(&self.table)
                 .key("pk", s(format!("EVENT#{forget}")))
                 .key("sk", s("EVENT"))
                 .build()
-                .expect("table and key are set");
+                .map_err(|e| StoreError::Internal(format!("cannot build a delete: {e}")))?;
             writes.push(TransactWriteItem::builder().delete(delete).build());
             what.push(format!("forget event {forget}"));
         }
@@ -403,7 +376,7 @@ fn transaction_error(
             _ => {}
         }
     }
-    map_error(error, "writing state")
+    failed(error, "TransactWriteItems")
 }
 
 #[cfg(test)]

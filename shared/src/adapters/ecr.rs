@@ -8,7 +8,7 @@ use aws_sdk_ecr::operation::describe_images::DescribeImagesError;
 use aws_sdk_ecr::types::ImageIdentifier;
 use time::OffsetDateTime;
 
-use super::aws::{ErrorClass, classify, describe};
+use super::aws::failed;
 use crate::domain::retention::StoredImage;
 use crate::domain::{Digest, PinnedImage, Registry, Repository, Tag};
 use crate::ports::{
@@ -56,7 +56,7 @@ impl EcrRegistry {
         let detail = out.image_details().first().ok_or_else(|| {
             RegistryError::NotFound(format!("{what} not found in repository {repository}"))
         })?;
-        let invalid = |message: String| RegistryError::Invalid(message.clone(), message.into());
+        let invalid = RegistryError::Unreadable;
         let digest = Digest::parse(detail.image_digest().unwrap_or_default())
             .map_err(|e| invalid(format!("ECR returned an unusable digest: {e}")))?;
         let region = self
@@ -87,23 +87,6 @@ impl EcrRegistry {
     }
 }
 
-/// Any other ECR failure, by class.
-fn map_other<E>(error: SdkError<E, aws_smithy_runtime_api::http::Response>) -> RegistryError
-where
-    E: aws_smithy_types::error::metadata::ProvideErrorMetadata
-        + std::error::Error
-        + Send
-        + Sync
-        + 'static,
-{
-    let message = describe(&error);
-    match classify(&error) {
-        ErrorClass::Throttled => RegistryError::Throttled(Box::new(error)),
-        ErrorClass::Transient => RegistryError::Transient(Box::new(error)),
-        ErrorClass::Permanent => RegistryError::Invalid(message, Box::new(error)),
-    }
-}
-
 fn map_error(
     error: SdkError<DescribeImagesError, aws_smithy_runtime_api::http::Response>,
     repository: &Repository,
@@ -124,12 +107,7 @@ fn map_error(
             _ => {}
         }
     }
-    let message = describe(&error);
-    match classify(&error) {
-        ErrorClass::Throttled => RegistryError::Throttled(Box::new(error)),
-        ErrorClass::Transient => RegistryError::Transient(Box::new(error)),
-        ErrorClass::Permanent => RegistryError::Invalid(message, Box::new(error)),
-    }
+    failed(error, "DescribeImages")
 }
 
 #[async_trait]
@@ -177,7 +155,7 @@ impl EcrRegistry {
             ))
             .send()
             .await
-            .map_err(map_other)?;
+            .map_err(|e| failed(e, "BatchGetImage"))?;
         Ok(out
             .images()
             .iter()
@@ -269,10 +247,9 @@ impl ImageCatalog for EcrRegistry {
             .into_iter()
             .map(|(digest, manifest, _)| {
                 let index: Index = serde_json::from_str(&manifest).map_err(|e| {
-                    RegistryError::Invalid(
-                        format!("the manifest of {digest} is not a readable image index: {e}"),
-                        Box::new(e),
-                    )
+                    RegistryError::Unreadable(format!(
+                        "the manifest of {digest} is not a readable image index: {e}"
+                    ))
                 })?;
                 let children = index
                     .manifests
@@ -303,7 +280,7 @@ impl ImageCatalog for EcrRegistry {
             .set_image_ids(Some(ids))
             .send()
             .await
-            .map_err(map_other)?;
+            .map_err(|e| failed(e, "BatchDeleteImage"))?;
         Ok(out
             .failures()
             .iter()
@@ -369,7 +346,7 @@ impl TagWriter for EcrRegistry {
             {
                 Ok(TagMove::Immutable)
             }
-            Err(e) => Err(map_other(e)),
+            Err(e) => Err(failed(e, "PutImage")),
         }
     }
 }

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use aws_sdk_eventbridge::Client;
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 
-use super::aws::{ErrorClass, classify, describe};
+use super::aws::failed;
 use crate::domain::LifecycleEvent;
 use crate::domain::event::SOURCE;
 use crate::ports::{EventPublisher, PublishError};
@@ -26,9 +26,8 @@ impl EventBridgePublisher {
     }
 
     fn entry(&self, event: &LifecycleEvent) -> Result<PutEventsRequestEntry, PublishError> {
-        let detail = serde_json::to_string(&event.detail).map_err(|e| {
-            PublishError::Invalid(format!("cannot encode event detail: {e}"), Box::new(e))
-        })?;
+        let detail = serde_json::to_string(&event.detail)
+            .map_err(|e| PublishError::Unencodable(format!("cannot encode event detail: {e}")))?;
         let mut entry = PutEventsRequestEntry::builder()
             .event_bus_name(&self.bus)
             .source(SOURCE)
@@ -57,14 +56,7 @@ impl EventPublisher for EventBridgePublisher {
                 .set_entries(Some(entries))
                 .send()
                 .await
-                .map_err(|error| {
-                    let message = describe(&error);
-                    match classify(&error) {
-                        ErrorClass::Throttled => PublishError::Throttled(Box::new(error)),
-                        ErrorClass::Transient => PublishError::Transient(Box::new(error)),
-                        ErrorClass::Permanent => PublishError::Invalid(message, Box::new(error)),
-                    }
-                })?;
+                .map_err(|error| failed(error, "PutEvents"))?;
             let failed = out.failed_entry_count() as usize;
             if failed > 0 {
                 let reasons: Vec<String> = out

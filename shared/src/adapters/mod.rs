@@ -3,14 +3,12 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
-#[cfg(feature = "codedeploy")]
 pub mod codedeploy;
 pub mod config_file;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
 #[cfg(feature = "ecr")]
 pub mod ecr;
-#[cfg(feature = "ecs")]
 pub mod ecs;
 #[cfg(feature = "eventbridge")]
 pub mod eventbridge;
@@ -18,7 +16,6 @@ pub mod eventbridge;
 pub mod http_probe;
 #[cfg(feature = "secrets")]
 pub mod secrets;
-#[cfg(feature = "ssm")]
 pub mod ssm;
 #[cfg(feature = "ssm")]
 pub mod ssm_config;

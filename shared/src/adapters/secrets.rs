@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::aws::{ErrorClass, classify, describe};
+use super::aws::failed;
 use crate::domain::config::SecretRef;
 use crate::ports::{SecretError, SecretSource};
 
@@ -50,7 +50,7 @@ impl AwsSecrets {
                                 "SSM parameter {name} does not exist"
                             ));
                         }
-                        classified(&format!("SSM parameter {name}"), e)
+                        failed(e, &format!("GetParameter {name}"))
                     })?;
                 out.parameter()
                     .and_then(|p| p.value())
@@ -72,38 +72,13 @@ impl AwsSecrets {
                         {
                             return SecretError::NotFound(format!("secret {id} does not exist"));
                         }
-                        classified(&format!("secret {id}"), e)
+                        failed(e, &format!("GetSecretValue {id}"))
                     })?;
                 out.secret_string()
                     .map(str::to_owned)
                     .ok_or_else(|| SecretError::NotFound(format!("secret {id} holds no string")))
             }
         }
-    }
-}
-
-fn classified<E>(
-    what: &str,
-    error: aws_smithy_runtime_api::client::result::SdkError<
-        E,
-        aws_smithy_runtime_api::http::Response,
-    >,
-) -> SecretError
-where
-    E: aws_smithy_types::error::metadata::ProvideErrorMetadata
-        + std::error::Error
-        + Send
-        + Sync
-        + 'static,
-{
-    let message = describe(&error);
-    match classify(&error) {
-        ErrorClass::Throttled => SecretError::Throttled(what.to_owned(), Box::new(error)),
-        ErrorClass::Transient => SecretError::Transient(what.to_owned(), Box::new(error)),
-        ErrorClass::Permanent => SecretError::Refused(
-            format!("reading {what} was refused: {message}"),
-            Box::new(error),
-        ),
     }
 }
 

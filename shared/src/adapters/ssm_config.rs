@@ -10,9 +10,9 @@ use aws_sdk_ssm::error::SdkError;
 use aws_sdk_ssm::operation::get_parameter::GetParameterError;
 use tokio::sync::Mutex;
 
-use super::aws::{ErrorClass, classify};
+use super::aws::{ErrorClass, classify, describe};
 use crate::domain::Config;
-use crate::ports::{ConfigLoadError, ConfigSource};
+use crate::ports::{CallError, ConfigLoadError, ConfigSource};
 
 pub struct ParameterConfig {
     client: Client,
@@ -82,7 +82,7 @@ impl ParameterConfig {
         ConfigLoadError::Unavailable {
             origin: format!("SSM parameter {}", self.name),
             retryable,
-            source: Box::new(error),
+            source: CallError::new("GetParameter", describe(&error), Box::new(error)),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Building every adapter once per cold start, from one `SdkConfig` and the settings.
+//! Building every adapter once per cold start, from one `SdkConfig` and the settings, and
+//! each function's use case from them: what a function's `main` calls before serving.
 
 use std::sync::Arc;
 
@@ -11,13 +12,97 @@ use super::ssm::SsmRunCommand;
 use super::ssm_config::ParameterConfig;
 use crate::metrics::{Metered, Sink};
 use crate::ports::{ConfigSource, SystemClock, Target, Targets};
-use crate::services::Core;
+#[cfg(all(feature = "secrets", feature = "webhook"))]
+use crate::services::Notifier;
+#[cfg(feature = "http-probe")]
+use crate::services::Verifier;
+use crate::services::{Control, Core, Tracker};
+#[cfg(feature = "ecr")]
+use crate::services::{Deployer, Janitor, Rollback};
 use crate::settings::{ConfigLocation, Settings, SettingsError};
 
 /// The SDK configuration from the environment: region, credentials, and `AWS_ENDPOINT_URL`
 /// (how local runs reach the emulator).
 pub async fn sdk_config() -> SdkConfig {
     aws_config::load_defaults(BehaviorVersion::latest()).await
+}
+
+/// What every function does first: JSON logs, its settings (failing fast with the name of a
+/// missing or bad variable) and the SDK configuration.
+pub async fn start() -> Result<(Settings, SdkConfig), SettingsError> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let settings = Settings::from_env()?;
+    Ok((settings, sdk_config().await))
+}
+
+/// The deployer's use case.
+#[cfg(feature = "ecr")]
+pub fn deployer(sdk: &SdkConfig, settings: &Settings) -> Result<Deployer, SettingsError> {
+    let ecr = ecr(sdk);
+    Ok(Deployer {
+        core: core(sdk, settings),
+        registry: ecr.clone(),
+        target: target(sdk, settings)?,
+        tags: ecr,
+    })
+}
+
+/// The tracker's use case.
+pub fn tracker(sdk: &SdkConfig, settings: &Settings) -> Result<Tracker, SettingsError> {
+    Ok(Tracker {
+        core: core(sdk, settings),
+        target: target(sdk, settings)?,
+    })
+}
+
+/// The verifier's use case.
+#[cfg(feature = "http-probe")]
+pub fn verifier(sdk: &SdkConfig, settings: &Settings) -> Result<Verifier, reqwest::Error> {
+    Ok(Verifier {
+        core: core(sdk, settings),
+        probe: probe()?,
+    })
+}
+
+/// The rollback function's use case.
+#[cfg(feature = "ecr")]
+pub fn rollback(sdk: &SdkConfig, settings: &Settings) -> Result<Rollback, SettingsError> {
+    Ok(Rollback {
+        core: core(sdk, settings),
+        registry: ecr(sdk),
+        target: target(sdk, settings)?,
+    })
+}
+
+/// Control's use case.
+pub fn control(sdk: &SdkConfig, settings: &Settings) -> Control {
+    Control {
+        core: core(sdk, settings),
+    }
+}
+
+/// The janitor's use case.
+#[cfg(feature = "ecr")]
+pub fn janitor(sdk: &SdkConfig, settings: &Settings) -> Janitor {
+    Janitor {
+        core: core(sdk, settings),
+        catalog: ecr(sdk),
+    }
+}
+
+/// How long a notifier container reuses a webhook URL it read.
+#[cfg(all(feature = "secrets", feature = "webhook"))]
+const SECRET_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The notifier's use case.
+#[cfg(all(feature = "secrets", feature = "webhook"))]
+pub fn notifier(sdk: &SdkConfig, settings: &Settings) -> Result<Notifier, reqwest::Error> {
+    Ok(Notifier {
+        core: core(sdk, settings),
+        secrets: secrets(sdk, SECRET_TTL),
+        webhook: webhook()?,
+        delivery: Default::default(),
+    })
 }
 
 /// The ports every function uses.

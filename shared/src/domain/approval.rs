@@ -127,6 +127,9 @@ pub enum ApprovalError {
     },
     #[error("{digest} waits to be verified in {from} first; it cannot be approved yet")]
     NotVerifiedYet { digest: Digest, from: EnvName },
+    /// A `Promotion Approved` event about a promotion nobody approved.
+    #[error("{digest} in {env} has not been approved")]
+    NotApproved { env: EnvName, digest: Digest },
 }
 
 impl fmt::Display for Waiting {

@@ -86,7 +86,7 @@ impl EventType {
         EventType::PromotionRejected,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             EventType::RolloutQueued => "Rollout Queued",
             EventType::RolloutStarted => "Rollout Started",

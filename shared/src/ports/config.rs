@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::BoxError;
+use super::CallError;
 use crate::domain::{Config, ConfigError};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +24,7 @@ pub enum ConfigLoadError {
         origin: String,
         retryable: bool,
         #[source]
-        source: BoxError,
+        source: CallError,
     },
 }
 

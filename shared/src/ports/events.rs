@@ -2,24 +2,30 @@
 
 use async_trait::async_trait;
 
-use super::BoxError;
+use super::CallError;
 use crate::domain::LifecycleEvent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("the event bus throttled the request")]
-    Throttled(#[source] BoxError),
+    #[error("{0}")]
+    Throttled(#[source] CallError),
+    /// Some entries were not accepted (EventBridge says so per entry; trying again may do).
     #[error("{failed} of {total} events were not accepted: {reason}")]
     Rejected {
         failed: usize,
         total: usize,
         reason: String,
     },
-    #[error("could not reach the event bus")]
-    Transient(#[source] BoxError),
-    #[error("the event bus refused the request: {0}")]
-    Invalid(String, #[source] BoxError),
+    #[error("{0}")]
+    Transient(#[source] CallError),
+    #[error("{0}")]
+    Refused(#[source] CallError),
+    /// An event pushdeploy could not encode: its own fault.
+    #[error("{0}")]
+    Unencodable(String),
 }
+
+super::from_call!(PublishError);
 
 /// Puts lifecycle events on the application's bus, in order.
 #[async_trait]

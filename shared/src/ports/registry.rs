@@ -2,10 +2,10 @@
 //! environment tags, and the listing and deleting the janitor does.
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::BoxError;
+use super::CallError;
 use crate::domain::retention::StoredImage;
 use crate::domain::{Digest, PinnedImage, Repository, Tag};
 
@@ -20,13 +20,18 @@ pub struct ResolvedImage {
 pub enum RegistryError {
     #[error("{0}")]
     NotFound(String),
-    #[error("the registry throttled the request")]
-    Throttled(#[source] BoxError),
-    #[error("could not reach the registry")]
-    Transient(#[source] BoxError),
-    #[error("the registry refused the request: {0}")]
-    Invalid(String, #[source] BoxError),
+    #[error("{0}")]
+    Throttled(#[source] CallError),
+    #[error("{0}")]
+    Transient(#[source] CallError),
+    #[error("{0}")]
+    Refused(#[source] CallError),
+    /// The registry answered something that cannot be used.
+    #[error("{0}")]
+    Unreadable(String),
 }
+
+super::from_call!(RegistryError);
 
 #[async_trait]
 pub trait ImageRegistry: Send + Sync {
@@ -62,7 +67,7 @@ pub struct ImagePage {
 }
 
 /// An image the registry did not delete, and why.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeleteFailure {
     pub digest: Digest,
     pub reason: String,
@@ -99,7 +104,7 @@ pub const MAX_BATCH: usize = 100;
 pub const MAX_PAGE: usize = 1000;
 
 /// What moving an environment's tag did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TagMove {
     Moved,

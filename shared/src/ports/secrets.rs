@@ -2,20 +2,22 @@
 
 use async_trait::async_trait;
 
-use super::BoxError;
+use super::CallError;
 use crate::domain::config::SecretRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("{0}")]
     NotFound(String),
-    #[error("reading {0} was throttled")]
-    Throttled(String, #[source] BoxError),
-    #[error("could not reach the store of {0}")]
-    Transient(String, #[source] BoxError),
     #[error("{0}")]
-    Refused(String, #[source] BoxError),
+    Throttled(#[source] CallError),
+    #[error("{0}")]
+    Transient(#[source] CallError),
+    #[error("{0}")]
+    Refused(#[source] CallError),
 }
+
+super::from_call!(SecretError);
 
 #[async_trait]
 pub trait SecretSource: Send + Sync {

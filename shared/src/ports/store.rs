@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::BoxError;
+use super::CallError;
 use crate::domain::{AppName, Deployment, DeploymentId, EnvName, EnvState};
 
 #[derive(Debug, thiserror::Error)]
@@ -16,15 +16,20 @@ pub enum StoreError {
     /// The event was already handled: this is a repeated delivery.
     #[error("event {0} was already handled")]
     Duplicate(String),
-    #[error("the table throttled the request")]
-    Throttled(#[source] BoxError),
-    #[error("could not reach the table")]
-    Transient(#[source] BoxError),
+    #[error("{0}")]
+    Throttled(#[source] CallError),
+    #[error("{0}")]
+    Transient(#[source] CallError),
+    #[error("{0}")]
+    Refused(#[source] CallError),
     #[error("stored record {key} is unreadable: {message}")]
     Corrupt { key: String, message: String },
-    #[error("the table refused the request: {0}")]
-    Invalid(String, #[source] BoxError),
+    /// A request pushdeploy could not build: its own fault.
+    #[error("{0}")]
+    Internal(String),
 }
+
+super::from_call!(StoreError);
 
 /// Writes that succeed or fail together. Every record is written at its `version + 1`, on
 /// the condition that the stored version is still `version` (absent when 0). On success the

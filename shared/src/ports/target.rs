@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::BoxError;
+use super::CallError;
 use crate::domain::{Deployment, TargetConfig};
 
 /// A target's handle on a rollout, prefixed with the kind of target: `ssm:<command-id>`,
@@ -53,21 +53,42 @@ pub enum RolloutStatus {
     Settling(String),
 }
 
+/// What a target's status-change event says, in the tracker's terms: every kind of target
+/// reads its own events into this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusEvent {
+    /// About the rollout behind `target_ref`. `reported` is the status when the event speaks
+    /// for the whole rollout; `None` when only reading the target back can tell (a per-host
+    /// status, an ECS deployment still in progress).
+    Rollout {
+        target_ref: TargetRef,
+        reported: Option<RolloutStatus>,
+    },
+    /// Not about a rollout pushdeploy could have started, and why.
+    Ignored(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     #[error("{0}")]
     NotFound(String),
-    #[error("the target API throttled the request")]
-    Throttled(#[source] BoxError),
-    #[error("could not reach the target API")]
-    Transient(#[source] BoxError),
+    #[error("{0}")]
+    Throttled(#[source] CallError),
+    #[error("{0}")]
+    Transient(#[source] CallError),
     /// The target is doing something else that must end first; retrying later will do.
     #[error("{0}")]
     Busy(String),
-    /// The request cannot succeed as configured (no such instance, access denied, …).
-    #[error("the target refused the rollout: {0}")]
-    Invalid(String, #[source] Option<BoxError>),
+    /// The target's API refused the request (no such instance, access denied, …).
+    #[error("{0}")]
+    Refused(#[source] CallError),
+    /// The rollout cannot be done as configured (no such container, a service deployed by
+    /// another controller, …).
+    #[error("{0}")]
+    Invalid(String),
 }
+
+super::from_call!(TargetError);
 
 impl TargetError {
     pub fn is_retryable(&self) -> bool {
@@ -129,13 +150,10 @@ impl Targets {
     fn get(&self, kind: &str) -> Result<&Arc<dyn Target>, TargetError> {
         self.by_kind.get(kind).ok_or_else(|| {
             let known: Vec<&str> = self.by_kind.keys().copied().collect();
-            TargetError::Invalid(
-                format!(
-                    "this function cannot reach {kind:?} targets (it knows {})",
-                    known.join(", ")
-                ),
-                None,
-            )
+            TargetError::Invalid(format!(
+                "this function cannot reach {kind:?} targets (it knows {})",
+                known.join(", ")
+            ))
         })
     }
 }

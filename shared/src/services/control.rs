@@ -1,27 +1,27 @@
 //! What people ask of pushdeploy directly: the status of apps and environments, freezing
 //! or unfreezing automatic rollouts, and deciding pending promotions.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tracing::info;
 
 use super::deploy::{unknown_app, unknown_env};
-use super::{Core, MAX_ATTEMPTS, ServiceError, too_busy};
-use crate::domain::approval::{ApprovalError, Approved, Outcome, Pending, Waiting};
+use super::{Core, InputError, ServiceError, retry_on_conflict};
+use crate::domain::approval::{Approved, Outcome, Pending, Waiting};
 use crate::domain::environment::{Current, Freeze, Queued, VerifiedDigest};
 use crate::domain::{
     AppName, Deployment, DeploymentId, Digest, EnvName, EventType, Kind, LifecycleEvent, Phase, Tag,
 };
-use crate::ports::{Commit, StoreError};
+use crate::ports::Commit;
 
 /// How many deployments a status lists per environment.
 pub const HISTORY_LIMIT: usize = 10;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnvStatus {
     pub app: AppName,
     pub environment: EnvName,
-    pub target: &'static str,
+    pub target: String,
     pub current: Option<Current>,
     pub last_verified: Option<VerifiedDigest>,
     pub in_flight: Option<InFlight>,
@@ -31,7 +31,7 @@ pub struct EnvStatus {
     pub deployments: Vec<DeploymentSummary>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InFlight {
     pub deployment_id: DeploymentId,
     pub phase: Option<Phase>,
@@ -39,14 +39,14 @@ pub struct InFlight {
     pub since: OffsetDateTime,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QuarantinedDigest {
     pub digest: String,
     pub reason: String,
     pub deployment_id: DeploymentId,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeploymentSummary {
     pub deployment_id: DeploymentId,
     pub digest: Digest,
@@ -83,7 +83,7 @@ impl From<&Deployment> for DeploymentSummary {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FreezeResult {
     pub app: AppName,
     pub environment: EnvName,
@@ -113,9 +113,9 @@ impl Control {
                 return Err(unknown_env(&config, app, env));
             }
         } else if env.is_some() {
-            return Err(ServiceError::Invalid(
-                "name the app of the environment (\"app\")".into(),
-            ));
+            return Err(
+                InputError::Rule("name the app of the environment (\"app\")".into()).into(),
+            );
         }
         let mut out = Vec::new();
         for (a, e, env_config) in config.environments() {
@@ -139,7 +139,7 @@ impl Control {
             out.push(EnvStatus {
                 app: a.clone(),
                 environment: e.clone(),
-                target: env_config.target.kind(),
+                target: env_config.target.kind().to_owned(),
                 last_verified: state.last_verified().cloned(),
                 current: state.current,
                 in_flight,
@@ -195,51 +195,50 @@ impl Control {
                 None => unknown_app(&config, app),
             });
         }
-        for _ in 0..MAX_ATTEMPTS {
-            let mut state = self.core.store.env_state(app, env).await?;
-            let now = self.core.clock.now();
-            let wanted = freeze.map(|reason| Freeze {
-                reason: reason.to_owned(),
-                by: by.to_owned(),
-                at: now,
-            });
-            if state.frozen.is_some() == wanted.is_some() {
-                return Ok(FreezeResult {
+        retry_on_conflict(
+            || format!("changing the freeze of {app}/{env}"),
+            async |_| {
+                let mut state = self.core.store.env_state(app, env).await?;
+                let now = self.core.clock.now();
+                let wanted = freeze.map(|reason| Freeze {
+                    reason: reason.to_owned(),
+                    by: by.to_owned(),
+                    at: now,
+                });
+                if state.frozen.is_some() == wanted.is_some() {
+                    return Ok(FreezeResult {
+                        app: app.clone(),
+                        environment: env.clone(),
+                        frozen: state.frozen,
+                        changed: false,
+                    });
+                }
+                state.frozen = wanted;
+                self.core.store.commit(Commit::env(&mut state)).await?;
+                let (kind, reason) = match &state.frozen {
+                    Some(f) => (
+                        EventType::EnvironmentFrozen,
+                        Some(format!("{} (by {})", f.reason, f.by)),
+                    ),
+                    None => (
+                        EventType::EnvironmentUnfrozen,
+                        Some(format!("unfrozen by {by}")),
+                    ),
+                };
+                info!(app = %app, env = %env, event = %kind, "freeze changed");
+                self.core
+                    .events
+                    .publish(&[LifecycleEvent::environment(kind, app, env, reason, now)])
+                    .await?;
+                Ok(FreezeResult {
                     app: app.clone(),
                     environment: env.clone(),
                     frozen: state.frozen,
-                    changed: false,
-                });
-            }
-            state.frozen = wanted;
-            match self.core.store.commit(Commit::env(&mut state)).await {
-                Ok(()) => {}
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
-            }
-            let (kind, reason) = match &state.frozen {
-                Some(f) => (
-                    EventType::EnvironmentFrozen,
-                    Some(format!("{} (by {})", f.reason, f.by)),
-                ),
-                None => (
-                    EventType::EnvironmentUnfrozen,
-                    Some(format!("unfrozen by {by}")),
-                ),
-            };
-            info!(app = %app, env = %env, event = %kind, "freeze changed");
-            self.core
-                .events
-                .publish(&[LifecycleEvent::environment(kind, app, env, reason, now)])
-                .await?;
-            return Ok(FreezeResult {
-                app: app.clone(),
-                environment: env.clone(),
-                frozen: state.frozen,
-                changed: true,
-            });
-        }
-        Err(too_busy("changing the freeze"))
+                    changed: true,
+                })
+            },
+        )
+        .await
     }
 
     /// Approves the promotion of `digest` pending in an environment. The deployer starts it
@@ -284,66 +283,62 @@ impl Control {
                 None => unknown_app(&config, app),
             });
         }
-        for _ in 0..MAX_ATTEMPTS {
-            let mut state = self.core.store.env_state(app, env).await?;
-            let now = self.core.clock.now();
-            let pending = state.pending_for(digest, now).map_err(refused)?;
-            let snapshot: Pending;
-            let kind = match &rejection {
-                None => {
-                    pending.approved = Some(Approved {
-                        by: by.to_owned(),
-                        at: now,
-                    });
-                    snapshot = pending.clone();
-                    EventType::PromotionApproved
-                }
-                Some(reason) => {
-                    snapshot = pending.clone();
-                    state.pending = None;
-                    state.decide(
-                        digest.clone(),
-                        Outcome::Rejected {
+        retry_on_conflict(
+            || format!("deciding the promotion of {digest} to {app}/{env}"),
+            async |_| {
+                let mut state = self.core.store.env_state(app, env).await?;
+                let now = self.core.clock.now();
+                let pending = state.pending_for(digest, now)?;
+                let snapshot: Pending;
+                let kind = match &rejection {
+                    None => {
+                        pending.approved = Some(Approved {
                             by: by.to_owned(),
-                            reason: reason.clone(),
-                        },
-                        now,
-                    );
-                    EventType::PromotionRejected
+                            at: now,
+                        });
+                        snapshot = pending.clone();
+                        EventType::PromotionApproved
+                    }
+                    Some(reason) => {
+                        snapshot = pending.clone();
+                        state.pending = None;
+                        state.decide(
+                            digest.clone(),
+                            Outcome::Rejected {
+                                by: by.to_owned(),
+                                reason: reason.clone(),
+                            },
+                            now,
+                        );
+                        EventType::PromotionRejected
+                    }
+                };
+                self.core.store.commit(Commit::env(&mut state)).await?;
+                info!(%app, %env, %digest, %by, event = %kind, "promotion decided");
+                let mut event = LifecycleEvent::pending(kind, app, env, &snapshot, Some(by), now);
+                if let crate::domain::Detail::Deployment(d) = &mut event.detail {
+                    d.reason = Some(match &rejection {
+                        None => format!("approved by {by}"),
+                        Some(Some(reason)) => format!("rejected by {by}: {reason}"),
+                        Some(None) => format!("rejected by {by}"),
+                    });
                 }
-            };
-            match self.core.store.commit(Commit::env(&mut state)).await {
-                Ok(()) => {}
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
-            }
-            info!(%app, %env, %digest, %by, event = %kind, "promotion decided");
-            let mut event = LifecycleEvent::pending(kind, app, env, &snapshot, Some(by), now);
-            if let (Some(Some(reason)), crate::domain::Detail::Deployment(d)) =
-                (&rejection, &mut event.detail)
-            {
-                d.reason = Some(format!("rejected by {by}: {reason}"));
-            } else if let crate::domain::Detail::Deployment(d) = &mut event.detail {
-                d.reason = Some(match rejection {
-                    None => format!("approved by {by}"),
-                    Some(_) => format!("rejected by {by}"),
-                });
-            }
-            self.core.events.publish(&[event]).await?;
-            return Ok(Decided {
-                app: app.clone(),
-                environment: env.clone(),
-                digest: digest.clone(),
-                decision: if rejection.is_none() {
-                    "approved"
-                } else {
-                    "rejected"
-                },
-                by: by.to_owned(),
-                at: now,
-            });
-        }
-        Err(too_busy("deciding a promotion"))
+                self.core.events.publish(&[event]).await?;
+                Ok(Decided {
+                    app: app.clone(),
+                    environment: env.clone(),
+                    digest: digest.clone(),
+                    decision: if rejection.is_none() {
+                        "approved".into()
+                    } else {
+                        "rejected".into()
+                    },
+                    by: by.to_owned(),
+                    at: now,
+                })
+            },
+        )
+        .await
     }
 
     /// Every promotion waiting for approval or verification, in one app or all.
@@ -384,28 +379,18 @@ impl Control {
     }
 }
 
-/// Refusals of an approval are the caller's to fix (or to accept).
-fn refused(e: ApprovalError) -> ServiceError {
-    match e {
-        ApprovalError::NothingPending { .. } | ApprovalError::OtherDigest { .. } => {
-            ServiceError::NotFound(e.to_string())
-        }
-        _ => ServiceError::Conflict(e.to_string()),
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Decided {
     pub app: AppName,
     pub environment: EnvName,
     pub digest: Digest,
-    pub decision: &'static str,
+    pub decision: String,
     pub by: String,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingSummary {
     pub app: AppName,
     pub environment: EnvName,

@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
+use super::error::Names;
 use super::rollout::{EnvOutcome, EnvResult, launch, start_queued};
-use super::{Core, MAX_ATTEMPTS, ServiceError, too_busy};
+use super::{Core, InputError, Refusal, ServiceError, retry_on_conflict};
 use crate::domain::approval;
 use crate::domain::{
     Admission, AppName, Config, Deployment, Digest, EnvName, EnvState, EventType, Kind,
@@ -54,7 +55,7 @@ pub struct Deployer {
 }
 
 /// What became of an environment's ECR tag after a verification.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum EnvTagOutcome {
     Moved {
@@ -83,12 +84,16 @@ impl Deployer {
             named = true;
             let registry = match &app.registry {
                 Some(r) => r.clone(),
-                None => Registry::ecr(&push.account, &push.region).map_err(|e| {
-                    ServiceError::Invalid(format!(
-                        "push event names account {:?} / region {:?}: {e}",
-                        push.account, push.region
-                    ))
-                })?,
+                None => {
+                    Registry::ecr(&push.account, &push.region).map_err(|e| InputError::Field {
+                        what: "ECR push event".into(),
+                        field: Some("account".into()),
+                        problem: format!(
+                            "account {:?} / region {:?} name no ECR registry: {e}",
+                            push.account, push.region
+                        ),
+                    })?
+                }
             };
             let image = PinnedImage {
                 registry,
@@ -156,8 +161,8 @@ impl Deployer {
             ),
         };
         let resolved = resolved.map_err(|e| match e {
-            RegistryError::NotFound(what) => ServiceError::NotFound(what),
-            other => other.into(),
+            RegistryError::NotFound(what) => Refusal::NotInRegistry(what).into(),
+            other => ServiceError::from(other),
         })?;
         let mut image = resolved.image;
         if let Some(registry) = &app.registry {
@@ -259,101 +264,93 @@ impl Deployer {
             environment: env.clone(),
             outcome,
         };
-        for _ in 0..MAX_ATTEMPTS {
-            let mut state = self.core.store.env_state(app, env).await?;
-            match state.admit(&request) {
-                Admission::Skip(reason) => {
-                    info!(app = %app, env = %env, %reason, "deploying nothing");
-                    let now = self.core.clock.now();
-                    let event = LifecycleEvent::environment(
-                        EventType::DeploymentSkipped,
-                        app,
-                        env,
-                        Some(reason.to_string()),
-                        now,
-                    )
-                    .with_image(
-                        &request.image,
-                        request.tag.as_ref(),
-                        request.kind,
-                    );
-                    self.core.events.publish(&[event]).await?;
-                    return Ok(result(EnvOutcome::Skipped {
-                        reason: reason.to_string(),
-                        image,
-                    }));
-                }
-                Admission::Queue { behind } => {
-                    state.queue(&request);
-                    settle_pending(&mut state, &request, self.core.clock.now());
-                    match self
-                        .core
-                        .store
-                        .commit(Commit::env(&mut state).claiming(claim.clone()))
-                        .await
-                    {
-                        Ok(()) => {}
-                        Err(StoreError::Conflict(_)) => continue,
-                        Err(StoreError::Duplicate(_)) => return Ok(duplicate(result, image)),
-                        Err(e) => return Err(e.into()),
-                    }
-                    info!(app = %app, env = %env, behind = %behind, digest = %request.image.digest, "queued");
-                    let now = self.core.clock.now();
-                    let event = LifecycleEvent::environment(
-                        EventType::RolloutQueued,
-                        app,
-                        env,
-                        Some(format!("waiting for deployment {behind}")),
-                        now,
-                    )
-                    .with_image(
-                        &request.image,
-                        request.tag.as_ref(),
-                        request.kind,
-                    );
-                    self.core.events.publish(&[event]).await?;
-                    return Ok(result(EnvOutcome::Queued { behind, image }));
-                }
-                Admission::Start => {
-                    let mut dep = Deployment::new(
-                        app.clone(),
-                        env.clone(),
-                        request.clone(),
-                        self.core.clock.now(),
-                    );
-                    state.start(&mut dep);
-                    settle_pending(&mut state, &request, self.core.clock.now());
-                    match self
-                        .core
-                        .store
-                        .commit(
-                            Commit::env(&mut state)
-                                .with(&mut dep)
-                                .claiming(claim.clone()),
+        retry_on_conflict(
+            || format!("admitting {image} to {app}/{env}"),
+            async |_| {
+                let mut state = self.core.store.env_state(app, env).await?;
+                match state.admit(&request) {
+                    Admission::Skip(reason) => {
+                        info!(app = %app, env = %env, %reason, "deploying nothing");
+                        let now = self.core.clock.now();
+                        let event = LifecycleEvent::environment(
+                            EventType::DeploymentSkipped,
+                            app,
+                            env,
+                            Some(reason.to_string()),
+                            now,
                         )
-                        .await
-                    {
-                        Ok(()) => {}
-                        Err(StoreError::Conflict(_)) => continue,
-                        Err(StoreError::Duplicate(_)) => return Ok(duplicate(result, image)),
-                        Err(e) => return Err(e.into()),
+                        .with_image(&request.image, request.tag.as_ref(), request.kind);
+                        self.core.events.publish(&[event]).await?;
+                        Ok(result(EnvOutcome::Skipped {
+                            reason: reason.to_string(),
+                            image: image.clone(),
+                        }))
                     }
-                    launch(
-                        &self.core,
-                        self.target.as_ref(),
-                        env_config,
-                        &mut dep,
-                        claim.as_deref(),
-                    )
-                    .await?;
-                    return Ok(result(EnvOutcome::Started {
-                        deployment_id: dep.id,
-                        image,
-                    }));
+                    Admission::Queue { behind } => {
+                        state.queue(&request);
+                        settle_pending(&mut state, &request, self.core.clock.now());
+                        match self
+                            .core
+                            .store
+                            .commit(Commit::env(&mut state).claiming(claim.clone()))
+                            .await
+                        {
+                            Err(StoreError::Duplicate(_)) => {
+                                return Ok(duplicate(result, image.clone()));
+                            }
+                            other => other?,
+                        }
+                        info!(app = %app, env = %env, behind = %behind, digest = %request.image.digest, "queued");
+                        let now = self.core.clock.now();
+                        let event = LifecycleEvent::environment(
+                            EventType::RolloutQueued,
+                            app,
+                            env,
+                            Some(format!("waiting for deployment {behind}")),
+                            now,
+                        )
+                        .with_image(&request.image, request.tag.as_ref(), request.kind);
+                        self.core.events.publish(&[event]).await?;
+                        Ok(result(EnvOutcome::Queued {
+                            behind,
+                            image: image.clone(),
+                        }))
+                    }
+                    Admission::Start => {
+                        let mut dep = Deployment::new(
+                            app.clone(),
+                            env.clone(),
+                            request.clone(),
+                            self.core.clock.now(),
+                        );
+                        state.start(&mut dep);
+                        settle_pending(&mut state, &request, self.core.clock.now());
+                        let commit = Commit::env(&mut state)
+                            .with(&mut dep)
+                            .claiming(claim.clone());
+                        match self.core.store.commit(commit).await {
+                            Err(StoreError::Duplicate(_)) => {
+                                return Ok(duplicate(result, image.clone()));
+                            }
+                            other => other?,
+                        }
+                        launch(
+                            &self.core,
+                            self.target.as_ref(),
+                            env_config,
+                            &mut dep,
+                            claim.as_deref(),
+                        )
+                        .await?;
+                        Ok(result(EnvOutcome::Started {
+                            deployment_id: dep.id,
+                            image: image.clone(),
+                        }))
+                    }
                 }
-            }
-        }
-        Err(too_busy(&format!("admitting an image to {app}/{env}")))
+            },
+        )
+        .await
     }
 }
 
@@ -366,33 +363,23 @@ fn duplicate(result: impl FnOnce(EnvOutcome) -> EnvResult, image: String) -> Env
 }
 
 pub(crate) fn unknown_app(config: &Config, app: &AppName) -> ServiceError {
-    let known: Vec<&str> = config.apps.keys().map(AppName::as_str).collect();
-    ServiceError::Invalid(format!(
-        "unknown app {:?}; configured apps: {}",
-        app.as_str(),
-        list(&known)
-    ))
+    Refusal::UnknownApp {
+        app: app.clone(),
+        known: config.apps.keys().collect(),
+    }
+    .into()
 }
 
 pub(crate) fn unknown_env(config: &Config, app: &AppName, env: &EnvName) -> ServiceError {
-    let known: Vec<&str> = config
-        .app(app)
-        .map(|a| a.environments.keys().map(EnvName::as_str).collect())
-        .unwrap_or_default();
-    ServiceError::Invalid(format!(
-        "app {:?} has no environment {:?}; its environments: {}",
-        app.as_str(),
-        env.as_str(),
-        list(&known)
-    ))
-}
-
-fn list(names: &[&str]) -> String {
-    if names.is_empty() {
-        "(none)".to_owned()
-    } else {
-        names.join(", ")
+    Refusal::UnknownEnv {
+        app: app.clone(),
+        env: env.clone(),
+        known: config
+            .app(app)
+            .map(|a| a.environments.keys().collect())
+            .unwrap_or(Names(Vec::new())),
     }
+    .into()
 }
 
 /// A promotion held for this digest is done waiting once the digest goes ahead.

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::{Core, ServiceError};
+use super::{Core, Refusal, ServiceError};
 use crate::domain::config::{Config, Retention};
 use crate::domain::environment::KEEP_VERIFIED;
 use crate::domain::retention::{self, Keep, RetentionRule, StoredImage};
@@ -30,13 +30,26 @@ pub struct CleanupRequest {
     pub repository: Option<Repository>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CleanupReport {
     pub dry_run: bool,
     pub repositories: Vec<RepositoryReport>,
 }
 
 impl CleanupReport {
+    /// A run that left some repository unclean, as an error: retryable when a registry
+    /// that was throttled or unreachable is what stopped it.
+    pub fn incomplete(&self) -> Option<ServiceError> {
+        let failures = self.failures();
+        if failures.is_empty() {
+            return None;
+        }
+        Some(ServiceError::Incomplete {
+            summary: format!("cleanup incomplete: {}", failures.join("; ")),
+            retryable: self.repositories.iter().any(|r| r.retryable),
+        })
+    }
+
     /// Repositories that could not be cleaned, with why.
     pub fn failures(&self) -> Vec<String> {
         self.repositories
@@ -56,24 +69,27 @@ impl CleanupReport {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RepositoryReport {
     pub repository: Repository,
     pub images: usize,
     pub kept: KeptCounts,
     /// Deleted, or in a dry run, would be deleted: oldest push first.
     pub deleted: Vec<Digest>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<DeleteFailure>,
     /// The digests in use and why, among this repository's images.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub in_use: BTreeMap<Digest, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Whether `error` came from a registry that was throttled or unreachable.
+    #[serde(skip)]
+    pub retryable: bool,
 }
 
 /// How many images each rule kept.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeptCounts {
     pub newest: usize,
     pub protected_tag: usize,
@@ -94,10 +110,8 @@ impl Janitor {
         let rules = rules_by_repository(&config);
         let repositories: Vec<(&Repository, &RetentionRule)> = match &request.repository {
             Some(wanted) => {
-                let rule = rules.get(wanted).ok_or_else(|| {
-                    ServiceError::Invalid(format!(
-                        "no app with a retention rule uses repository {wanted}; add `retention` to the app that deploys it"
-                    ))
+                let rule = rules.get(wanted).ok_or_else(|| Refusal::NoRetention {
+                    repository: wanted.clone(),
                 })?;
                 vec![(wanted, rule)]
             }
@@ -145,10 +159,12 @@ impl Janitor {
             failed: Vec::new(),
             in_use: BTreeMap::new(),
             error: None,
+            retryable: false,
         };
         let images = match self.list(repository).await {
             Ok(images) => images,
             Err(e) => {
+                report.retryable = is_transient(&e);
                 report.error = Some(e.to_string());
                 return Ok(report);
             }
@@ -193,6 +209,7 @@ impl Janitor {
             {
                 Ok(failures) => failures,
                 Err(e) => {
+                    report.retryable = is_transient(&e);
                     report.error = Some(format!("deleting images: {e}"));
                     break;
                 }
@@ -340,6 +357,10 @@ pub async fn in_use(
     Ok(needed)
 }
 
+fn is_transient(e: &RegistryError) -> bool {
+    matches!(e, RegistryError::Throttled(_) | RegistryError::Transient(_))
+}
+
 /// Calls the registry again, after a pause, while it is throttled or unreachable.
 async fn retrying<T, F, Fut>(mut call: F, what: &str) -> Result<T, RegistryError>
 where
@@ -350,9 +371,7 @@ where
     let mut attempt = 1;
     loop {
         match call().await {
-            Err(e @ (RegistryError::Throttled(_) | RegistryError::Transient(_)))
-                if attempt < REGISTRY_ATTEMPTS =>
-            {
+            Err(e) if is_transient(&e) && attempt < REGISTRY_ATTEMPTS => {
                 warn!(attempt, error = %e, "{what}: trying again in {backoff:?}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::{Core, ServiceError};
@@ -46,7 +46,7 @@ pub struct Notifier {
 }
 
 /// What became of one channel's message.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sent {
     pub channel: usize,
     pub kind: ChannelKind,
@@ -54,7 +54,7 @@ pub struct Sent {
     pub outcome: SendOutcome,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum SendOutcome {
     Sent {
@@ -107,13 +107,17 @@ impl Notifier {
             })
             .collect();
         if !failures.is_empty() {
-            return Err(ServiceError::Incomplete(format!(
-                "{} for {}/{}: {}",
-                notice.as_str(),
-                detail.app,
-                detail.environment,
-                failures.join("; ")
-            )));
+            // Every failure released its claim, so a retry sends just those.
+            return Err(ServiceError::Incomplete {
+                summary: format!(
+                    "{} for {}/{}: {}",
+                    notice.as_str(),
+                    detail.app,
+                    detail.environment,
+                    failures.join("; ")
+                ),
+                retryable: true,
+            });
         }
         Ok(sent)
     }

@@ -3,14 +3,15 @@
 //! (`approval: required`). A tag pushed for it (the "push `v*` goes to production" habit)
 //! is held until its digest is verified at the source.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tracing::info;
 
 use super::deploy::Deployer;
+use super::deploy::{unknown_app, unknown_env};
 use super::rollout::{EnvOutcome, EnvResult};
-use super::{MAX_ATTEMPTS, ServiceError, too_busy};
-use crate::domain::approval::{Pending, Waiting};
+use super::{InputError, Refusal, ServiceError, retry_on_conflict};
+use crate::domain::approval::{ApprovalError, Pending, Waiting};
 use crate::domain::config::{Approval, Config, Promotion};
 use crate::domain::{
     AppName, Digest, EnvName, EventType, Kind, LifecycleEvent, PinnedImage, Request, Tag,
@@ -39,7 +40,7 @@ pub struct ManualPromotion {
     pub requested_by: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Promoted {
     pub from: EnvName,
     pub digest: Digest,
@@ -165,31 +166,26 @@ impl Deployer {
         wanted: &ManualPromotion,
     ) -> Result<Promoted, ServiceError> {
         let config = self.core.config.load().await?;
-        let app = config.app(&wanted.app).ok_or_else(|| {
-            ServiceError::NotFound(format!("no app {} in the configuration", wanted.app))
-        })?;
+        let app = config
+            .app(&wanted.app)
+            .ok_or_else(|| unknown_app(&config, &wanted.app))?;
         for env in [&wanted.from, &wanted.to] {
             if !app.environments.contains_key(env) {
-                let known: Vec<&str> = app.environments.keys().map(EnvName::as_str).collect();
-                return Err(ServiceError::NotFound(format!(
-                    "app {} has no environment {env}; it has {}",
-                    wanted.app,
-                    known.join(", ")
-                )));
+                return Err(unknown_env(&config, &wanted.app, env));
             }
         }
         if wanted.from == wanted.to {
-            return Err(ServiceError::Invalid(
-                "\"from\" and \"to\" name the same environment".into(),
-            ));
+            return Err(
+                InputError::Rule("\"from\" and \"to\" name the same environment".into()).into(),
+            );
         }
         let source = self.core.store.env_state(&wanted.app, &wanted.from).await?;
-        let last = source.last_verified().ok_or_else(|| {
-            ServiceError::NotFound(format!(
-                "nothing has been verified in {}/{} yet: there is nothing to promote",
-                wanted.app, wanted.from
-            ))
-        })?;
+        let last = source
+            .last_verified()
+            .ok_or_else(|| Refusal::NothingVerified {
+                app: wanted.app.clone(),
+                env: wanted.from.clone(),
+            })?;
         let verified_dep = self
             .core
             .store
@@ -237,9 +233,11 @@ impl Deployer {
             return Ok(None);
         };
         let Some(approved) = &pending.approved else {
-            return Err(ServiceError::Conflict(format!(
-                "{digest} in {app}/{env} has not been approved"
-            )));
+            return Err(ApprovalError::NotApproved {
+                env: env.clone(),
+                digest: digest.clone(),
+            }
+            .into());
         };
         let at = approved
             .at
@@ -325,67 +323,62 @@ impl Deployer {
         let image = pending.image.to_string();
         let waiting_for = pending.waiting_for;
         let reason = pending.reason.clone();
-        for _ in 0..MAX_ATTEMPTS {
-            let mut state = self.core.store.env_state(app, env).await?;
-            if state
-                .current
-                .as_ref()
-                .is_some_and(|c| &c.digest == pending.digest())
-            {
-                return Ok(EnvResult {
+        retry_on_conflict(
+            || format!("holding the promotion of {image} to {app}/{env}"),
+            async |_| {
+                let skipped = |reason: &str| EnvResult {
                     app: app.clone(),
                     environment: env.clone(),
                     outcome: EnvOutcome::Skipped {
-                        reason: "the digest is already deployed here".into(),
-                        image,
+                        reason: reason.into(),
+                        image: image.clone(),
                     },
-                });
-            }
-            let now = self.core.clock.now();
-            let superseded = state.hold(pending.clone(), now);
-            match self
-                .core
-                .store
-                .commit(Commit::env(&mut state).claiming(claim.clone()))
-                .await
-            {
-                Ok(()) => {}
-                Err(StoreError::Conflict(_)) => continue,
-                Err(StoreError::Duplicate(_)) => {
-                    return Ok(EnvResult {
-                        app: app.clone(),
-                        environment: env.clone(),
-                        outcome: EnvOutcome::Skipped {
-                            reason: "this event was already handled".into(),
-                            image,
-                        },
-                    });
+                };
+                let mut state = self.core.store.env_state(app, env).await?;
+                if state
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| &c.digest == pending.digest())
+                {
+                    return Ok(skipped("the digest is already deployed here"));
                 }
-                Err(e) => return Err(e.into()),
-            }
-            if let Some(old) = &superseded {
-                info!(%app, %env, old = %old.digest(), new = %pending.digest(), "pending promotion superseded");
-            }
-            let kind = match waiting_for {
-                Waiting::Approval => EventType::ApprovalRequested,
-                Waiting::Verification => EventType::PromotionPending,
-            };
-            info!(%app, %env, digest = %pending.digest(), %waiting_for, "promotion held");
-            self.core
-                .events
-                .publish(&[LifecycleEvent::pending(kind, app, env, &pending, None, now)])
-                .await?;
-            return Ok(EnvResult {
-                app: app.clone(),
-                environment: env.clone(),
-                outcome: EnvOutcome::Pending {
-                    waiting_for,
-                    reason,
-                    image,
-                },
-            });
-        }
-        Err(too_busy("holding a promotion"))
+                let now = self.core.clock.now();
+                let superseded = state.hold(pending.clone(), now);
+                match self
+                    .core
+                    .store
+                    .commit(Commit::env(&mut state).claiming(claim.clone()))
+                    .await
+                {
+                    Err(StoreError::Duplicate(_)) => {
+                        return Ok(skipped("this event was already handled"));
+                    }
+                    other => other?,
+                }
+                if let Some(old) = &superseded {
+                    info!(%app, %env, old = %old.digest(), new = %pending.digest(), "pending promotion superseded");
+                }
+                let kind = match waiting_for {
+                    Waiting::Approval => EventType::ApprovalRequested,
+                    Waiting::Verification => EventType::PromotionPending,
+                };
+                info!(%app, %env, digest = %pending.digest(), %waiting_for, "promotion held");
+                self.core
+                    .events
+                    .publish(&[LifecycleEvent::pending(kind, app, env, &pending, None, now)])
+                    .await?;
+                Ok(EnvResult {
+                    app: app.clone(),
+                    environment: env.clone(),
+                    outcome: EnvOutcome::Pending {
+                        waiting_for,
+                        reason: reason.clone(),
+                        image: image.clone(),
+                    },
+                })
+            },
+        )
+        .await
     }
 
     /// The image as the target's hosts pull it: the app's registry when it names one.

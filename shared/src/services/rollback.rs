@@ -4,20 +4,21 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::deploy::{unknown_app, unknown_env};
+use super::error::Names;
 use super::rollout::{advance, end_without_rollback, launch, rollback_failed};
-use super::{Core, MAX_ATTEMPTS, ServiceError, too_busy};
+use super::{Core, Refusal, ServiceError, retry_on_conflict};
 use crate::domain::environment::{Freeze, VerifiedDigest};
 use crate::domain::{
     AppName, Deployment, DeploymentId, Digest, EnvName, EnvState, EventType, Kind, LifecycleEvent,
     Phase, Request, Step,
 };
-use crate::ports::{Commit, ImageRegistry, RegistryError, StoreError, Target};
+use crate::ports::{Commit, ImageRegistry, RegistryError, Target};
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum RollbackOutcome {
     /// A rollback deployment is rolling out.
@@ -66,15 +67,7 @@ impl Rollback {
         env: &EnvName,
         id: &DeploymentId,
     ) -> Result<RollbackOutcome, ServiceError> {
-        let mut dep = self
-            .core
-            .store
-            .deployment(app, env, id)
-            .await
-            .map_err(|e| match e {
-                StoreError::NotFound(what) => ServiceError::NotFound(what),
-                other => other.into(),
-            })?;
+        let mut dep = self.core.store.deployment(app, env, id).await?;
         if dep.phase != Phase::Failed {
             return Ok(RollbackOutcome::AlreadyHandled {
                 deployment_id: dep.id,
@@ -101,84 +94,11 @@ impl Rollback {
         let env_config = config
             .env(&failed.app, &failed.environment)
             .ok_or_else(|| unknown_env(&config, &failed.app, &failed.environment))?;
-        for _ in 0..MAX_ATTEMPTS {
-            let mut state = self
-                .core
-                .store
-                .env_state(&failed.app, &failed.environment)
-                .await?;
-            if !state.is_held_by(&failed.id) {
-                info!("the environment has moved on from this deployment; not rolling back");
-                return Ok(RollbackOutcome::AlreadyHandled {
-                    deployment_id: failed.id,
-                    phase: failed.phase,
-                });
-            }
-            let candidates: Vec<VerifiedDigest> = state
-                .rollback_candidates(failed.digest())
-                .cloned()
-                .collect();
-            if candidates.is_empty() {
-                let reason = format!(
-                    "{}; nothing verified to roll back to",
-                    failed.reason.as_deref().unwrap_or("deployment failed")
-                );
-                end_without_rollback(&self.core, &mut failed, &reason).await?;
-                return Ok(RollbackOutcome::NothingToRollBackTo {
-                    deployment_id: failed.id,
-                });
-            }
-            let Some(good) = self.first_still_in_registry(&failed, &candidates).await? else {
-                let tried: Vec<&str> = candidates.iter().map(|c| c.digest.as_str()).collect();
-                let reason = format!(
-                    "no verified image is still in the registry (tried {})",
-                    tried.join(", ")
-                );
-                self.unrecoverable(&mut failed, &reason).await?;
-                return Ok(RollbackOutcome::RollbackFailed {
-                    deployment_id: failed.id,
-                    reason,
-                });
-            };
-            let mut rollback = Deployment::new(
-                failed.app.clone(),
-                failed.environment.clone(),
-                Request {
-                    image: failed.image.with_digest(good.digest.clone()),
-                    tag: good.tag.clone(),
-                    kind: Kind::Rollback,
-                    // A rollback takes the failed push's place in push order, so that newer
-                    // pushes waiting in the queue still go next.
-                    pushed_at: failed.pushed_at,
-                    requested_by: None,
-                    reason: Some(format!("rolling back deployment {}", failed.id)),
-                },
-                self.core.clock.now(),
-            );
-            rollback.rollback_of = Some(failed.id.clone());
-            rollback.restore = failed.target_before.clone();
-            let note = format!(
-                "rolling back to {} (deployment {})",
-                good.digest, rollback.id
-            );
-            failed
-                .apply(Step::RollbackStarted, self.core.clock.now(), Some(note))
-                .map_err(|e| ServiceError::Conflict(e.to_string()))?;
-            failed.rolled_back_by = Some(rollback.id.clone());
-            state.release(&failed.id);
-            state.start(&mut rollback);
-            match self
-                .core
-                .store
-                .commit(
-                    Commit::env(&mut state)
-                        .with(&mut failed)
-                        .with(&mut rollback),
-                )
-                .await
-            {
-                Ok(()) => {}
-                Err(StoreError::Conflict(_)) => {
+        let id = failed.id.clone();
+        retry_on_conflict(
+            || format!("starting the rollback of {id}"),
+            async |attempt| {
+                if attempt > 0 {
                     failed = self
                         .core
                         .store
@@ -186,43 +106,122 @@ impl Rollback {
                         .await?;
                     if failed.phase != Phase::Failed {
                         return Ok(RollbackOutcome::AlreadyHandled {
-                            deployment_id: failed.id,
+                            deployment_id: failed.id.clone(),
                             phase: failed.phase,
                         });
                     }
-                    continue;
                 }
-                Err(e) => return Err(e.into()),
-            }
-            info!(deployment_id = %rollback.id, rollback_of = %failed.id, digest = %good.digest, "rolling back");
-            let failed_at = failed
-                .history
-                .iter()
-                .rev()
-                .find(|h| h.phase == Phase::Failed)
-                .map(|h| h.at);
-            self.core
-                .events
-                .publish(&[LifecycleEvent::of(EventType::RollbackStarted, &rollback)
-                    .with_failed_at(failed_at)])
-                .await?;
-            let image = rollback.image.to_string();
-            // A target refusing the rollback is recorded as a failed rollback by `launch`.
-            launch(
-                &self.core,
-                self.target.as_ref(),
-                env_config,
-                &mut rollback,
-                None,
-            )
+                self.roll_back_once(env_config, &mut failed).await
+            },
+        )
+        .await
+    }
+
+    async fn roll_back_once(
+        &self,
+        env_config: &crate::domain::EnvConfig,
+        failed: &mut Deployment,
+    ) -> Result<RollbackOutcome, ServiceError> {
+        let mut state = self
+            .core
+            .store
+            .env_state(&failed.app, &failed.environment)
             .await?;
-            return Ok(RollbackOutcome::Started {
-                deployment_id: rollback.id,
-                rollback_of: Some(failed.id),
-                image,
+        if !state.is_held_by(&failed.id) {
+            info!("the environment has moved on from this deployment; not rolling back");
+            return Ok(RollbackOutcome::AlreadyHandled {
+                deployment_id: failed.id.clone(),
+                phase: failed.phase,
             });
         }
-        Err(too_busy("starting a rollback"))
+        let candidates: Vec<VerifiedDigest> = state
+            .rollback_candidates(failed.digest())
+            .cloned()
+            .collect();
+        if candidates.is_empty() {
+            let reason = format!(
+                "{}; nothing verified to roll back to",
+                failed.reason.as_deref().unwrap_or("deployment failed")
+            );
+            end_without_rollback(&self.core, failed, &reason).await?;
+            return Ok(RollbackOutcome::NothingToRollBackTo {
+                deployment_id: failed.id.clone(),
+            });
+        }
+        let Some(good) = self.first_still_in_registry(failed, &candidates).await? else {
+            let tried: Vec<&str> = candidates.iter().map(|c| c.digest.as_str()).collect();
+            let reason = format!(
+                "no verified image is still in the registry (tried {})",
+                tried.join(", ")
+            );
+            self.unrecoverable(failed, &reason).await?;
+            return Ok(RollbackOutcome::RollbackFailed {
+                deployment_id: failed.id.clone(),
+                reason,
+            });
+        };
+        let mut rollback = Deployment::new(
+            failed.app.clone(),
+            failed.environment.clone(),
+            Request {
+                image: failed.image.with_digest(good.digest.clone()),
+                tag: good.tag.clone(),
+                kind: Kind::Rollback,
+                // A rollback takes the failed push's place in push order, so that newer
+                // pushes waiting in the queue still go next.
+                pushed_at: failed.pushed_at,
+                requested_by: None,
+                reason: Some(format!("rolling back deployment {}", failed.id)),
+            },
+            self.core.clock.now(),
+        );
+        rollback.rollback_of = Some(failed.id.clone());
+        rollback.restore = failed.target_before.clone();
+        let note = format!(
+            "rolling back to {} (deployment {})",
+            good.digest, rollback.id
+        );
+        failed
+            .apply(Step::RollbackStarted, self.core.clock.now(), Some(note))
+            .map_err(|source| ServiceError::Transition {
+                deployment: failed.id.clone(),
+                source,
+            })?;
+        failed.rolled_back_by = Some(rollback.id.clone());
+        state.release(&failed.id);
+        state.start(&mut rollback);
+        self.core
+            .store
+            .commit(Commit::env(&mut state).with(failed).with(&mut rollback))
+            .await?;
+        info!(deployment_id = %rollback.id, rollback_of = %failed.id, digest = %good.digest, "rolling back");
+        let failed_at = failed
+            .history
+            .iter()
+            .rev()
+            .find(|h| h.phase == Phase::Failed)
+            .map(|h| h.at);
+        self.core
+            .events
+            .publish(&[
+                LifecycleEvent::of(EventType::RollbackStarted, &rollback).with_failed_at(failed_at)
+            ])
+            .await?;
+        let image = rollback.image.to_string();
+        // A target refusing the rollback is recorded as a failed rollback by `launch`.
+        launch(
+            &self.core,
+            self.target.as_ref(),
+            env_config,
+            &mut rollback,
+            None,
+        )
+        .await?;
+        Ok(RollbackOutcome::Started {
+            deployment_id: rollback.id,
+            rollback_of: Some(failed.id.clone()),
+            image,
+        })
     }
 
     /// The most recent candidate the registry still has; candidates deleted since they were
@@ -306,117 +305,136 @@ impl Rollback {
             .environments
             .get(&request.environment)
             .ok_or_else(|| unknown_env(&config, &request.app, &request.environment))?;
-        for _ in 0..MAX_ATTEMPTS {
-            let mut state = self
-                .core
-                .store
-                .env_state(&request.app, &request.environment)
-                .await?;
-            if let Some(holder) = state.holder() {
-                return Err(ServiceError::Conflict(format!(
-                    "deployment {holder} is in progress on {}/{}; wait for it to finish (a failure rolls back by itself)",
+        retry_on_conflict(
+            || {
+                format!(
+                    "starting a rollback of {}/{}",
                     request.app, request.environment
-                )));
-            }
-            let good = choose_manual_target(&state, request.digest.as_ref())?.clone();
-            self.registry
-                .find_digest(&app.repository, &good.digest)
-                .await
-                .map_err(|e| match e {
-                    RegistryError::NotFound(_) => ServiceError::NotFound(format!(
-                        "{} is no longer in repository {}; pick another verified digest",
-                        good.digest, app.repository
-                    )),
-                    other => other.into(),
-                })?;
-            let current = state.current.clone();
-            let mut replaced = match &current {
-                Some(c) => Some(
-                    self.core
-                        .store
-                        .deployment(&request.app, &request.environment, &c.deployment_id)
-                        .await?,
-                ),
-                None => None,
-            };
-            // The image to pull: the registry of the deployment being replaced, else the app's.
-            let image = match (&replaced, &app.registry) {
-                (_, Some(registry)) => crate::domain::PinnedImage {
-                    registry: registry.clone(),
-                    repository: app.repository.clone(),
-                    digest: good.digest.clone(),
-                },
-                (Some(r), None) => r.image.with_digest(good.digest.clone()),
-                (None, None) => {
-                    return Err(ServiceError::Invalid(
-                        "nothing was deployed here yet, so the registry to pull from is unknown; set `registry` for the app".into(),
-                    ));
-                }
-            };
-            let now = self.core.clock.now();
-            let mut rollback = Deployment::new(
-                request.app.clone(),
-                request.environment.clone(),
-                Request {
-                    image,
-                    tag: good.tag.clone(),
-                    kind: Kind::Rollback,
-                    pushed_at: current.as_ref().map_or(now, |c| c.pushed_at),
-                    requested_by: request.requested_by.clone(),
-                    reason: request
-                        .reason
-                        .clone()
-                        .or_else(|| Some("rollback requested by hand".into())),
-                },
-                now,
-            );
-            // A failed deployment left standing (nothing was verified when it failed) is
-            // the one this rollback replaces.
-            let replaces_failure = replaced.as_mut().filter(|r| r.phase == Phase::Failed);
-            let mut commit_original = None;
-            if let Some(r) = replaces_failure {
-                rollback.rollback_of = Some(r.id.clone());
-                rollback.restore = r.target_before.clone();
-                r.apply(
-                    Step::RollbackStarted,
-                    now,
-                    Some(format!("rolling back by hand (deployment {})", rollback.id)),
                 )
-                .map_err(|e| ServiceError::Conflict(e.to_string()))?;
-                r.rolled_back_by = Some(rollback.id.clone());
-                commit_original = Some(r);
-            }
-            state.start(&mut rollback);
-            let mut commit = Commit::env(&mut state).with(&mut rollback);
-            if let Some(r) = commit_original {
-                commit = commit.with(r);
-            }
-            match self.core.store.commit(commit).await {
-                Ok(()) => {}
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
-            }
-            info!(deployment_id = %rollback.id, digest = %good.digest, "rollback requested by hand");
-            self.core
-                .events
-                .publish(&[LifecycleEvent::of(EventType::RollbackStarted, &rollback)])
-                .await?;
-            let image = rollback.image.to_string();
-            launch(
-                &self.core,
-                self.target.as_ref(),
-                env_config,
-                &mut rollback,
-                None,
-            )
+            },
+            async |_| self.manual_once(request, app, env_config).await,
+        )
+        .await
+    }
+
+    async fn manual_once(
+        &self,
+        request: &ManualRollback,
+        app: &crate::domain::config::AppConfig,
+        env_config: &crate::domain::EnvConfig,
+    ) -> Result<RollbackOutcome, ServiceError> {
+        let mut state = self
+            .core
+            .store
+            .env_state(&request.app, &request.environment)
             .await?;
-            return Ok(RollbackOutcome::Started {
-                deployment_id: rollback.id,
-                rollback_of: rollback.rollback_of,
-                image,
-            });
+        if let Some(holder) = state.holder() {
+            return Err(Refusal::InFlight {
+                app: request.app.clone(),
+                env: request.environment.clone(),
+                holder: holder.clone(),
+            }
+            .into());
         }
-        Err(too_busy("starting a rollback"))
+        let good = choose_manual_target(&state, request.digest.as_ref())?.clone();
+        self.registry
+            .find_digest(&app.repository, &good.digest)
+            .await
+            .map_err(|e| match e {
+                RegistryError::NotFound(_) => Refusal::ImageGone {
+                    digest: good.digest.clone(),
+                    repository: app.repository.clone(),
+                }
+                .into(),
+                other => ServiceError::from(other),
+            })?;
+        let current = state.current.clone();
+        let mut replaced = match &current {
+            Some(c) => Some(
+                self.core
+                    .store
+                    .deployment(&request.app, &request.environment, &c.deployment_id)
+                    .await?,
+            ),
+            None => None,
+        };
+        // The image to pull: the registry of the deployment being replaced, else the app's.
+        let image = match (&replaced, &app.registry) {
+            (_, Some(registry)) => crate::domain::PinnedImage {
+                registry: registry.clone(),
+                repository: app.repository.clone(),
+                digest: good.digest.clone(),
+            },
+            (Some(r), None) => r.image.with_digest(good.digest.clone()),
+            (None, None) => {
+                return Err(Refusal::NoRegistry {
+                    app: request.app.clone(),
+                    env: request.environment.clone(),
+                }
+                .into());
+            }
+        };
+        let now = self.core.clock.now();
+        let mut rollback = Deployment::new(
+            request.app.clone(),
+            request.environment.clone(),
+            Request {
+                image,
+                tag: good.tag.clone(),
+                kind: Kind::Rollback,
+                pushed_at: current.as_ref().map_or(now, |c| c.pushed_at),
+                requested_by: request.requested_by.clone(),
+                reason: request
+                    .reason
+                    .clone()
+                    .or_else(|| Some("rollback requested by hand".into())),
+            },
+            now,
+        );
+        // A failed deployment left standing (nothing was verified when it failed) is the one
+        // this rollback replaces.
+        let replaces_failure = replaced.as_mut().filter(|r| r.phase == Phase::Failed);
+        let mut commit_original = None;
+        if let Some(r) = replaces_failure {
+            rollback.rollback_of = Some(r.id.clone());
+            rollback.restore = r.target_before.clone();
+            r.apply(
+                Step::RollbackStarted,
+                now,
+                Some(format!("rolling back by hand (deployment {})", rollback.id)),
+            )
+            .map_err(|source| ServiceError::Transition {
+                deployment: r.id.clone(),
+                source,
+            })?;
+            r.rolled_back_by = Some(rollback.id.clone());
+            commit_original = Some(r);
+        }
+        state.start(&mut rollback);
+        let mut commit = Commit::env(&mut state).with(&mut rollback);
+        if let Some(r) = commit_original {
+            commit = commit.with(r);
+        }
+        self.core.store.commit(commit).await?;
+        info!(deployment_id = %rollback.id, digest = %good.digest, "rollback requested by hand");
+        self.core
+            .events
+            .publish(&[LifecycleEvent::of(EventType::RollbackStarted, &rollback)])
+            .await?;
+        let image = rollback.image.to_string();
+        launch(
+            &self.core,
+            self.target.as_ref(),
+            env_config,
+            &mut rollback,
+            None,
+        )
+        .await?;
+        Ok(RollbackOutcome::Started {
+            deployment_id: rollback.id,
+            rollback_of: rollback.rollback_of,
+            image,
+        })
     }
 }
 
@@ -425,30 +443,37 @@ fn choose_manual_target<'a>(
     digest: Option<&Digest>,
 ) -> Result<&'a VerifiedDigest, ServiceError> {
     let current = state.current.as_ref().map(|c| &c.digest);
-    let listed = || {
-        let all: Vec<&str> = state.verified.iter().map(|v| v.digest.as_str()).collect();
-        if all.is_empty() {
-            "none".to_owned()
-        } else {
-            all.join(", ")
+    let verified = || -> Names {
+        match state.verified.as_slice() {
+            [] => Names(vec!["none".into()]),
+            all => all.iter().map(|v| v.digest.as_str()).collect(),
         }
     };
     match digest {
-        Some(d) => state.verified.iter().find(|v| &v.digest == d).ok_or_else(|| {
-            ServiceError::Invalid(format!(
-                "{d} was never verified in {}/{}; verified digests: {}. To deploy an unverified digest, use the deployer",
-                state.app,
-                state.environment,
-                listed()
-            ))
-        }),
-        None => state.verified.iter().find(|v| Some(&v.digest) != current).ok_or_else(|| {
-            ServiceError::Invalid(format!(
-                "{}/{} has no verified digest other than the current one (verified: {})",
-                state.app,
-                state.environment,
-                listed()
-            ))
-        }),
+        Some(d) => state
+            .verified
+            .iter()
+            .find(|v| &v.digest == d)
+            .ok_or_else(|| {
+                Refusal::NeverVerified {
+                    digest: d.clone(),
+                    app: state.app.clone(),
+                    env: state.environment.clone(),
+                    verified: verified(),
+                }
+                .into()
+            }),
+        None => state
+            .verified
+            .iter()
+            .find(|v| Some(&v.digest) != current)
+            .ok_or_else(|| {
+                Refusal::NoOtherVerified {
+                    app: state.app.clone(),
+                    env: state.environment.clone(),
+                    verified: verified(),
+                }
+                .into()
+            }),
     }
 }

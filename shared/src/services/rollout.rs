@@ -3,19 +3,19 @@
 //! starting the newest queued image, and the two ways a failure ends without a working
 //! rollback.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::{Core, MAX_ATTEMPTS, ServiceError, too_busy};
+use super::{Core, ServiceError, retry_on_conflict};
 use crate::domain::environment::Freeze;
 use crate::domain::{
     Admission, AppName, Deployment, DeploymentId, EnvConfig, EnvName, EnvState, EventType, Kind,
     LifecycleEvent, Outcome, Step,
 };
-use crate::ports::{Commit, Started, StoreError, Target};
+use crate::ports::{Commit, Started, Target};
 
 /// What a request did to one environment.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum EnvOutcome {
     Started {
@@ -38,7 +38,7 @@ pub enum EnvOutcome {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnvResult {
     pub app: AppName,
     pub environment: EnvName,
@@ -60,45 +60,43 @@ pub(crate) async fn advance(
     mut change: Option<EnvChange<'_>>,
     forget_event: Option<String>,
 ) -> Result<bool, ServiceError> {
-    for attempt in 0..MAX_ATTEMPTS {
-        if attempt > 0 {
-            *dep = core
-                .store
-                .deployment(&dep.app, &dep.environment, &dep.id)
-                .await?;
-        }
-        match dep.apply(step, core.clock.now(), note.clone()) {
-            Ok(Outcome::Changed(_)) => {}
-            Ok(Outcome::Unchanged) => return Ok(false),
-            Err(e) => {
-                return Err(ServiceError::Conflict(format!(
-                    "deployment {}: {e}",
-                    dep.id
-                )));
+    let id = dep.id.clone();
+    retry_on_conflict(
+        || format!("recording {step:?} for deployment {id}"),
+        async |attempt| {
+            if attempt > 0 {
+                *dep = core
+                    .store
+                    .deployment(&dep.app, &dep.environment, &dep.id)
+                    .await?;
             }
-        }
-        let mut state = None;
-        if let Some(change) = change.as_mut() {
-            let mut s = core.store.env_state(&dep.app, &dep.environment).await?;
-            change(&mut s, dep);
-            state = Some(s);
-        }
-        let commit = Commit {
-            env: state.as_mut(),
-            deployments: vec![&mut *dep],
-            forget_event: forget_event.clone(),
-            ..Commit::default()
-        };
-        match core.store.commit(commit).await {
-            Ok(()) => return Ok(true),
-            Err(StoreError::Conflict(_)) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(too_busy(&format!(
-        "recording {step:?} for deployment {}",
-        dep.id
-    )))
+            match dep.apply(step, core.clock.now(), note.clone()) {
+                Ok(Outcome::Changed(_)) => {}
+                Ok(Outcome::Unchanged) => return Ok(false),
+                Err(source) => {
+                    return Err(ServiceError::Transition {
+                        deployment: dep.id.clone(),
+                        source,
+                    });
+                }
+            }
+            let mut state = None;
+            if let Some(change) = change.as_mut() {
+                let mut s = core.store.env_state(&dep.app, &dep.environment).await?;
+                change(&mut s, dep);
+                state = Some(s);
+            }
+            let commit = Commit {
+                env: state.as_mut(),
+                deployments: vec![&mut *dep],
+                forget_event: forget_event.clone(),
+                ..Commit::default()
+            };
+            core.store.commit(commit).await?;
+            Ok(true)
+        },
+    )
+    .await
 }
 
 /// Sends a committed, lease-holding deployment to its target. If the target refuses, the
@@ -117,7 +115,10 @@ pub(crate) async fn launch(
             dep.target_ref = Some(target_ref.to_string());
             dep.target_before = before;
             dep.apply(Step::RolloutStarted, core.clock.now(), None)
-                .map_err(|e| ServiceError::Conflict(format!("deployment {}: {e}", dep.id)))?;
+                .map_err(|source| ServiceError::Transition {
+                    deployment: dep.id.clone(),
+                    source,
+                })?;
             core.store
                 .commit(Commit {
                     link_target_refs: true,
@@ -200,31 +201,30 @@ pub(crate) async fn end_without_rollback(
     dep: &mut Deployment,
     reason: &str,
 ) -> Result<(), ServiceError> {
-    for attempt in 0..MAX_ATTEMPTS {
-        if attempt > 0 {
-            *dep = core
-                .store
-                .deployment(&dep.app, &dep.environment, &dep.id)
-                .await?;
-        }
-        let mut state = core.store.env_state(&dep.app, &dep.environment).await?;
-        if !state.release(&dep.id) {
-            return Ok(());
-        }
-        dep.reason = Some(reason.to_owned());
-        match core.store.commit(Commit::env(&mut state).with(dep)).await {
-            Ok(()) => {
-                info!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, %reason, "deployment failed");
-                core.events
-                    .publish(&[LifecycleEvent::of(EventType::DeploymentFailed, dep)])
+    let id = dep.id.clone();
+    retry_on_conflict(
+        || format!("ending failed deployment {id}"),
+        async |attempt| {
+            if attempt > 0 {
+                *dep = core
+                    .store
+                    .deployment(&dep.app, &dep.environment, &dep.id)
                     .await?;
+            }
+            let mut state = core.store.env_state(&dep.app, &dep.environment).await?;
+            if !state.release(&dep.id) {
                 return Ok(());
             }
-            Err(StoreError::Conflict(_)) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(too_busy("ending a failed deployment"))
+            dep.reason = Some(reason.to_owned());
+            core.store.commit(Commit::env(&mut state).with(dep)).await?;
+            info!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, %reason, "deployment failed");
+            core.events
+                .publish(&[LifecycleEvent::of(EventType::DeploymentFailed, dep)])
+                .await?;
+            Ok(())
+        },
+    )
+    .await
 }
 
 /// A rollback deployment failed, or could not start: the deployment it replaced ends in
@@ -235,76 +235,76 @@ pub(crate) async fn rollback_failed(
     rollback: &mut Deployment,
     reason: &str,
 ) -> Result<(), ServiceError> {
-    for attempt in 0..MAX_ATTEMPTS {
-        if attempt > 0 {
-            *rollback = core
-                .store
-                .deployment(&rollback.app, &rollback.environment, &rollback.id)
-                .await?;
-        }
-        let now = core.clock.now();
-        let mut state = core
-            .store
-            .env_state(&rollback.app, &rollback.environment)
-            .await?;
-        let mut original = match &rollback.rollback_of {
-            Some(id) => Some(
-                core.store
-                    .deployment(&rollback.app, &rollback.environment, id)
-                    .await?,
-            ),
-            None => None,
-        };
-        let note = format!("rollback {} failed: {reason}", rollback.id);
-        let changed = match original.as_mut() {
-            Some(o) => matches!(
-                o.apply(Step::RollbackFailed, now, Some(note.clone())),
-                Ok(Outcome::Changed(_))
-            ),
-            // A rollback requested by hand replaces no failed deployment; it is its own record.
-            None => state.is_held_by(&rollback.id),
-        };
-        if !changed {
-            return Ok(());
-        }
-        state.release(&rollback.id);
-        if let Some(o) = &original {
-            state.release(&o.id);
-        }
-        let freeze_reason = format!("automatic rollouts paused: {note}");
-        state.frozen = Some(Freeze {
-            reason: freeze_reason.clone(),
-            by: "pushdeploy".into(),
-            at: now,
-        });
-        let mut commit = Commit::env(&mut state).with(rollback);
-        if let Some(o) = original.as_mut() {
-            commit = commit.with(o);
-        }
-        match core.store.commit(commit).await {
-            Ok(()) => {
-                warn!(deployment_id = %rollback.id, app = %rollback.app, env = %rollback.environment, %reason,
-                      "rollback failed; environment frozen");
-                let failed = original.as_ref().unwrap_or(rollback);
-                core.events
-                    .publish(&[
-                        LifecycleEvent::of(EventType::RollbackFailed, failed),
-                        LifecycleEvent::environment(
-                            EventType::EnvironmentFrozen,
-                            &rollback.app,
-                            &rollback.environment,
-                            Some(freeze_reason),
-                            now,
-                        ),
-                    ])
+    let id = rollback.id.clone();
+    retry_on_conflict(
+        || format!("recording the failure of rollback {id}"),
+        async |attempt| {
+            if attempt > 0 {
+                *rollback = core
+                    .store
+                    .deployment(&rollback.app, &rollback.environment, &rollback.id)
                     .await?;
+            }
+            let now = core.clock.now();
+            let mut state = core
+                .store
+                .env_state(&rollback.app, &rollback.environment)
+                .await?;
+            let mut original = match &rollback.rollback_of {
+                Some(id) => Some(
+                    core.store
+                        .deployment(&rollback.app, &rollback.environment, id)
+                        .await?,
+                ),
+                None => None,
+            };
+            let note = format!("rollback {} failed: {reason}", rollback.id);
+            let changed = match original.as_mut() {
+                Some(o) => matches!(
+                    o.apply(Step::RollbackFailed, now, Some(note.clone())),
+                    Ok(Outcome::Changed(_))
+                ),
+                // A rollback requested by hand replaces no failed deployment; it is its own
+                // record.
+                None => state.is_held_by(&rollback.id),
+            };
+            if !changed {
                 return Ok(());
             }
-            Err(StoreError::Conflict(_)) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(too_busy("recording a failed rollback"))
+            state.release(&rollback.id);
+            if let Some(o) = &original {
+                state.release(&o.id);
+            }
+            let freeze_reason = format!("automatic rollouts paused: {note}");
+            state.frozen = Some(Freeze {
+                reason: freeze_reason.clone(),
+                by: "pushdeploy".into(),
+                at: now,
+            });
+            let mut commit = Commit::env(&mut state).with(rollback);
+            if let Some(o) = original.as_mut() {
+                commit = commit.with(o);
+            }
+            core.store.commit(commit).await?;
+            warn!(deployment_id = %rollback.id, app = %rollback.app, env = %rollback.environment, %reason,
+                  "rollback failed; environment frozen");
+            let failed = original.as_ref().unwrap_or(rollback);
+            core.events
+                .publish(&[
+                    LifecycleEvent::of(EventType::RollbackFailed, failed),
+                    LifecycleEvent::environment(
+                        EventType::EnvironmentFrozen,
+                        &rollback.app,
+                        &rollback.environment,
+                        Some(freeze_reason),
+                        now,
+                    ),
+                ])
+                .await?;
+            Ok(())
+        },
+    )
+    .await
 }
 
 /// Starts the newest queued image of an environment if it is free and not frozen.
@@ -318,59 +318,60 @@ pub(crate) async fn start_queued(
     let Some(env_config) = config.env(app, env) else {
         return Ok(None);
     };
-    for _ in 0..MAX_ATTEMPTS {
-        let mut state = core.store.env_state(app, env).await?;
-        let Some(queued) = state.take_queued() else {
-            return Ok(None);
-        };
-        let request = queued.into_request();
-        let image = request.image.to_string();
-        let result = |outcome| EnvResult {
-            app: app.clone(),
-            environment: env.clone(),
-            outcome,
-        };
-        let (outcome, mut dep) = match state.admit(&request) {
-            Admission::Start => {
-                let mut dep = Deployment::new(app.clone(), env.clone(), request, core.clock.now());
-                state.start(&mut dep);
-                (
-                    EnvOutcome::Started {
-                        deployment_id: dep.id.clone(),
+    retry_on_conflict(
+        || format!("starting the queued image of {app}/{env}"),
+        async |_| {
+            let mut state = core.store.env_state(app, env).await?;
+            let Some(queued) = state.take_queued() else {
+                return Ok(None);
+            };
+            let request = queued.into_request();
+            let image = request.image.to_string();
+            let (outcome, mut dep) = match state.admit(&request) {
+                Admission::Start => {
+                    let mut dep =
+                        Deployment::new(app.clone(), env.clone(), request, core.clock.now());
+                    state.start(&mut dep);
+                    (
+                        EnvOutcome::Started {
+                            deployment_id: dep.id.clone(),
+                            image,
+                        },
+                        Some(dep),
+                    )
+                }
+                // The queued image went stale while it waited (the same digest runs already).
+                Admission::Skip(reason) => (
+                    EnvOutcome::Skipped {
+                        reason: reason.to_string(),
                         image,
                     },
-                    Some(dep),
-                )
+                    None,
+                ),
+                // Not while the environment is free; should it happen, the image waits on.
+                Admission::Queue { behind } => {
+                    state.queue(&request);
+                    (EnvOutcome::Queued { behind, image }, None)
+                }
+            };
+            let commit = match dep.as_mut() {
+                Some(d) => Commit::env(&mut state).with(d),
+                None => Commit::env(&mut state),
+            };
+            core.store.commit(commit).await?;
+            match dep.as_mut() {
+                Some(dep) => {
+                    info!(deployment_id = %dep.id, app = %app, env = %env, digest = %dep.digest(), "starting the queued image");
+                    launch(core, target, env_config, dep, None).await?;
+                }
+                None => info!(app = %app, env = %env, ?outcome, "dropped the queued image"),
             }
-            // The queued image went stale while it waited, e.g. the same digest runs already.
-            Admission::Skip(reason) => (
-                EnvOutcome::Skipped {
-                    reason: reason.to_string(),
-                    image,
-                },
-                None,
-            ),
-            Admission::Queue { .. } => {
-                unreachable!("take_queued returns only when the environment is free")
-            }
-        };
-        let commit = match dep.as_mut() {
-            Some(d) => Commit::env(&mut state).with(d),
-            None => Commit::env(&mut state),
-        };
-        match core.store.commit(commit).await {
-            Ok(()) => {}
-            Err(StoreError::Conflict(_)) => continue,
-            Err(e) => return Err(e.into()),
-        }
-        match dep.as_mut() {
-            Some(dep) => {
-                info!(deployment_id = %dep.id, app = %app, env = %env, digest = %dep.digest(), "starting the queued image");
-                launch(core, target, env_config, dep, None).await?;
-            }
-            None => info!(app = %app, env = %env, ?outcome, "dropped the queued image"),
-        }
-        return Ok(Some(result(outcome)));
-    }
-    Err(too_busy("starting the queued image"))
+            Ok(Some(EnvResult {
+                app: app.clone(),
+                environment: env.clone(),
+                outcome,
+            }))
+        },
+    )
+    .await
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use super::rollout::{EnvResult, advance, fail_unstarted, start_queued};
@@ -18,7 +18,7 @@ use crate::ports::{Commit, RolloutStatus, StoreError, Target, TargetRef};
 /// How long a hand-off may go unanswered before the reconciler repeats it.
 pub const STALE_AFTER: Duration = Duration::from_secs(120);
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum TrackOutcome {
     Ignored {
@@ -41,14 +41,28 @@ pub enum TrackOutcome {
 }
 
 /// What one reconciliation pass did, environment by environment.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ReconcileReport {
     pub checked: usize,
     pub actions: Vec<ReconcileAction>,
     pub errors: Vec<String>,
+    /// Whether trying again may clear `errors` (a dependency was throttled or unreachable).
+    #[serde(skip)]
+    pub retryable: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+impl ReconcileReport {
+    /// A pass that could not reconcile some environment, as an error: every other
+    /// environment was handled.
+    pub fn incomplete(&self) -> Option<ServiceError> {
+        (!self.errors.is_empty()).then(|| ServiceError::Incomplete {
+            summary: format!("reconciliation failed for {}", self.errors.join("; ")),
+            retryable: self.retryable,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReconcileAction {
     pub app: AppName,
     pub environment: EnvName,
@@ -193,8 +207,10 @@ impl Tracker {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    error!(app = %app, env = %env, error = %e, "reconciliation failed");
-                    report.errors.push(format!("{app}/{env}: {e}"));
+                    let chain = e.chain();
+                    error!(app = %app, env = %env, error = %chain, "reconciliation failed");
+                    report.retryable |= e.is_retryable();
+                    report.errors.push(format!("{app}/{env}: {chain}"));
                 }
             }
         }

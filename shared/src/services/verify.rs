@@ -5,24 +5,24 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::rollout::advance;
-use super::{Core, MAX_ATTEMPTS, ServiceError, too_busy};
+use super::{Core, ServiceError, retry_on_conflict};
 use crate::domain::config::{SmokeCheck, SmokeConfig};
 use crate::domain::{
     AppName, Deployment, DeploymentId, EnvName, EnvState, EventType, LifecycleEvent, Outcome,
     Phase, Step,
 };
-use crate::ports::{Commit, HttpProbe, StoreError};
+use crate::ports::{Commit, HttpProbe};
 
 /// The longest pause between two attempts of one check.
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum VerifyOutcome {
     Verified {
@@ -41,7 +41,7 @@ pub enum VerifyOutcome {
 }
 
 /// How one smoke check went.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckReport {
     pub url: String,
     pub passed: bool,
@@ -64,15 +64,7 @@ impl Verifier {
         env: &EnvName,
         id: &DeploymentId,
     ) -> Result<VerifyOutcome, ServiceError> {
-        let mut dep = self
-            .core
-            .store
-            .deployment(app, env, id)
-            .await
-            .map_err(|e| match e {
-                StoreError::NotFound(what) => ServiceError::NotFound(what),
-                other => other.into(),
-            })?;
+        let mut dep = self.core.store.deployment(app, env, id).await?;
         let config = self.core.config.load().await?;
         if !advance(
             &self.core,
@@ -127,63 +119,63 @@ impl Verifier {
     /// The digest becomes the last verified one, the environment is free, and a rollback
     /// that got here marks the deployment it replaced as rolled back.
     async fn pass(&self, dep: &mut Deployment) -> Result<(), ServiceError> {
-        for attempt in 0..MAX_ATTEMPTS {
-            if attempt > 0 {
-                *dep = self
+        let id = dep.id.clone();
+        retry_on_conflict(
+            || format!("recording the verification of {id}"),
+            async |attempt| {
+                if attempt > 0 {
+                    *dep = self
+                        .core
+                        .store
+                        .deployment(&dep.app, &dep.environment, &dep.id)
+                        .await?;
+                }
+                let now = self.core.clock.now();
+                let step = dep.apply(Step::VerificationPassed, now, None);
+                match step.map_err(|source| ServiceError::Transition {
+                    deployment: dep.id.clone(),
+                    source,
+                })? {
+                    Outcome::Unchanged => return Ok(()),
+                    Outcome::Changed(_) => {}
+                }
+                let mut state = self
                     .core
                     .store
-                    .deployment(&dep.app, &dep.environment, &dep.id)
+                    .env_state(&dep.app, &dep.environment)
                     .await?;
-            }
-            let now = self.core.clock.now();
-            if dep
-                .apply(Step::VerificationPassed, now, None)
-                .map_err(|e| ServiceError::Conflict(e.to_string()))?
-                == Outcome::Unchanged
-            {
-                return Ok(());
-            }
-            let mut state = self
-                .core
-                .store
-                .env_state(&dep.app, &dep.environment)
-                .await?;
-            state.record_verified(dep, now);
-            state.release(&dep.id);
-            let mut original = match &dep.rollback_of {
-                Some(id) => Some(
-                    self.core
-                        .store
-                        .deployment(&dep.app, &dep.environment, id)
-                        .await?,
-                ),
-                None => None,
-            };
-            let rolled_back = original.as_mut().is_some_and(|o| {
-                matches!(
-                    o.apply(Step::RollbackSucceeded, now, None),
-                    Ok(Outcome::Changed(_))
-                )
-            });
-            let mut commit = Commit::env(&mut state).with(dep);
-            if rolled_back {
-                commit = commit.with(original.as_mut().expect("checked above"));
-            }
-            match self.core.store.commit(commit).await {
-                Ok(()) => {
-                    info!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, digest = %dep.digest(), "verified");
-                    let mut events = vec![LifecycleEvent::of(EventType::DeploymentVerified, dep)];
-                    if let Some(o) = original.filter(|_| rolled_back) {
-                        events.push(LifecycleEvent::of(EventType::RollbackSucceeded, &o));
-                    }
-                    self.core.events.publish(&events).await?;
-                    return Ok(());
+                state.record_verified(dep, now);
+                state.release(&dep.id);
+                let mut original = match &dep.rollback_of {
+                    Some(id) => Some(
+                        self.core
+                            .store
+                            .deployment(&dep.app, &dep.environment, id)
+                            .await?,
+                    ),
+                    None => None,
+                };
+                // A rollback that got here marks the deployment it replaced as rolled back
+                // (a step that does not apply leaves the record as it is).
+                let mut rolled_back = None;
+                if let Some(o) = original.as_mut()
+                    && let Ok(Outcome::Changed(_)) = o.apply(Step::RollbackSucceeded, now, None)
+                {
+                    rolled_back = Some(o);
                 }
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(too_busy("recording a verification"))
+                let mut events = vec![LifecycleEvent::of(EventType::DeploymentVerified, dep)];
+                let mut commit = Commit::env(&mut state).with(dep);
+                if let Some(o) = rolled_back {
+                    events.push(LifecycleEvent::of(EventType::RollbackSucceeded, o));
+                    commit = commit.with(o);
+                }
+                self.core.store.commit(commit).await?;
+                info!(deployment_id = %id, "verified");
+                self.core.events.publish(&events).await?;
+                Ok(())
+            },
+        )
+        .await
     }
 
     /// A digest that failed its smoke tests is quarantined here and handed to the rollback.

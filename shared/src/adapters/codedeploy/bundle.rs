@@ -37,10 +37,9 @@ pub fn bundle_files(
                 .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
     };
     if !region_ok {
-        return Err(TargetError::Invalid(
-            format!("{region:?} is not an AWS region; set the function's region"),
-            None,
-        ));
+        return Err(TargetError::Invalid(format!(
+            "{region:?} is not an AWS region; set the function's region"
+        )));
     }
     let values = document_parameters(
         dep,
@@ -136,7 +135,7 @@ pub fn tar(files: &[(&str, u32, String)], mtime: u64) -> std::io::Result<Vec<u8>
 pub(super) mod tests {
     use std::io::Read;
 
-    use super::super::tests::{fixture, hosts};
+    use super::super::target::tests::{fixture, hosts};
     use super::*;
 
     pub(in crate::adapters::codedeploy) fn untar(bytes: &[u8]) -> Vec<(String, u32, String)> {

@@ -1,79 +1,110 @@
-//! Turns a failure event, or a rollback request typed in the console, into a rollback.
+//! The rollback function's entrypoint: a `Rollout Failed` or `Verification Failed`
+//! lifecycle event, or a rollback request typed in the console.
 
 use lambda_runtime::LambdaEvent;
-use pushdeploy::domain::EventType;
-use pushdeploy::inbound;
-use pushdeploy::lambda::{logged, respond};
-use pushdeploy::services::rollback::ManualRollback;
-use pushdeploy::services::{Rollback, ServiceError};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::{Function, check_routed};
+use crate::domain::text::{Person, Reason};
+use crate::domain::{AppName, DeploymentId, Digest, EnvName};
+use crate::inbound::{Console, Envelope, is_event};
+use crate::lambda::respond;
+use crate::services::rollback::ManualRollback;
+use crate::services::{InputError, Rollback, ServiceError};
+
+/// What the rollback function is asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A deployment failed: roll it back to the last verified digest.
+    Failure {
+        app: AppName,
+        environment: EnvName,
+        deployment: DeploymentId,
+    },
+    /// A person asks for a rollback now.
+    Manual(ManualRollback),
+}
+
 /// `{"app": "web", "environment": "staging"}`, optionally with a verified `"digest"`.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Action {
+    Rollback,
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RollbackPayload {
+struct RollbackRequest {
+    app: AppName,
+    environment: EnvName,
     #[serde(default)]
-    action: Option<String>,
-    app: String,
-    environment: String,
-    digest: Option<String>,
-    requested_by: Option<String>,
-    reason: Option<String>,
+    digest: Option<Digest>,
+    #[serde(default)]
+    requested_by: Option<Person>,
+    #[serde(default)]
+    reason: Option<Reason>,
 }
 
+pub const CONSOLE: Console = Console {
+    function: "the rollback function",
+    default_action: Some("rollback"),
+    actions: &["rollback"],
+    missing: |_, field| {
+        matches!(field, "app" | "environment")
+            .then(|| "a rollback needs the \"app\" and \"environment\" to roll back".into())
+    },
+};
+
+pub fn parse(payload: Value) -> Result<Input, InputError> {
+    if !is_event(&payload) {
+        let (Action::Rollback, fields) = CONSOLE.read(payload)?;
+        let r: RollbackRequest = fields.read()?;
+        return Ok(Input::Manual(ManualRollback {
+            app: r.app,
+            environment: r.environment,
+            digest: r.digest,
+            requested_by: r.requested_by.map(Person::into_string),
+            reason: r.reason.map(Reason::into_string),
+        }));
+    }
+    let envelope = Envelope::read(payload)?;
+    check_routed(Function::Rollback, &envelope)?;
+    let (kind, detail) = envelope.lifecycle()?;
+    let deployment = detail
+        .deployment_id
+        .ok_or_else(|| super::no_deployment_id(kind))?;
+    Ok(Input::Failure {
+        app: detail.app,
+        environment: detail.environment,
+        deployment,
+    })
+}
+
+pub async fn run(rollback: &Rollback, input: Input) -> Result<Value, ServiceError> {
+    match input {
+        Input::Failure {
+            app,
+            environment,
+            deployment,
+        } => respond(&rollback.on_failure(&app, &environment, &deployment).await?),
+        Input::Manual(request) => respond(&rollback.manual(&request).await?),
+    }
+}
+
+/// What Lambda calls.
 pub async fn handle(rollback: &Rollback, event: LambdaEvent<Value>) -> Result<Value, ServiceError> {
-    logged(dispatch(rollback, event.payload).await)
-}
-
-async fn dispatch(rollback: &Rollback, payload: Value) -> Result<Value, ServiceError> {
-    if !inbound::is_event(&payload) {
-        let p: RollbackPayload = inbound::payload(payload, "rollback")?;
-        if let Some(action) = p.action.as_deref().filter(|a| *a != "rollback") {
-            return Err(ServiceError::Invalid(format!(
-                "unknown action {action:?}; this function accepts \"rollback\""
-            )));
-        }
-        let request = ManualRollback {
-            app: inbound::app_name(&p.app)?,
-            environment: inbound::env_name(&p.environment)?,
-            digest: p.digest.as_deref().map(inbound::digest).transpose()?,
-            requested_by: p.requested_by,
-            reason: p.reason,
-        };
-        return respond(&rollback.manual(&request).await?);
-    }
-    let envelope = inbound::envelope(payload)?;
-    let (kind, detail) = inbound::lifecycle(&envelope)?;
-    match kind {
-        EventType::RolloutFailed | EventType::VerificationFailed => {
-            let id = inbound::deployment_of(&detail, kind)?;
-            respond(
-                &rollback
-                    .on_failure(&detail.app, &detail.environment, &id)
-                    .await?,
-            )
-        }
-        other => Err(ServiceError::Invalid(format!(
-            "the rollback function does not handle \"{other}\" events"
-        ))),
-    }
+    run(rollback, parse(event.payload)?).await
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
-    use lambda_runtime::Context;
-    use pushdeploy::domain::{
+    use crate::domain::{
         Deployment, DeploymentId, Digest, Kind, Phase, PinnedImage, Request, Step,
     };
-    use pushdeploy::fakes::{
-        FakeRegistry, FakeTarget, FixedConfig, ManualClock, MemoryStore, RecordingPublisher,
-    };
-    use pushdeploy::ports::{Clock, Commit, StateStore};
-    use pushdeploy::services::Core;
-    use time::macros::datetime;
+    use crate::fakes::{FakeRegistry, FakeTarget, ManualClock, MemoryStore, RecordingPublisher};
+    use crate::ports::{Clock, Commit, StateStore};
 
     use super::*;
 
@@ -91,37 +122,21 @@ mod tests {
     }
 
     fn world() -> World {
-        let store = MemoryStore::default();
-        let target = FakeTarget::default();
-        let events = RecordingPublisher::default();
-        let registry = FakeRegistry::new(REGISTRY);
-        let clock = ManualClock::new(datetime!(2026-11-20 10:00 UTC));
-        let rollback = Rollback {
-            core: Core {
-                store: Arc::new(store.clone()),
-                events: Arc::new(events.clone()),
-                config: Arc::new(FixedConfig::yaml(include_str!(
-                    "../../../events/config.yaml"
-                ))),
-                clock: Arc::new(clock.clone()),
-            },
-            registry: Arc::new(registry.clone()),
-            target: Arc::new(target.clone()),
-        };
+        let w = crate::fakes::World::sample();
         World {
-            rollback,
-            store,
-            target,
-            events,
-            registry,
-            clock,
+            rollback: w.rollback(),
+            store: w.store,
+            target: w.target,
+            events: w.events,
+            registry: w.registry,
+            clock: w.clock,
         }
     }
 
     /// Staging verified GOOD, then BAD (the sample events' deployment) failed verification.
     async fn failed_after_good(w: &World, verified: bool) -> Deployment {
-        let app = inbound::app_name("web").unwrap();
-        let env = inbound::env_name("staging").unwrap();
+        let app = crate::fakes::app("web");
+        let env = crate::fakes::env_name("staging");
         let image = |d: &str| PinnedImage::parse(&format!("{REGISTRY}/acme/web@{d}")).unwrap();
         let request = |d: &str| Request {
             image: image(d),
@@ -159,7 +174,7 @@ mod tests {
     }
 
     fn event(json: &str) -> LambdaEvent<Value> {
-        LambdaEvent::new(serde_json::from_str(json).unwrap(), Context::default())
+        crate::fakes::invocation(json)
     }
 
     #[tokio::test]

@@ -1,47 +1,60 @@
-//! Turns a lifecycle event into messages for the app's channels.
+//! The notifier's entrypoint: a lifecycle event with a message for people.
 
 use lambda_runtime::LambdaEvent;
-use pushdeploy::inbound;
-use pushdeploy::lambda::{logged, respond};
-use pushdeploy::services::{Notifier, ServiceError};
 use serde_json::{Value, json};
 
-pub async fn handle(notifier: &Notifier, event: LambdaEvent<Value>) -> Result<Value, ServiceError> {
-    logged(dispatch(notifier, event.payload).await)
+use crate::domain::{EventDetail, EventType};
+use crate::inbound::{Envelope, is_event};
+use crate::lambda::respond;
+use crate::services::{InputError, Notifier, ServiceError};
+
+/// What the notifier is asked to announce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Input {
+    pub kind: EventType,
+    pub detail: EventDetail,
 }
 
-async fn dispatch(notifier: &Notifier, payload: Value) -> Result<Value, ServiceError> {
-    if !inbound::is_event(&payload) {
-        return Err(ServiceError::Invalid(
+pub fn parse(payload: Value) -> Result<Input, InputError> {
+    if !is_event(&payload) {
+        return Err(InputError::Rule(
             "the notifier takes pushdeploy's lifecycle events, not requests by hand".into(),
         ));
     }
-    let envelope = inbound::envelope(payload)?;
-    if envelope.source != "pushdeploy" {
-        return Err(ServiceError::Invalid(format!(
-            "the notifier does not handle events from {:?}",
+    let envelope = Envelope::read(payload)?;
+    // Its rule forwards the events with a message (`ROUTES`); any other lifecycle event,
+    // delivered by hand, is read and announces nothing.
+    if envelope.source != crate::domain::event::SOURCE {
+        return Err(InputError::Rule(format!(
+            "the notifier does not handle events from {:?}: it takes pushdeploy's lifecycle events",
             envelope.source
         )));
     }
-    let (kind, detail) = inbound::lifecycle(&envelope)?;
-    let sent = notifier.on_event(kind, &detail).await?;
-    respond(&json!({ "event": kind.as_str(), "sent": sent }))
+    let (kind, detail) = envelope.lifecycle()?;
+    Ok(Input { kind, detail })
 }
 
-#[cfg(test)]
+pub async fn run(notifier: &Notifier, input: Input) -> Result<Value, ServiceError> {
+    let sent = notifier.on_event(input.kind, &input.detail).await?;
+    respond(&json!({ "event": input.kind.as_str(), "sent": sent }))
+}
+
+/// What Lambda calls.
+pub async fn handle(notifier: &Notifier, event: LambdaEvent<Value>) -> Result<Value, ServiceError> {
+    run(notifier, parse(event.payload)?).await
+}
+
+// These tests post to a real local HTTP server through the webhook adapter.
+#[cfg(all(test, feature = "webhook"))]
 mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use lambda_runtime::Context;
-    use pushdeploy::adapters::webhook::ReqwestWebhook;
-    use pushdeploy::domain::config::SecretRef;
-    use pushdeploy::fakes::{
-        FixedConfig, FixedSecrets, ManualClock, MemoryStore, RecordingPublisher,
-    };
-    use pushdeploy::ports::StateStore;
-    use pushdeploy::services::Core;
-    use pushdeploy::services::notify::Delivery;
+    use crate::adapters::webhook::ReqwestWebhook;
+    use crate::domain::config::SecretRef;
+    use crate::fakes::{FixedSecrets, MemoryStore};
+    use crate::ports::StateStore;
+    use crate::services::notify::Delivery;
     use time::macros::datetime;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -163,22 +176,17 @@ apps:
             SecretRef::SsmParameter("/pushdeploy/notify/hook".into()),
             &format!("{base}/hook"),
         );
-        let store = MemoryStore::default();
-        let notifier = Notifier {
-            core: Core {
-                store: Arc::new(store.clone()),
-                events: Arc::new(RecordingPublisher::default()),
-                config: Arc::new(FixedConfig::yaml(CONFIG)),
-                clock: Arc::new(ManualClock::new(datetime!(2026-11-20 10:00 UTC))),
-            },
-            secrets: Arc::new(secrets),
-            webhook: Arc::new(ReqwestWebhook::new().unwrap()),
-            delivery: Delivery {
+        let mut w = crate::fakes::World::new(CONFIG);
+        w.secrets = secrets;
+        let store = w.store.clone();
+        let notifier = w.notifier(
+            Arc::new(ReqwestWebhook::new().unwrap()),
+            Delivery {
                 attempts: 2,
                 first_backoff: Duration::from_millis(10),
                 timeout: Duration::from_millis(300),
             },
-        };
+        );
         World {
             notifier,
             store,
@@ -187,7 +195,7 @@ apps:
     }
 
     fn event(json: &str) -> LambdaEvent<Value> {
-        LambdaEvent::new(serde_json::from_str(json).unwrap(), Context::default())
+        crate::fakes::invocation(json)
     }
 
     #[tokio::test]
@@ -250,8 +258,8 @@ apps:
     }
 
     /// Seeds a deployment, to show a failing webhook leaves it exactly as it was.
-    async fn seeded(w: &World) -> pushdeploy::domain::Deployment {
-        use pushdeploy::domain::{AppName, Deployment, EnvName, Kind, PinnedImage, Request};
+    async fn seeded(w: &World) -> crate::domain::Deployment {
+        use crate::domain::{AppName, Deployment, EnvName, Kind, PinnedImage, Request};
         let mut dep = Deployment::new(
             AppName::parse("web").unwrap(),
             EnvName::parse("staging").unwrap(),
@@ -266,7 +274,7 @@ apps:
             datetime!(2026-11-20 09:58 UTC),
         );
         w.store
-            .commit(pushdeploy::ports::Commit::deployment(&mut dep))
+            .commit(crate::ports::Commit::deployment(&mut dep))
             .await
             .unwrap();
         dep

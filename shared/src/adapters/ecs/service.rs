@@ -1,8 +1,5 @@
-//! The ECS target: a service whose task definition gets a new revision per rollout, with
-//! only the target container's image changed to `repository@sha256:…`. The service is
-//! updated with the deployment circuit breaker on; the rollout is followed through the
-//! service's deployment, and a rollback points the service back at the revision it ran
-//! before when that revision pins the digest rolled back to.
+//! The ECS service adapter: revisions, `UpdateService` with the circuit breaker on, and the
+//! service's deployments read back.
 
 use async_trait::async_trait;
 use aws_sdk_ecs::Client;
@@ -13,24 +10,17 @@ use aws_sdk_ecs::types::{
 };
 use tracing::{info, warn};
 
-use super::aws::target_error;
+use super::super::aws::failed;
+use super::target_ref;
 use crate::domain::config::EcsTarget;
 use crate::domain::{Deployment, TargetConfig};
 use crate::ports::{RolloutStatus, Started, Target, TargetError, TargetRef};
-
-/// The kind prefix of ECS target handles: `ecs:<cluster>/<service>/<ecs-deployment-id>`.
-pub const KIND: &str = "ecs";
 
 /// At most this many old revisions are deregistered per rollout; the rest go next time.
 const MAX_DEREGISTER: usize = 20;
 
 pub struct EcsService {
     client: Client,
-}
-
-/// The handle of one ECS deployment of one service.
-pub fn target_ref(cluster: &str, service: &str, deployment_id: &str) -> TargetRef {
-    TargetRef::new(KIND, &format!("{cluster}/{service}/{deployment_id}"))
 }
 
 /// `(cluster, service, deployment id)` of a handle; deployment ids hold a '/' themselves.
@@ -40,23 +30,9 @@ fn parse_ref(target_ref: &TargetRef) -> Result<(&str, &str, &str), TargetError> 
         (Some(c), Some(s), Some(d)) if !c.is_empty() && !s.is_empty() && !d.is_empty() => {
             Ok((c, s, d))
         }
-        _ => Err(TargetError::Invalid(
-            format!("{target_ref} is not an ECS rollout handle"),
-            None,
-        )),
-    }
-}
-
-/// What an `ECS Deployment State Change` event's `eventName` says about the rollout;
-/// `None` when only reading the service back can tell.
-pub fn status_from_event(event_name: &str, reason: Option<&str>) -> Option<RolloutStatus> {
-    match event_name {
-        "SERVICE_DEPLOYMENT_COMPLETED" => Some(RolloutStatus::Succeeded),
-        "SERVICE_DEPLOYMENT_FAILED" => Some(RolloutStatus::Failed(format!(
-            "ECS deployment failed: {}",
-            reason.unwrap_or("no reason given")
+        _ => Err(TargetError::Invalid(format!(
+            "{target_ref} is not an ECS rollout handle"
         ))),
-        _ => None,
     }
 }
 
@@ -136,7 +112,7 @@ impl EcsService {
             .services(service)
             .send()
             .await
-            .map_err(|e| target_error(e, "DescribeServices"))?;
+            .map_err(|e| failed::<TargetError, _>(e, "DescribeServices"))?;
         let found = out
             .services()
             .iter()
@@ -148,10 +124,9 @@ impl EcsService {
                 .first()
                 .and_then(|f| f.reason())
                 .unwrap_or("MISSING");
-            TargetError::Invalid(
-                format!("ECS has no active service {service:?} in cluster {cluster:?} ({why})"),
-                None,
-            )
+            TargetError::Invalid(format!(
+                "ECS has no active service {service:?} in cluster {cluster:?} ({why})"
+            ))
         })
     }
 
@@ -166,10 +141,10 @@ impl EcsService {
             .include(TaskDefinitionField::Tags)
             .send()
             .await
-            .map_err(|e| target_error(e, "DescribeTaskDefinition"))?;
+            .map_err(|e| failed::<TargetError, _>(e, "DescribeTaskDefinition"))?;
         let tags = out.tags().to_vec();
         let definition = out.task_definition.ok_or_else(|| {
-            TargetError::Invalid(format!("ECS returned no task definition {arn}"), None)
+            TargetError::Invalid(format!("ECS returned no task definition {arn}"))
         })?;
         Ok((definition, tags))
     }
@@ -202,13 +177,11 @@ impl EcsService {
             .set_enable_fault_injection(definition.enable_fault_injection)
             .send()
             .await
-            .map_err(|e| target_error(e, "RegisterTaskDefinition"))?;
+            .map_err(|e| failed::<TargetError, _>(e, "RegisterTaskDefinition"))?;
         out.task_definition()
             .and_then(|t| t.task_definition_arn())
             .map(str::to_owned)
-            .ok_or_else(|| {
-                TargetError::Invalid("RegisterTaskDefinition returned no ARN".into(), None)
-            })
+            .ok_or_else(|| TargetError::Invalid("RegisterTaskDefinition returned no ARN".into()))
     }
 
     /// The revision to run: the one recorded before a failed rollout when it pins this very
@@ -235,14 +208,11 @@ impl EcsService {
             return Ok(current.to_owned());
         }
         let next = with_image(&running, &ecs.container, &image).ok_or_else(|| {
-            TargetError::Invalid(
-                format!(
-                    "task definition {current} has no container named {:?} (it has {})",
-                    ecs.container,
-                    container_names(&running)
-                ),
-                None,
-            )
+            TargetError::Invalid(format!(
+                "task definition {current} has no container named {:?} (it has {})",
+                ecs.container,
+                container_names(&running)
+            ))
         })?;
         self.register(next, tags).await
     }
@@ -269,7 +239,7 @@ impl EcsService {
             {
                 Ok(page) => page,
                 Err(e) => {
-                    warn!(family, error = %target_error(e, "ListTaskDefinitions"), "could not list old revisions; none deregistered");
+                    warn!(family, error = %failed::<TargetError, _>(e, "ListTaskDefinitions"), "could not list old revisions; none deregistered");
                     return;
                 }
             };
@@ -292,7 +262,7 @@ impl EcsService {
             {
                 Ok(_) => info!(revision = %arn, "deregistered a superseded revision"),
                 Err(e) => {
-                    warn!(revision = %arn, error = %target_error(e, "DeregisterTaskDefinition"), "could not deregister a superseded revision");
+                    warn!(revision = %arn, error = %failed::<TargetError, _>(e, "DeregisterTaskDefinition"), "could not deregister a superseded revision");
                 }
             }
         }
@@ -318,10 +288,10 @@ fn with_circuit_breaker(service: &Service) -> DeploymentConfiguration {
 impl Target for EcsService {
     async fn start(&self, dep: &Deployment, config: &TargetConfig) -> Result<Started, TargetError> {
         let TargetConfig::Ecs(ecs) = config else {
-            return Err(TargetError::Invalid(
-                format!("the ECS target cannot deploy to a {} target", config.kind()),
-                None,
-            ));
+            return Err(TargetError::Invalid(format!(
+                "the ECS target cannot deploy to a {} target",
+                config.kind()
+            )));
         };
         let service = self.service(&ecs.cluster, &ecs.service).await?;
         if let Some(kind) = service
@@ -329,22 +299,16 @@ impl Target for EcsService {
             .map(|c| c.r#type())
             .filter(|t| **t != DeploymentControllerType::Ecs)
         {
-            return Err(TargetError::Invalid(
-                format!(
-                    "service {:?} is deployed by its {} deployment controller, not by ECS itself",
-                    ecs.service,
-                    kind.as_str()
-                ),
-                None,
-            ));
+            return Err(TargetError::Invalid(format!(
+                "service {:?} is deployed by its {} deployment controller, not by ECS itself",
+                ecs.service,
+                kind.as_str()
+            )));
         }
         let current = service
             .task_definition()
             .ok_or_else(|| {
-                TargetError::Invalid(
-                    format!("service {:?} runs no task definition", ecs.service),
-                    None,
-                )
+                TargetError::Invalid(format!("service {:?} runs no task definition", ecs.service))
             })?
             .to_owned();
         let revision = self.revision_for(dep, ecs, &current).await?;
@@ -357,7 +321,7 @@ impl Target for EcsService {
             .deployment_configuration(with_circuit_breaker(&service))
             .send()
             .await
-            .map_err(|e| target_error(e, "UpdateService"))?;
+            .map_err(|e| failed::<TargetError, _>(e, "UpdateService"))?;
         let deployments = out.service().map(Service::deployments).unwrap_or_default();
         let primary = |d: &&aws_sdk_ecs::types::Deployment| d.status() == Some("PRIMARY");
         let ours = deployments
@@ -368,10 +332,9 @@ impl Target for EcsService {
             Some(d) => d,
             None => {
                 let d = deployments.iter().find(primary).ok_or_else(|| {
-                    TargetError::Invalid(
-                        format!("UpdateService started no deployment of {revision}"),
-                        None,
-                    )
+                    TargetError::Invalid(format!(
+                        "UpdateService started no deployment of {revision}"
+                    ))
                 })?;
                 warn!(revision, deployment = ?d.id(), "ECS reported no deployment of the new revision; following the primary deployment");
                 d
@@ -379,7 +342,7 @@ impl Target for EcsService {
         };
         let id = deployment
             .id()
-            .ok_or_else(|| TargetError::Invalid("the ECS deployment has no id".into(), None))?;
+            .ok_or_else(|| TargetError::Invalid("the ECS deployment has no id".into()))?;
         self.prune(&revision, &current, ecs.keep_revisions as usize)
             .await;
         Ok(Started {
@@ -419,6 +382,7 @@ impl Target for EcsService {
 
 #[cfg(test)]
 mod tests {
+    use super::super::KIND;
     use aws_sdk_ecs::operation::describe_services::DescribeServicesOutput;
     use aws_sdk_ecs::operation::describe_task_definition::DescribeTaskDefinitionOutput;
     use aws_sdk_ecs::operation::list_task_definitions::ListTaskDefinitionsOutput;
@@ -450,7 +414,7 @@ apps:
     }
 
     fn fixture(image: &str) -> (Deployment, TargetConfig) {
-        super::super::deployment_to(CONFIG, "production", image)
+        crate::adapters::deployment_to(CONFIG, "production", image)
     }
 
     /// The running revision: the app container with secrets and logs, and a sidecar.
@@ -824,7 +788,7 @@ apps:
     }
 
     #[test]
-    fn handles_round_trip_and_events_map_to_statuses() {
+    fn handles_round_trip() {
         let r = target_ref("prod", "web", "ecs-svc/4372928184467399157");
         assert_eq!(r.kind(), KIND);
         assert_eq!(
@@ -832,20 +796,6 @@ apps:
             ("prod", "web", "ecs-svc/4372928184467399157")
         );
         assert!(parse_ref(&TargetRef::new(KIND, "prod/web")).is_err());
-        assert_eq!(
-            status_from_event("SERVICE_DEPLOYMENT_COMPLETED", None),
-            Some(RolloutStatus::Succeeded)
-        );
-        assert_eq!(
-            status_from_event("SERVICE_DEPLOYMENT_FAILED", Some("tasks failed to start")),
-            Some(RolloutStatus::Failed(
-                "ECS deployment failed: tasks failed to start".into()
-            ))
-        );
-        assert_eq!(
-            status_from_event("SERVICE_DEPLOYMENT_IN_PROGRESS", None),
-            None
-        );
     }
 
     #[test]

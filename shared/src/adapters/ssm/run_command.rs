@@ -1,34 +1,15 @@
-//! The SSM target: EC2 (or on-premises) hosts running Docker, reached with SSM Run Command
-//! and pushdeploy's own Command document (never `AWS-RunShellScript`). The document's
-//! parameters are guarded by `allowedPattern`; every value sent here is already validated.
+//! Run Command: each rollout is one `SendCommand` of pushdeploy's document to the
+//! environment's instances, followed through `ListCommands`.
 
 use async_trait::async_trait;
 use aws_sdk_ssm::Client;
 use aws_sdk_ssm::types::{CommandStatus, Target as SsmTargetSelector};
 
-use super::aws::target_error;
-use std::time::Duration;
-
-use crate::domain::config::{HostHealth, InstanceSelector, PortMapping, SsmTarget};
+use super::super::aws::failed;
+use super::{KIND, document_parameters, ecr_region};
+use crate::domain::config::{InstanceSelector, SsmTarget};
 use crate::domain::{Deployment, TargetConfig};
 use crate::ports::{RolloutStatus, Started, Target, TargetError, TargetRef};
-
-/// The kind prefix of SSM target handles: `ssm:<command-id>`.
-pub const KIND: &str = "ssm";
-
-/// The document's parameters, by name. `template.yaml` defines the same names.
-pub mod params {
-    pub const IMAGE: &str = "Image";
-    pub const REGISTRY: &str = "Registry";
-    pub const REGION: &str = "Region";
-    pub const CONTAINER: &str = "Container";
-    pub const PORTS: &str = "Ports";
-    pub const HEALTH_PORT: &str = "HealthPort";
-    pub const HEALTH_PATH: &str = "HealthPath";
-    pub const HEALTH_TIMEOUT: &str = "HealthTimeoutSeconds";
-    pub const EXECUTION_TIMEOUT: &str = "ExecutionTimeoutSeconds";
-    pub const DEPLOYMENT_ID: &str = "DeploymentId";
-}
 
 pub struct SsmRunCommand {
     client: Client,
@@ -57,34 +38,6 @@ impl SsmRunCommand {
     }
 }
 
-/// The values of the document's parameters, by name: what Run Command substitutes into
-/// the script (and what CodeDeploy bundles substitute the same way).
-pub fn document_parameters(
-    dep: &Deployment,
-    region: String,
-    container: &str,
-    ports: &[PortMapping],
-    health: &HostHealth,
-    execution_timeout: Duration,
-) -> Vec<(&'static str, String)> {
-    let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
-    vec![
-        (params::IMAGE, dep.image.to_string()),
-        (params::REGISTRY, dep.image.registry.to_string()),
-        (params::REGION, region),
-        (params::CONTAINER, container.to_owned()),
-        (params::PORTS, ports.join(",")),
-        (params::HEALTH_PORT, health.port.to_string()),
-        (params::HEALTH_PATH, health.path.clone()),
-        (params::HEALTH_TIMEOUT, health.timeout.as_secs().to_string()),
-        (
-            params::EXECUTION_TIMEOUT,
-            execution_timeout.as_secs().to_string(),
-        ),
-        (params::DEPLOYMENT_ID, dep.id.to_string()),
-    ]
-}
-
 /// The region to log in to the deployment's registry: the ECR registry's own, else the
 /// client's.
 pub fn registry_region(dep: &Deployment, client: Option<&aws_config::Region>) -> String {
@@ -94,29 +47,14 @@ pub fn registry_region(dep: &Deployment, client: Option<&aws_config::Region>) ->
         .unwrap_or_default()
 }
 
-/// The region of an ECR registry host (`<account>.dkr.ecr.<region>.amazonaws.com`).
-pub fn ecr_region(registry: &str) -> Option<&str> {
-    let rest = registry.split_once(".dkr.ecr.")?.1;
-    rest.split('.').next().filter(|r| !r.is_empty())
-}
-
-/// What a status in an SSM status-change event means for the rollout.
-pub fn status_from_event(status: &str) -> RolloutStatus {
-    match status {
-        "Success" => RolloutStatus::Succeeded,
-        "Pending" | "InProgress" | "Delayed" | "Cancelling" => RolloutStatus::InProgress,
-        other => RolloutStatus::Failed(format!("SSM command ended {other}")),
-    }
-}
-
 #[async_trait]
 impl Target for SsmRunCommand {
     async fn start(&self, dep: &Deployment, config: &TargetConfig) -> Result<Started, TargetError> {
         let TargetConfig::Ssm(ssm) = config else {
-            return Err(TargetError::Invalid(
-                format!("the SSM target cannot deploy to a {} target", config.kind()),
-                None,
-            ));
+            return Err(TargetError::Invalid(format!(
+                "the SSM target cannot deploy to a {} target",
+                config.kind()
+            )));
         };
         let mut request = self
             .client
@@ -145,10 +83,11 @@ impl Target for SsmRunCommand {
         let out = request
             .send()
             .await
-            .map_err(|e| target_error(e, "SendCommand"))?;
-        let id = out.command().and_then(|c| c.command_id()).ok_or_else(|| {
-            TargetError::Invalid("SendCommand returned no command id".into(), None)
-        })?;
+            .map_err(|e| failed::<TargetError, _>(e, "SendCommand"))?;
+        let id = out
+            .command()
+            .and_then(|c| c.command_id())
+            .ok_or_else(|| TargetError::Invalid("SendCommand returned no command id".into()))?;
         Ok(TargetRef::new(KIND, id).into())
     }
 
@@ -159,7 +98,7 @@ impl Target for SsmRunCommand {
             .command_id(target_ref.id())
             .send()
             .await
-            .map_err(|e| target_error(e, "ListCommands"))?;
+            .map_err(|e| failed::<TargetError, _>(e, "ListCommands"))?;
         let command = out.commands().first().ok_or_else(|| {
             TargetError::NotFound(format!("SSM has no command {}", target_ref.id()))
         })?;
@@ -189,7 +128,7 @@ impl Target for SsmRunCommand {
             .command_id(target_ref.id())
             .send()
             .await
-            .map_err(|e| target_error(e, "CancelCommand"))?;
+            .map_err(|e| failed::<TargetError, _>(e, "CancelCommand"))?;
         Ok(())
     }
 }
@@ -213,7 +152,7 @@ apps:
 "#;
 
     fn fixture() -> (Deployment, TargetConfig) {
-        super::super::deployment_to(
+        crate::adapters::deployment_to(
             CONFIG,
             "staging",
             &format!(
@@ -275,7 +214,7 @@ apps:
         });
         let ssm = SsmRunCommand::new(mock_client!(aws_sdk_ssm, [&rule]), "d");
         let err = ssm.start(&dep, &target).await.unwrap_err();
-        assert!(matches!(err, TargetError::Invalid(..)), "{err:?}");
+        assert!(matches!(err, TargetError::Refused(..)), "{err:?}");
         assert!(!err.is_retryable());
         assert!(err.to_string().contains("bad id"), "{err}");
     }
@@ -313,34 +252,5 @@ apps:
                 expected
             );
         }
-    }
-
-    #[test]
-    fn event_statuses_map_to_rollout_statuses() {
-        assert_eq!(status_from_event("Success"), RolloutStatus::Succeeded);
-        assert_eq!(status_from_event("InProgress"), RolloutStatus::InProgress);
-        for failed in [
-            "Failed",
-            "TimedOut",
-            "Cancelled",
-            "Delivery Timed Out",
-            "Execution Timed Out",
-            "Undeliverable",
-            "Terminated",
-        ] {
-            assert!(
-                matches!(status_from_event(failed), RolloutStatus::Failed(_)),
-                "{failed}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_region_comes_from_an_ecr_registry_host() {
-        assert_eq!(
-            ecr_region("123456789012.dkr.ecr.eu-west-1.amazonaws.com"),
-            Some("eu-west-1")
-        );
-        assert_eq!(ecr_region("localhost:5000"), None);
     }
 }

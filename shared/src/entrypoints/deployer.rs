@@ -1,172 +1,270 @@
-//! Turns what the deployer receives into a use case: an ECR push, a lifecycle event saying
-//! an environment is free again (and, once verified, its ECR tag moves), or a deploy
-//! request typed in the console.
+//! The deployer's entrypoint: an ECR push, a lifecycle event that frees an environment
+//! (and, once a digest is verified, promotes it and moves the environment's ECR tag), an
+//! approved promotion, or a deploy or promote request typed in the console.
 
 use lambda_runtime::LambdaEvent;
-use pushdeploy::domain::EventType;
-use pushdeploy::inbound::{self, Envelope};
-use pushdeploy::lambda::{logged, respond};
-use pushdeploy::services::deploy::{ManualDeploy, Wanted};
-use pushdeploy::services::promote::{ManualPromotion, Verified};
-use pushdeploy::services::{Deployer, ServiceError};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use super::{ECR_IMAGE_ACTION, ECR_SOURCE, Function, check_routed};
+use crate::domain::text::{Person, Reason};
+use crate::domain::{AppName, Digest, EnvName, EventType, Repository, Tag};
+use crate::inbound::{Console, Envelope, is_event};
+use crate::lambda::respond;
+use crate::services::deploy::{ManualDeploy, Push, Wanted};
+use crate::services::promote::{ManualPromotion, Verified};
+use crate::services::{Deployer, InputError, ServiceError};
+
+/// What the deployer is asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// An image pushed to ECR.
+    Push(Push),
+    /// An ECR event that deploys nothing (a deletion, a failed push), and why.
+    NotAPush(String),
+    /// A digest verified somewhere: its environment is free, it may be promoted, and the
+    /// environment's ECR tag follows it.
+    Verified(Verified),
+    /// A person approved a pending promotion.
+    Approved {
+        app: AppName,
+        environment: EnvName,
+        digest: Digest,
+        event_id: String,
+    },
+    /// An environment became free (its deployment failed for good, or it was unfrozen).
+    Freed {
+        app: AppName,
+        environment: EnvName,
+    },
+    Deploy(ManualDeploy),
+    Promote(ManualPromotion),
+}
 
 /// `{"app": "web", "environment": "staging", "tag": "v1.2.3"}` (or `"digest"` instead of
 /// `"tag"`), or `{"action": "promote", "app": "web", "from": "staging", "to": "production"}`.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Action {
+    Deploy,
+    Promote,
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DeployPayload {
+struct DeployRequest {
+    app: AppName,
+    environment: EnvName,
     #[serde(default)]
-    action: Option<String>,
-    app: String,
-    environment: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
-    tag: Option<String>,
-    digest: Option<String>,
-    requested_by: Option<String>,
-    reason: Option<String>,
+    tag: Option<Tag>,
+    #[serde(default)]
+    digest: Option<Digest>,
+    #[serde(default)]
+    requested_by: Option<Person>,
+    #[serde(default)]
+    reason: Option<Reason>,
 }
 
-pub async fn handle(deployer: &Deployer, event: LambdaEvent<Value>) -> Result<Value, ServiceError> {
-    logged(dispatch(deployer, event.payload).await)
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoteRequest {
+    app: AppName,
+    from: EnvName,
+    to: EnvName,
+    #[serde(default)]
+    requested_by: Option<Person>,
 }
 
-async fn dispatch(deployer: &Deployer, payload: Value) -> Result<Value, ServiceError> {
-    if !inbound::is_event(&payload) {
-        let p: DeployPayload = inbound::payload(payload, "deploy")?;
-        if p.action.as_deref() == Some("promote") {
-            let request = promotion_request(p)?;
-            return respond(&deployer.promote_by_hand(&request).await?);
-        }
-        let request = manual_request(p)?;
-        return respond(&deployer.manual(&request).await?);
+pub const CONSOLE: Console = Console {
+    function: "the deployer",
+    default_action: Some("deploy"),
+    actions: &["deploy", "promote"],
+    missing: |action, field| {
+        match (action, field) {
+        ("promote", _) => Some(
+            "\"promote\" takes \"app\", \"from\" and \"to\" (the digest is the one last verified in \"from\")"
+                .into(),
+        ),
+        (_, "environment") => Some("a deploy needs the \"environment\" to deploy to".into()),
+        (_, "app") => Some("a deploy needs the \"app\" whose image it deploys".into()),
+        _ => None,
     }
-    let envelope = inbound::envelope(payload)?;
-    match (envelope.source.as_str(), envelope.detail_type.as_str()) {
-        ("aws.ecr", "ECR Image Action") => match inbound::ecr_push(&envelope)? {
-            None => {
-                respond(&json!({ "outcome": "ignored", "reason": "not a successful image push" }))
+    },
+};
+
+/// The `detail` of an `ECR Image Action` event.
+#[derive(Deserialize)]
+struct EcrDetail {
+    #[serde(rename = "action-type")]
+    action_type: String,
+    result: String,
+}
+
+#[derive(Deserialize)]
+struct EcrPush {
+    #[serde(rename = "repository-name")]
+    repository_name: Repository,
+    #[serde(rename = "image-digest")]
+    image_digest: Digest,
+    #[serde(rename = "image-tag", default)]
+    image_tag: Option<String>,
+}
+
+/// Reads what the deployer received.
+pub fn parse(payload: Value) -> Result<Input, InputError> {
+    if !is_event(&payload) {
+        let (action, fields) = CONSOLE.read(payload)?;
+        return match action {
+            Action::Deploy => deploy(fields.read()?).map(Input::Deploy),
+            Action::Promote => {
+                let r: PromoteRequest = fields.read()?;
+                Ok(Input::Promote(ManualPromotion {
+                    app: r.app,
+                    from: r.from,
+                    to: r.to,
+                    requested_by: r.requested_by.map(Person::into_string),
+                }))
             }
-            Some(push) => respond(&json!({ "results": deployer.on_push(&push).await? })),
-        },
-        ("pushdeploy", _) => on_lifecycle(deployer, &envelope).await,
-        (source, detail_type) => Err(ServiceError::Invalid(format!(
-            "the deployer does not handle {detail_type:?} events from {source:?}"
-        ))),
+        };
     }
-}
-
-/// An environment became free (its deployment ended, or it was unfrozen): start the
-/// newest queued image.
-async fn on_lifecycle(deployer: &Deployer, envelope: &Envelope) -> Result<Value, ServiceError> {
-    let (kind, detail) = inbound::lifecycle(envelope)?;
+    let envelope = Envelope::read(payload)?;
+    check_routed(Function::Deployer, &envelope)?;
+    if (envelope.source.as_str(), envelope.detail_type.as_str()) == (ECR_SOURCE, ECR_IMAGE_ACTION) {
+        return ecr_push(&envelope);
+    }
+    let (kind, detail) = envelope.lifecycle()?;
+    let (app, environment) = (detail.app.clone(), detail.environment.clone());
     match kind {
         EventType::DeploymentVerified => {
-            let started = deployer
-                .on_environment_free(&detail.app, &detail.environment)
-                .await?;
-            let (Some(image), Some(kind)) = (&detail.image, detail.kind) else {
-                return Err(ServiceError::Invalid(
-                    "a \"Deployment Verified\" event must name its image and kind".into(),
-                ));
+            let (Some(image), Some(kind)) = (detail.image, detail.kind) else {
+                return Err(InputError::Field {
+                    what: "\"Deployment Verified\" event detail".into(),
+                    field: Some("detail.image".into()),
+                    problem: "the event must name its image and kind".into(),
+                });
             };
-            let promoted = deployer
-                .on_source_verified(&Verified {
-                    app: detail.app.clone(),
-                    environment: detail.environment.clone(),
-                    image: image.clone(),
-                    tag: detail.tag.clone(),
-                    kind,
-                    pushed_at: detail.pushed_at.unwrap_or(detail.at),
-                    event_id: envelope.id.clone(),
-                })
-                .await?;
-            let tag = deployer
-                .on_verified(&detail.app, &detail.environment, &image.digest)
-                .await?;
-            respond(&json!({ "queued": started, "promoted": promoted, "ecr_tag": tag }))
+            Ok(Input::Verified(Verified {
+                app,
+                environment,
+                image,
+                tag: detail.tag,
+                kind,
+                pushed_at: detail.pushed_at.unwrap_or(detail.at),
+                event_id: envelope.id,
+            }))
         }
         EventType::PromotionApproved => {
-            let digest = detail.digest.as_ref().ok_or_else(|| {
-                ServiceError::Invalid("a \"Promotion Approved\" event must name its digest".into())
+            let digest = detail.digest.ok_or_else(|| InputError::Field {
+                what: "\"Promotion Approved\" event detail".into(),
+                field: Some("detail.digest".into()),
+                problem: "the event must name the digest approved".into(),
             })?;
-            let started = deployer
-                .on_approved(&detail.app, &detail.environment, digest, &envelope.id)
-                .await?;
-            respond(&json!({ "approved": started }))
+            Ok(Input::Approved {
+                app,
+                environment,
+                digest,
+                event_id: envelope.id,
+            })
         }
-        EventType::DeploymentFailed | EventType::EnvironmentUnfrozen => {
-            let started = deployer
-                .on_environment_free(&detail.app, &detail.environment)
-                .await?;
-            respond(&json!({ "queued": started }))
-        }
-        other => Err(ServiceError::Invalid(format!(
-            "the deployer does not handle \"{other}\" events"
-        ))),
+        _ => Ok(Input::Freed { app, environment }),
     }
 }
 
-fn promotion_request(p: DeployPayload) -> Result<ManualPromotion, ServiceError> {
-    let (Some(from), Some(to), None, None, None) =
-        (&p.from, &p.to, &p.environment, &p.tag, &p.digest)
-    else {
-        return Err(ServiceError::Invalid(
-            "\"promote\" takes \"app\", \"from\" and \"to\" (the digest is the one last verified in \"from\"), and no \"environment\", \"tag\" or \"digest\"".into(),
-        ));
-    };
-    Ok(ManualPromotion {
-        app: inbound::app_name(&p.app)?,
-        from: inbound::env_name(from)?,
-        to: inbound::env_name(to)?,
-        requested_by: p.requested_by,
-    })
-}
-
-fn manual_request(p: DeployPayload) -> Result<ManualDeploy, ServiceError> {
-    if let Some(action) = p.action.as_deref().filter(|a| *a != "deploy") {
-        return Err(ServiceError::Invalid(format!(
-            "unknown action {action:?}; the deployer accepts \"deploy\" and \"promote\""
-        )));
-    }
-    if p.from.is_some() || p.to.is_some() {
-        return Err(ServiceError::Invalid(
-            "\"from\" and \"to\" belong to \"action\": \"promote\"".into(),
-        ));
-    }
-    let environment = p.environment.as_deref().ok_or_else(|| {
-        ServiceError::Invalid("a deploy needs the \"environment\" to deploy to".into())
-    })?;
-    let wanted = match (p.tag.as_deref(), p.digest.as_deref()) {
-        (Some(tag), None) => Wanted::Tag(inbound::tag(tag)?),
-        (None, Some(digest)) => Wanted::Digest(inbound::digest(digest)?),
+fn deploy(r: DeployRequest) -> Result<ManualDeploy, InputError> {
+    let wanted = match (r.tag, r.digest) {
+        (Some(tag), None) => Wanted::Tag(tag),
+        (None, Some(digest)) => Wanted::Digest(digest),
         _ => {
-            return Err(ServiceError::Invalid(
+            return Err(InputError::Rule(
                 "give exactly one of \"tag\" or \"digest\"".into(),
             ));
         }
     };
     Ok(ManualDeploy {
-        app: inbound::app_name(&p.app)?,
-        environment: inbound::env_name(environment)?,
+        app: r.app,
+        environment: r.environment,
         wanted,
-        requested_by: p.requested_by,
-        reason: p.reason,
+        requested_by: r.requested_by.map(Person::into_string),
+        reason: r.reason.map(Reason::into_string),
     })
+}
+
+/// An `ECR Image Action` event: a push to deploy, or something that deploys nothing. A
+/// deletion or a failed push carries no digest, so nothing else is read of it.
+fn ecr_push(envelope: &Envelope) -> Result<Input, InputError> {
+    let action: EcrDetail = envelope.detail()?;
+    if action.action_type != "PUSH" || action.result != "SUCCESS" {
+        return Ok(Input::NotAPush(format!(
+            "not a successful image push ({} {})",
+            action.action_type, action.result
+        )));
+    }
+    let push: EcrPush = envelope.detail()?;
+    let tag = match push.image_tag.as_deref() {
+        None | Some("") => None,
+        Some(t) => Some(Tag::parse(t).map_err(|e| InputError::Field {
+            what: "\"ECR Image Action\" event detail".into(),
+            field: Some("detail.image-tag".into()),
+            problem: e.to_string(),
+        })?),
+    };
+    Ok(Input::Push(Push {
+        event_id: envelope.id.clone(),
+        account: envelope.account.clone(),
+        region: envelope.region.clone(),
+        repository: push.repository_name,
+        digest: push.image_digest,
+        tag,
+        pushed_at: envelope.time.unwrap_or_else(OffsetDateTime::now_utc),
+    }))
+}
+
+/// Does what the input asks; the response is what a person reads in the console.
+pub async fn run(deployer: &Deployer, input: Input) -> Result<Value, ServiceError> {
+    match input {
+        Input::Push(push) => respond(&json!({ "results": deployer.on_push(&push).await? })),
+        Input::NotAPush(reason) => respond(&json!({ "outcome": "ignored", "reason": reason })),
+        Input::Verified(verified) => {
+            let started = deployer
+                .on_environment_free(&verified.app, &verified.environment)
+                .await?;
+            let promoted = deployer.on_source_verified(&verified).await?;
+            let tag = deployer
+                .on_verified(&verified.app, &verified.environment, &verified.image.digest)
+                .await?;
+            respond(&json!({ "queued": started, "promoted": promoted, "ecr_tag": tag }))
+        }
+        Input::Approved {
+            app,
+            environment,
+            digest,
+            event_id,
+        } => {
+            let started = deployer
+                .on_approved(&app, &environment, &digest, &event_id)
+                .await?;
+            respond(&json!({ "approved": started }))
+        }
+        Input::Freed { app, environment } => {
+            let started = deployer.on_environment_free(&app, &environment).await?;
+            respond(&json!({ "queued": started }))
+        }
+        Input::Deploy(request) => respond(&deployer.manual(&request).await?),
+        Input::Promote(request) => respond(&deployer.promote_by_hand(&request).await?),
+    }
+}
+
+/// What Lambda calls.
+pub async fn handle(deployer: &Deployer, event: LambdaEvent<Value>) -> Result<Value, ServiceError> {
+    run(deployer, parse(event.payload)?).await
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
-    use lambda_runtime::Context;
-    use pushdeploy::domain::{Digest, Phase};
-    use pushdeploy::fakes::{
-        FakeRegistry, FakeTarget, FixedConfig, ManualClock, MemoryStore, RecordingPublisher,
-    };
-    use pushdeploy::services::Core;
+    use crate::domain::{Digest, Phase};
+    use crate::fakes::{FakeRegistry, FakeTarget, ManualClock, MemoryStore, RecordingPublisher};
     use time::macros::datetime;
 
     use super::*;
@@ -181,48 +279,27 @@ mod tests {
     }
 
     fn world() -> World {
-        world_with(include_str!("../../../events/config.yaml"))
+        world_with(crate::fakes::World::SAMPLE_CONFIG)
     }
 
     fn world_with(config: &str) -> World {
-        let store = MemoryStore::default();
-        let target = FakeTarget::default();
-        let events = RecordingPublisher::default();
-        let registry = FakeRegistry::new("123456789012.dkr.ecr.eu-west-1.amazonaws.com");
-        let clock = ManualClock::new(datetime!(2026-11-20 10:00 UTC));
-        let deployer = Deployer {
-            core: Core {
-                store: Arc::new(store.clone()),
-                events: Arc::new(events.clone()),
-                config: Arc::new(FixedConfig::yaml(config)),
-                clock: Arc::new(clock.clone()),
-            },
-            registry: Arc::new(registry.clone()),
-            target: Arc::new(target.clone()),
-            tags: Arc::new(registry.clone()),
-        };
+        let w = crate::fakes::World::new(config);
         World {
-            deployer,
-            store,
-            target,
-            events,
-            registry,
-            clock,
+            deployer: w.deployer(),
+            store: w.store,
+            target: w.target,
+            events: w.events,
+            registry: w.registry,
+            clock: w.clock,
         }
     }
 
     fn event(json: &str) -> LambdaEvent<Value> {
-        LambdaEvent::new(
-            serde_json::from_str(json).expect("sample event is JSON"),
-            Context::default(),
-        )
+        crate::fakes::invocation(json)
     }
 
-    fn app_env(env: &str) -> (pushdeploy::domain::AppName, pushdeploy::domain::EnvName) {
-        (
-            inbound::app_name("web").unwrap(),
-            inbound::env_name(env).unwrap(),
-        )
+    fn app_env(env: &str) -> (crate::domain::AppName, crate::domain::EnvName) {
+        (crate::fakes::app("web"), crate::fakes::env_name(env))
     }
 
     #[tokio::test]
@@ -394,12 +471,12 @@ mod tests {
         assert_eq!(out["results"][0]["outcome"], "queued");
         // The first deployment ends; the lease is free.
         let (app, env) = app_env("staging");
-        let mut state = pushdeploy::ports::StateStore::env_state(&w.store, &app, &env)
+        let mut state = crate::ports::StateStore::env_state(&w.store, &app, &env)
             .await
             .unwrap();
         let holder = state.holder().unwrap().clone();
         state.release(&holder);
-        pushdeploy::ports::StateStore::commit(&w.store, pushdeploy::ports::Commit::env(&mut state))
+        crate::ports::StateStore::commit(&w.store, crate::ports::Commit::env(&mut state))
             .await
             .unwrap();
         let out = handle(
@@ -416,19 +493,19 @@ mod tests {
 
     /// Records `digest` as the last verified image of web/staging.
     async fn verified_in_staging(w: &World, digest: &Digest) {
-        use pushdeploy::ports::{Commit, StateStore};
+        use crate::ports::{Commit, StateStore};
         let (app, env) = app_env("staging");
-        let mut dep = pushdeploy::domain::Deployment::new(
+        let mut dep = crate::domain::Deployment::new(
             app.clone(),
             env.clone(),
-            pushdeploy::domain::Request {
-                image: pushdeploy::domain::PinnedImage {
+            crate::domain::Request {
+                image: crate::domain::PinnedImage {
                     registry: w.registry.registry.clone(),
-                    repository: pushdeploy::domain::Repository::parse("acme/web").unwrap(),
+                    repository: crate::domain::Repository::parse("acme/web").unwrap(),
                     digest: digest.clone(),
                 },
                 tag: None,
-                kind: pushdeploy::domain::Kind::Push,
+                kind: crate::domain::Kind::Push,
                 pushed_at: datetime!(2026-11-20 09:58 UTC),
                 requested_by: None,
                 reason: None,
@@ -563,7 +640,7 @@ mod tests {
     }
 
     /// An event the deployer published (or control did), as EventBridge delivers it.
-    fn delivered(e: &pushdeploy::domain::LifecycleEvent, id: &str) -> String {
+    fn delivered(e: &crate::domain::LifecycleEvent, id: &str) -> String {
         json!({
             "version": "0",
             "id": id,
@@ -578,15 +655,15 @@ mod tests {
         .to_string()
     }
 
-    fn control(w: &World) -> pushdeploy::services::Control {
-        pushdeploy::services::Control {
+    fn control(w: &World) -> crate::services::Control {
+        crate::services::Control {
             core: w.deployer.core.clone(),
         }
     }
 
-    async fn production_state(w: &World) -> pushdeploy::domain::EnvState {
+    async fn production_state(w: &World) -> crate::domain::EnvState {
         let (app, env) = app_env("production");
-        pushdeploy::ports::StateStore::env_state(&w.store, &app, &env)
+        crate::ports::StateStore::env_state(&w.store, &app, &env)
             .await
             .unwrap()
     }
@@ -608,10 +685,10 @@ mod tests {
         );
         let (app, env) = app_env("production");
         let dep =
-            pushdeploy::ports::StateStore::deployment(&w.store, &app, &env, &started.deployment_id)
+            crate::ports::StateStore::deployment(&w.store, &app, &env, &started.deployment_id)
                 .await
                 .unwrap();
-        assert_eq!(dep.kind, pushdeploy::domain::Kind::Promotion);
+        assert_eq!(dep.kind, crate::domain::Kind::Promotion);
         assert_eq!(dep.reason.as_deref(), Some("verified in staging"));
         // The same event again promotes nothing twice.
         handle(&w.deployer, event(VERIFIED)).await.unwrap();
@@ -670,7 +747,7 @@ mod tests {
         let started = w.target.last();
         assert!(started.image.ends_with(D1));
         let dep =
-            pushdeploy::ports::StateStore::deployment(&w.store, &app, &env, &started.deployment_id)
+            crate::ports::StateStore::deployment(&w.store, &app, &env, &started.deployment_id)
                 .await
                 .unwrap();
         assert_eq!(dep.requested_by.as_deref(), Some("alice"));
@@ -847,7 +924,7 @@ mod tests {
             ),
             (
                 r#"{"action": "promote", "app": "web", "from": "staging", "to": "qa"}"#,
-                "has no environment qa",
+                "has no environment \"qa\"",
             ),
         ];
         for (input, expected) in bad {

@@ -1,111 +1,106 @@
-//! Turns the schedule or a console request into a cleanup run.
+//! The janitor's entrypoint: its schedule, or a cleanup request typed in the console.
 
 use lambda_runtime::LambdaEvent;
-use pushdeploy::domain::Repository;
-use pushdeploy::inbound;
-use pushdeploy::lambda::{logged, respond};
-use pushdeploy::services::janitor::CleanupRequest;
-use pushdeploy::services::{Janitor, ServiceError};
 use serde::Deserialize;
 use serde_json::Value;
 
-/// `{"dry_run": true, "repository": "acme/web"}`: `dry_run` must be said out loud.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CleanPayload {
-    #[serde(default)]
-    action: Option<String>,
-    dry_run: bool,
-    repository: Option<String>,
+use super::{Function, check_routed};
+use crate::domain::Repository;
+use crate::inbound::{Console, Envelope, is_event};
+use crate::lambda::respond;
+use crate::services::janitor::CleanupRequest;
+use crate::services::{InputError, Janitor, ServiceError};
+
+/// What the janitor is asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// The schedule: every repository with a retention rule.
+    Scheduled,
+    /// A person's run.
+    Clean(CleanupRequest),
 }
 
-/// `PUSHDEPLOY_JANITOR_DRY_RUN`: whether scheduled runs only report (default `false`).
-pub fn dry_run_setting(value: Option<String>) -> Result<bool, String> {
-    match value.as_deref().map(str::trim) {
-        None | Some("") | Some("false") => Ok(false),
-        Some("true") => Ok(true),
-        Some(other) => Err(format!(
-            "PUSHDEPLOY_JANITOR_DRY_RUN is {other:?}; set it to \"true\" or \"false\""
-        )),
+/// `{"dry_run": true, "repository": "acme/web"}`: `dry_run` must be said out loud.
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Action {
+    Clean,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CleanRequest {
+    dry_run: bool,
+    #[serde(default)]
+    repository: Option<Repository>,
+}
+
+pub const CONSOLE: Console = Console {
+    function: "the janitor",
+    default_action: Some("clean"),
+    actions: &["clean"],
+    missing: |_, field| {
+        (field == "dry_run").then(|| {
+            "a cleanup by hand says \"dry_run\": true (report only) or false (delete)".into()
+        })
+    },
+};
+
+pub fn parse(payload: Value) -> Result<Input, InputError> {
+    if !is_event(&payload) {
+        let (Action::Clean, fields) = CONSOLE.read(payload)?;
+        let r: CleanRequest = fields.read()?;
+        return Ok(Input::Clean(CleanupRequest {
+            dry_run: r.dry_run,
+            repository: r.repository,
+        }));
+    }
+    let envelope = Envelope::read(payload)?;
+    check_routed(Function::Janitor, &envelope)?;
+    Ok(Input::Scheduled)
+}
+
+/// Does what the input asks; `scheduled_dry_run` says whether scheduled runs only report.
+pub async fn run(
+    janitor: &Janitor,
+    scheduled_dry_run: bool,
+    input: Input,
+) -> Result<Value, ServiceError> {
+    match input {
+        Input::Scheduled => {
+            let report = janitor
+                .run(&CleanupRequest {
+                    dry_run: scheduled_dry_run,
+                    repository: None,
+                })
+                .await?;
+            // A scheduled run that could not finish fails, so that it is retried and the
+            // function's error alarm sees it.
+            if let Some(error) = report.incomplete() {
+                return Err(error);
+            }
+            respond(&report)
+        }
+        Input::Clean(request) => respond(&janitor.run(&request).await?),
     }
 }
 
+/// What Lambda calls.
 pub async fn handle(
     janitor: &Janitor,
     scheduled_dry_run: bool,
     event: LambdaEvent<Value>,
 ) -> Result<Value, ServiceError> {
-    logged(dispatch(janitor, scheduled_dry_run, event.payload).await)
-}
-
-async fn dispatch(
-    janitor: &Janitor,
-    scheduled_dry_run: bool,
-    payload: Value,
-) -> Result<Value, ServiceError> {
-    if inbound::is_event(&payload) {
-        let envelope = inbound::envelope(payload)?;
-        if (envelope.source.as_str(), envelope.detail_type.as_str())
-            != ("aws.events", "Scheduled Event")
-        {
-            return Err(ServiceError::Invalid(format!(
-                "the janitor does not handle {:?} events from {:?}",
-                envelope.detail_type, envelope.source
-            )));
-        }
-        let report = janitor
-            .run(&CleanupRequest {
-                dry_run: scheduled_dry_run,
-                repository: None,
-            })
-            .await?;
-        // A scheduled run that could not finish fails, so that it is retried and the
-        // function's error alarm sees it.
-        let failures = report.failures();
-        if !failures.is_empty() {
-            return Err(ServiceError::Incomplete(format!(
-                "cleanup incomplete: {}",
-                failures.join("; ")
-            )));
-        }
-        return respond(&report);
-    }
-    let p: CleanPayload = inbound::payload(payload, "janitor")?;
-    if let Some(action) = p.action.as_deref().filter(|a| *a != "clean") {
-        return Err(ServiceError::Invalid(format!(
-            "unknown action {action:?}; the janitor accepts \"clean\""
-        )));
-    }
-    let repository = p
-        .repository
-        .as_deref()
-        .map(|r| {
-            Repository::parse(r)
-                .map_err(|e| ServiceError::Invalid(format!("invalid repository: {e}")))
-        })
-        .transpose()?;
-    respond(
-        &janitor
-            .run(&CleanupRequest {
-                dry_run: p.dry_run,
-                repository,
-            })
-            .await?,
-    )
+    run(janitor, scheduled_dry_run, parse(event.payload)?).await
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
-    use std::sync::Arc;
 
-    use lambda_runtime::Context;
-    use pushdeploy::domain::{Deployment, Digest, Kind, PinnedImage, Request};
-    use pushdeploy::fakes::{
-        FakeRegistry, FixedConfig, ManualClock, MemoryStore, RecordingPublisher,
-    };
-    use pushdeploy::ports::{Commit, StateStore};
-    use pushdeploy::services::Core;
+    use crate::domain::{Deployment, Digest, Kind, PinnedImage, Request};
+    use crate::fakes::{FakeRegistry, MemoryStore, RecordingPublisher};
+    use crate::ports::{Commit, StateStore};
     use serde_json::json;
     use time::macros::datetime;
 
@@ -121,26 +116,14 @@ mod tests {
     }
 
     fn world(page_size: usize) -> World {
-        let store = MemoryStore::default();
-        let events = RecordingPublisher::default();
-        let mut registry = FakeRegistry::new("123456789012.dkr.ecr.eu-west-1.amazonaws.com");
-        registry.page_size = page_size;
-        let janitor = Janitor {
-            core: Core {
-                store: Arc::new(store.clone()),
-                events: Arc::new(events.clone()),
-                config: Arc::new(FixedConfig::yaml(include_str!(
-                    "../../../events/config.yaml"
-                ))),
-                clock: Arc::new(ManualClock::new(datetime!(2026-11-20 03:00 UTC))),
-            },
-            catalog: Arc::new(registry.clone()),
-        };
+        let mut w = crate::fakes::World::sample();
+        w.clock.set(datetime!(2026-11-20 03:00 UTC));
+        w.registry.page_size = page_size;
         World {
-            janitor,
-            store,
-            registry,
-            events,
+            janitor: w.janitor(),
+            store: w.store,
+            registry: w.registry,
+            events: w.events,
         }
     }
 
@@ -158,8 +141,8 @@ mod tests {
 
     /// Makes `n` the image web/production runs, verified there.
     async fn run_in_production(w: &World, n: usize) {
-        let app = inbound::app_name("web").unwrap();
-        let env = inbound::env_name("production").unwrap();
+        let app = crate::fakes::app("web");
+        let env = crate::fakes::env_name("production");
         let mut dep = Deployment::new(
             app.clone(),
             env.clone(),
@@ -184,7 +167,7 @@ mod tests {
     }
 
     fn event(json: &str) -> LambdaEvent<Value> {
-        LambdaEvent::new(serde_json::from_str(json).unwrap(), Context::default())
+        crate::fakes::invocation(json)
     }
 
     fn digests(value: &Value) -> BTreeSet<Digest> {
@@ -243,18 +226,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_digest_waiting_for_approval_is_kept() {
-        use pushdeploy::domain::approval::{Pending, Waiting};
+        use crate::domain::approval::{Pending, Waiting};
         let w = world(1000);
         push_many(&w, 31);
-        let app = inbound::app_name("web").unwrap();
-        let env = inbound::env_name("production").unwrap();
+        let app = crate::fakes::app("web");
+        let env = crate::fakes::env_name("production");
         let mut state = w.store.env_state(&app, &env).await.unwrap();
         state.hold(
             Pending {
                 image: PinnedImage::parse(&format!("localhost:5000/acme/web@{}", digest(1)))
                     .unwrap(),
                 tag: None,
-                from: inbound::env_name("staging").unwrap(),
+                from: crate::fakes::env_name("staging"),
                 waiting_for: Waiting::Approval,
                 pushed_at: datetime!(2026-11-01 00:00 UTC),
                 since: datetime!(2026-11-19 00:00 UTC),
@@ -388,11 +371,6 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("does not handle"), "{err}");
         assert!(!w.registry.calls().contains(&"delete"));
-        assert_eq!(
-            dry_run_setting(Some("yes".into())).unwrap_err(),
-            "PUSHDEPLOY_JANITOR_DRY_RUN is \"yes\"; set it to \"true\" or \"false\""
-        );
-        assert!(dry_run_setting(Some("true".into())).unwrap());
-        assert!(!dry_run_setting(None).unwrap());
+        // A bad PUSHDEPLOY_JANITOR_DRY_RUN: see settings::tests.
     }
 }

@@ -1,52 +1,64 @@
-//! Turns a "Rollout Succeeded" lifecycle event into a verification. The same event,
-//! pasted in the console, verifies a rolled-out deployment by hand.
+//! The verifier's entrypoint: a `Rollout Succeeded` lifecycle event. The same event, pasted
+//! in the console, verifies a rolled-out deployment by hand.
 
 use lambda_runtime::LambdaEvent;
-use pushdeploy::domain::EventType;
-use pushdeploy::inbound;
-use pushdeploy::lambda::{logged, respond};
-use pushdeploy::services::{ServiceError, Verifier};
 use serde_json::Value;
 
-pub async fn handle(verifier: &Verifier, event: LambdaEvent<Value>) -> Result<Value, ServiceError> {
-    logged(dispatch(verifier, event.payload).await)
+use super::{Function, check_routed};
+use crate::domain::{AppName, DeploymentId, EnvName};
+use crate::inbound::{Envelope, is_event};
+use crate::lambda::respond;
+use crate::services::{InputError, ServiceError, Verifier};
+
+/// What the verifier is asked to do: run the smoke checks of a rolled-out deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Input {
+    pub app: AppName,
+    pub environment: EnvName,
+    pub deployment: DeploymentId,
 }
 
-async fn dispatch(verifier: &Verifier, payload: Value) -> Result<Value, ServiceError> {
-    if !inbound::is_event(&payload) {
-        return Err(ServiceError::Invalid(
+pub fn parse(payload: Value) -> Result<Input, InputError> {
+    if !is_event(&payload) {
+        return Err(InputError::Rule(
             "the verifier takes a \"Rollout Succeeded\" event (see events/verifier/rollout-succeeded.json)".into(),
         ));
     }
-    let envelope = inbound::envelope(payload)?;
-    let (kind, detail) = inbound::lifecycle(&envelope)?;
-    if kind != EventType::RolloutSucceeded {
-        return Err(ServiceError::Invalid(format!(
-            "the verifier does not handle \"{kind}\" events"
-        )));
-    }
-    let id = inbound::deployment_of(&detail, kind)?;
+    let envelope = Envelope::read(payload)?;
+    check_routed(Function::Verifier, &envelope)?;
+    let (kind, detail) = envelope.lifecycle()?;
+    let deployment = detail
+        .deployment_id
+        .ok_or_else(|| super::no_deployment_id(kind))?;
+    Ok(Input {
+        app: detail.app,
+        environment: detail.environment,
+        deployment,
+    })
+}
+
+pub async fn run(verifier: &Verifier, input: Input) -> Result<Value, ServiceError> {
     respond(
         &verifier
-            .on_rollout_succeeded(&detail.app, &detail.environment, &id)
+            .on_rollout_succeeded(&input.app, &input.environment, &input.deployment)
             .await?,
     )
 }
 
+/// What Lambda calls.
+pub async fn handle(verifier: &Verifier, event: LambdaEvent<Value>) -> Result<Value, ServiceError> {
+    run(verifier, parse(event.payload)?).await
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
-    use lambda_runtime::Context;
-    use pushdeploy::domain::{Deployment, DeploymentId, Kind, Phase, PinnedImage, Request, Step};
-    use pushdeploy::fakes::{
-        FixedConfig, ManualClock, MemoryStore, RecordingPublisher, ScriptedProbe,
-    };
-    use pushdeploy::ports::{Clock, Commit, StateStore};
-    use pushdeploy::services::Core;
-    use time::macros::datetime;
+    use crate::domain::{Deployment, DeploymentId, Kind, Phase, PinnedImage, Request, Step};
+    use crate::fakes::{MemoryStore, RecordingPublisher, ScriptedProbe};
+    use crate::ports::{Clock, Commit, StateStore};
 
     use super::*;
+    use lambda_runtime::Context;
 
     const URL: &str = "http://web-staging.internal/health";
 
@@ -58,21 +70,14 @@ mod tests {
     }
 
     async fn rolled_out() -> (World, Deployment) {
-        let store = MemoryStore::default();
-        let events = RecordingPublisher::default();
-        let probe = ScriptedProbe::default();
-        let clock = ManualClock::new(datetime!(2026-11-20 10:00 UTC));
-        let verifier = Verifier {
-            core: Core {
-                store: Arc::new(store.clone()),
-                events: Arc::new(events.clone()),
-                config: Arc::new(FixedConfig::yaml(include_str!(
-                    "../../../events/config.yaml"
-                ))),
-                clock: Arc::new(clock.clone()),
-            },
-            probe: Arc::new(probe.clone()),
-        };
+        let w = crate::fakes::World::sample();
+        let (store, events, probe, clock) = (
+            w.store.clone(),
+            w.events.clone(),
+            w.probe.clone(),
+            w.clock.clone(),
+        );
+        let verifier = w.verifier();
         let image = PinnedImage::parse(
             "123456789012.dkr.ecr.eu-west-1.amazonaws.com/acme/web@sha256:3f2c7b1d9e8a4c6b5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e",
         )
@@ -85,8 +90,8 @@ mod tests {
             requested_by: None,
             reason: None,
         };
-        let app = inbound::app_name("web").unwrap();
-        let env = inbound::env_name("staging").unwrap();
+        let app = crate::fakes::app("web");
+        let env = crate::fakes::env_name("staging");
         let mut dep = Deployment::new(app.clone(), env.clone(), request, clock.now());
         dep.id = DeploymentId::parse("01JD8Z6V6WQ5N8B9C3H4K2M7PX").unwrap();
         let mut state = store.env_state(&app, &env).await.unwrap();

@@ -1,113 +1,116 @@
-//! Turns what the tracker receives into a use case: an SSM status change of pushdeploy's
-//! document, an ECS service deployment's or a CodeDeploy deployment's state change, the
-//! reconciliation schedule, or `{"action": "reconcile"}` from the console.
+//! The tracker's entrypoint: a target's status-change event (each kind of target reads its
+//! own into one target-neutral `StatusEvent`), the reconciliation schedule, or
+//! `{"action": "reconcile"}` from the console.
 
 use lambda_runtime::LambdaEvent;
-use pushdeploy::adapters::{codedeploy, ecs, ssm};
-use pushdeploy::inbound::{
-    self, CODEDEPLOY_STATE, ECS_DEPLOYMENT_STATE, SSM_COMMAND_STATUS, SSM_INVOCATION_STATUS,
-};
-use pushdeploy::lambda::{logged, respond};
-use pushdeploy::ports::TargetRef;
-use pushdeploy::services::{ServiceError, Tracker};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConsolePayload {
-    action: String,
+use super::{Function, SCHEDULE_SOURCE, SCHEDULED_EVENT, TARGET_EVENTS, check_routed};
+use crate::inbound::{Console, Envelope, is_event};
+use crate::lambda::respond;
+use crate::ports::StatusEvent;
+use crate::services::{InputError, ServiceError, Tracker};
+
+/// What the tracker is asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// Re-read every environment (the schedule, or a person).
+    Reconcile,
+    /// A target said something about one of its rollouts.
+    Status(StatusEvent),
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Action {
+    Reconcile,
+}
+
+/// `{"action": "reconcile"}` has no other field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Nothing {}
+
+pub const CONSOLE: Console = Console {
+    function: "the tracker",
+    default_action: None,
+    actions: &["reconcile"],
+    missing: |_, _| None,
+};
+
+/// Reads what the tracker received; `document` is the name of pushdeploy's SSM document,
+/// whose status events are the only SSM ones that matter.
+pub fn parse(payload: Value, document: &str) -> Result<Input, InputError> {
+    if !is_event(&payload) {
+        let (Action::Reconcile, fields) = CONSOLE.read(payload)?;
+        let Nothing {} = fields.read()?;
+        return Ok(Input::Reconcile);
+    }
+    let envelope = Envelope::read(payload)?;
+    check_routed(Function::Tracker, &envelope)?;
+    if (envelope.source.as_str(), envelope.detail_type.as_str())
+        == (SCHEDULE_SOURCE, SCHEDULED_EVENT)
+    {
+        return Ok(Input::Reconcile);
+    }
+    let events = TARGET_EVENTS
+        .iter()
+        .find(|e| {
+            e.source == envelope.source && e.detail_types.contains(&envelope.detail_type.as_str())
+        })
+        .ok_or_else(|| InputError::NotHandled {
+            function: Function::Tracker.phrase(),
+            event_source: envelope.source.clone(),
+            detail_type: envelope.detail_type.clone(),
+        })?;
+    (events.read)(&envelope, document).map(Input::Status)
+}
+
+/// Does what the input asks.
+pub async fn run(tracker: &Tracker, input: Input) -> Result<Value, ServiceError> {
+    match input {
+        Input::Reconcile => {
+            let report = tracker.reconcile().await?;
+            // A pass that could not reconcile some environment fails the invocation, so the
+            // error shows in the function's metrics, after every other one was handled.
+            if let Some(error) = report.incomplete() {
+                return Err(error);
+            }
+            respond(&report)
+        }
+        Input::Status(StatusEvent::Ignored(reason)) => {
+            respond(&json!({ "outcome": "ignored", "reason": reason }))
+        }
+        Input::Status(StatusEvent::Rollout {
+            target_ref,
+            reported,
+        }) => respond(&tracker.on_status(&target_ref, reported).await?),
+    }
+}
+
+/// What Lambda calls.
 pub async fn handle(
     tracker: &Tracker,
     document: &str,
     event: LambdaEvent<Value>,
 ) -> Result<Value, ServiceError> {
-    logged(dispatch(tracker, document, event.payload).await)
-}
-
-async fn dispatch(
-    tracker: &Tracker,
-    document: &str,
-    payload: Value,
-) -> Result<Value, ServiceError> {
-    if !inbound::is_event(&payload) {
-        let p: ConsolePayload = inbound::payload(payload, "tracker")?;
-        if p.action != "reconcile" {
-            return Err(ServiceError::Invalid(format!(
-                "unknown action {:?}; the tracker accepts \"reconcile\"",
-                p.action
-            )));
-        }
-        return reconcile(tracker).await;
-    }
-    let envelope = inbound::envelope(payload)?;
-    match (envelope.source.as_str(), envelope.detail_type.as_str()) {
-        ("aws.events", "Scheduled Event") => reconcile(tracker).await,
-        ("aws.ssm", detail_type @ (SSM_COMMAND_STATUS | SSM_INVOCATION_STATUS)) => {
-            let detail = inbound::ssm_status(&envelope)?;
-            if detail.document_name != document {
-                return respond(
-                    &json!({ "outcome": "ignored", "reason": format!("document {} is not pushdeploy's", detail.document_name) }),
-                );
-            }
-            let target_ref = TargetRef::new(ssm::KIND, &detail.command_id);
-            // A per-host status says little about the whole command: read it back instead.
-            let reported =
-                (detail_type == SSM_COMMAND_STATUS).then(|| ssm::status_from_event(&detail.status));
-            respond(&tracker.on_status(&target_ref, reported).await?)
-        }
-        ("aws.ecs", ECS_DEPLOYMENT_STATE) => {
-            let Some(state) = inbound::ecs_deployment_state(&envelope)? else {
-                return respond(
-                    &json!({ "outcome": "ignored", "reason": "the service ARN does not name its cluster (old ARN format); the reconciliation follows this rollout" }),
-                );
-            };
-            let target_ref = ecs::target_ref(&state.cluster, &state.service, &state.deployment_id);
-            let reported = ecs::status_from_event(&state.event_name, state.reason.as_deref());
-            respond(&tracker.on_status(&target_ref, reported).await?)
-        }
-        ("aws.codedeploy", CODEDEPLOY_STATE) => {
-            let state = inbound::codedeploy_state(&envelope)?;
-            let target_ref = TargetRef::new(codedeploy::KIND, &state.deployment_id);
-            let reported = codedeploy::status_from_event(&state.deployment_id, &state.state);
-            respond(&tracker.on_status(&target_ref, reported).await?)
-        }
-        (source, detail_type) => Err(ServiceError::Invalid(format!(
-            "the tracker does not handle {detail_type:?} events from {source:?}"
-        ))),
-    }
-}
-
-/// A pass that could not reconcile some environment fails the invocation, so the error
-/// shows in the function's metrics, after every other environment was handled.
-async fn reconcile(tracker: &Tracker) -> Result<Value, ServiceError> {
-    let report = tracker.reconcile().await?;
-    if !report.errors.is_empty() {
-        return Err(ServiceError::Conflict(format!(
-            "reconciliation failed for {}",
-            report.errors.join("; ")
-        )));
-    }
-    respond(&report)
+    run(tracker, parse(event.payload, document)?).await
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+
     use std::time::Duration;
 
-    use lambda_runtime::Context;
-    use pushdeploy::domain::{Deployment, DeploymentId, Kind, Phase, PinnedImage, Request};
-    use pushdeploy::fakes::{
-        FakeTarget, FixedConfig, ManualClock, MemoryStore, RecordingPublisher,
-    };
-    use pushdeploy::ports::{Clock, Commit, RolloutStatus, StateStore};
-    use pushdeploy::services::Core;
-    use time::macros::datetime;
+    use crate::domain::{Deployment, DeploymentId, Kind, Phase, PinnedImage, Request};
+    use crate::fakes::{FakeTarget, ManualClock, MemoryStore, RecordingPublisher};
+    use crate::ports::{Clock, Commit, RolloutStatus, StateStore};
 
     use super::*;
+    use crate::adapters::ssm;
+    use crate::ports::TargetRef;
+    use lambda_runtime::Context;
 
     const DOCUMENT: &str = "pushdeploy-deploy";
     const COMMAND: &str = "8d4b3a6e-1f2c-4d5e-9a8b-7c6d5e4f3a2b";
@@ -121,27 +124,13 @@ mod tests {
     }
 
     fn world() -> World {
-        let store = MemoryStore::default();
-        let target = FakeTarget::default();
-        let events = RecordingPublisher::default();
-        let clock = ManualClock::new(datetime!(2026-11-20 10:00 UTC));
-        let tracker = Tracker {
-            core: Core {
-                store: Arc::new(store.clone()),
-                events: Arc::new(events.clone()),
-                config: Arc::new(FixedConfig::yaml(include_str!(
-                    "../../../events/config.yaml"
-                ))),
-                clock: Arc::new(clock.clone()),
-            },
-            target: Arc::new(target.clone()),
-        };
+        let w = crate::fakes::World::sample();
         World {
-            tracker,
-            store,
-            target,
-            events,
-            clock,
+            tracker: w.tracker(),
+            store: w.store,
+            target: w.target,
+            events: w.events,
+            clock: w.clock,
         }
     }
 
@@ -170,18 +159,14 @@ mod tests {
             requested_by: None,
             reason: None,
         };
-        let app = inbound::app_name("web").unwrap();
-        let env = inbound::env_name("staging").unwrap();
+        let app = crate::fakes::app("web");
+        let env = crate::fakes::env_name("staging");
         let mut dep = Deployment::new(app.clone(), env.clone(), request, w.clock.now());
         dep.id = DeploymentId::parse("01JD8Z6V6WQ5N8B9C3H4K2M7PX").unwrap();
         let mut state = w.store.env_state(&app, &env).await.unwrap();
         state.start(&mut dep);
-        dep.apply(
-            pushdeploy::domain::Step::RolloutStarted,
-            w.clock.now(),
-            None,
-        )
-        .unwrap();
+        dep.apply(crate::domain::Step::RolloutStarted, w.clock.now(), None)
+            .unwrap();
         dep.target_ref = Some(target_ref.to_owned());
         w.store
             .commit(Commit {
@@ -194,10 +179,7 @@ mod tests {
     }
 
     fn event(json: &str) -> LambdaEvent<Value> {
-        LambdaEvent::new(
-            serde_json::from_str(json).expect("sample event is JSON"),
-            Context::default(),
-        )
+        crate::fakes::invocation(json)
     }
 
     /// Hands `sample` to the tracker; returns its answer and the deployment as stored after.
