@@ -33,6 +33,8 @@ struct StoreInner {
     target_refs: HashMap<String, (AppName, EnvName, DeploymentId)>,
     claims: HashSet<String>,
     commits: usize,
+    /// The next this-many commits find another writer got there first.
+    interfere: usize,
 }
 
 /// A state store in memory.
@@ -51,6 +53,12 @@ impl MemoryStore {
             .filter(|((a, e, _), _)| a == app && e == env)
             .map(|(_, d)| d.clone())
             .collect()
+    }
+
+    /// Makes another writer change the records of each of the next `commits` commits just
+    /// before they are written, so they fail with `Conflict` and must be redone.
+    pub fn interfere(&self, commits: usize) {
+        self.inner.lock().unwrap().interfere = commits;
     }
 
     /// How many commits succeeded: a way to assert that bad input wrote nothing.
@@ -126,6 +134,25 @@ impl StateStore for MemoryStore {
 
     async fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError> {
         let mut inner = self.inner.lock().unwrap();
+        if inner.interfere > 0 {
+            inner.interfere -= 1;
+            if let Some(env) = &commit.env {
+                let key = (env.app.clone(), env.environment.clone());
+                let mut theirs = inner
+                    .envs
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| EnvState::new(key.0.clone(), key.1.clone()));
+                theirs.version += 1;
+                inner.envs.insert(key, theirs);
+            }
+            for d in &commit.deployments {
+                let key = (d.app.clone(), d.environment.clone(), d.id.clone());
+                if let Some(theirs) = inner.deployments.get_mut(&key) {
+                    theirs.version += 1;
+                }
+            }
+        }
         if let Some(env) = &commit.env {
             let stored = inner
                 .envs
@@ -527,6 +554,15 @@ impl FakeTarget {
     /// The next `start` fails with this error.
     pub fn refuse_next(&self, error: TargetError) {
         self.inner.lock().unwrap().refuse.push_back(error);
+    }
+
+    /// The target no longer knows this rollout (its status reads `NotFound`).
+    pub fn forget(&self, target_ref: &TargetRef) {
+        self.inner
+            .lock()
+            .unwrap()
+            .statuses
+            .remove(target_ref.as_str());
     }
 
     pub fn cancelled(&self) -> Vec<String> {

@@ -169,7 +169,10 @@ impl Sink {
                 let _ = out.write_all(format!("{line}\n").as_bytes());
                 let _ = out.flush();
             }
-            Sink::Memory(lines) => lines.lock().unwrap().push(line.to_owned()),
+            Sink::Memory(lines) => lines
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(line.to_owned()),
         }
     }
 }

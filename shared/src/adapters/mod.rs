@@ -25,7 +25,8 @@ pub mod wire;
 
 /// For the target adapters' tests: a deployment of `image` to `env` of a configuration,
 /// with that environment's target.
-#[cfg(all(test, feature = "aws"))]
+#[cfg(test)]
+#[cfg(feature = "aws")]
 pub(crate) fn deployment_to(
     config_yaml: &str,
     env: &str,

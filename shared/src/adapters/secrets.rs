@@ -85,16 +85,15 @@ impl AwsSecrets {
 #[async_trait]
 impl SecretSource for AwsSecrets {
     async fn read(&self, secret: &SecretRef) -> Result<String, SecretError> {
-        if let Some((value, at)) = self.cache.lock().unwrap().get(secret)
+        // A cache is only a cache: one poisoned by a panic elsewhere is used as it is.
+        let cache = || self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((value, at)) = cache().get(secret)
             && at.elapsed() < self.ttl
         {
             return Ok(value.clone());
         }
         let value = self.fetch(secret).await?;
-        self.cache
-            .lock()
-            .unwrap()
-            .insert(secret.clone(), (value.clone(), Instant::now()));
+        cache().insert(secret.clone(), (value.clone(), Instant::now()));
         Ok(value)
     }
 }

@@ -403,7 +403,9 @@ impl EnvState {
                 at,
             });
         }
-        Ok(self.pending.as_mut().expect("checked above"))
+        self.pending
+            .as_mut()
+            .ok_or(ApprovalError::NothingPending { env })
     }
 
     /// What happened to a digest no longer pending, from the decisions remembered.

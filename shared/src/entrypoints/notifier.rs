@@ -45,7 +45,8 @@ pub async fn handle(notifier: &Notifier, event: LambdaEvent<Value>) -> Result<Va
 }
 
 // These tests post to a real local HTTP server through the webhook adapter.
-#[cfg(all(test, feature = "webhook"))]
+#[cfg(test)]
+#[cfg(feature = "webhook")]
 mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;

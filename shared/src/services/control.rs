@@ -406,3 +406,77 @@ pub struct PendingSummary {
     pub approved_by: Option<String>,
     pub reason: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::fakes::{World, app, env_name};
+
+    #[tokio::test]
+    async fn freezing_twice_changes_nothing_the_second_time_and_unfreezing_says_who() {
+        let w = World::sample();
+        let c = w.control();
+        let (a, e) = (app("web"), env_name("staging"));
+        assert!(c.freeze(&a, &e, "release", "alice").await.unwrap().changed);
+        let again = c.freeze(&a, &e, "another reason", "bob").await.unwrap();
+        assert!(!again.changed);
+        assert_eq!(again.frozen.unwrap().by, "alice", "the first freeze stands");
+        let out = c.unfreeze(&a, &e, "carol").await.unwrap();
+        assert!(out.changed && out.frozen.is_none());
+        let unfrozen = w.events.events().pop().unwrap();
+        assert_eq!(
+            unfrozen.deployment().unwrap().reason.as_deref(),
+            Some("unfrozen by carol")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_freeze_redone_after_a_conflicting_write_announces_once() {
+        let w = World::sample();
+        w.store.interfere(2);
+        w.control()
+            .freeze(&app("web"), &env_name("staging"), "release", "alice")
+            .await
+            .unwrap();
+        assert_eq!(w.events.types(), vec!["Environment Frozen"]);
+        assert!(w.state("staging").frozen.is_some());
+    }
+
+    #[tokio::test]
+    async fn status_of_an_environment_needs_its_app_and_names_what_exists() {
+        let w = World::sample();
+        let c = w.control();
+        let err = c
+            .status(None, Some(&env_name("staging")))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("name the app"), "{err}");
+        let err = c
+            .status(Some(&app("web")), Some(&env_name("qa")))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "app \"web\" has no environment \"qa\"; its environments: production, staging"
+        );
+        let all = c.status(None, None).await.unwrap();
+        let names: Vec<&str> = all.iter().map(|s| s.environment.as_str()).collect();
+        assert_eq!(names, ["production", "staging"]);
+    }
+
+    #[tokio::test]
+    async fn approving_nothing_pending_is_not_found_and_writes_nothing() {
+        let w = World::sample();
+        let err = w
+            .control()
+            .approve(
+                &app("web"),
+                &env_name("production"),
+                &w.image('a').digest,
+                "alice",
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type(), "NonRetryable.NotFound");
+        assert_eq!(w.store.commits(), 0);
+    }
+}

@@ -396,3 +396,115 @@ fn settle_pending(state: &mut EnvState, request: &Request, now: OffsetDateTime) 
         state.decide(digest, outcome, now);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Phase;
+    use crate::fakes::{World, app, env_name};
+    use crate::ports::StateStore;
+
+    fn push(w: &World, hex: char, tag: &str, second: i64, id: &str) -> Push {
+        Push {
+            event_id: id.into(),
+            account: "123456789012".into(),
+            region: "eu-west-1".into(),
+            repository: Repository::parse("acme/web").unwrap(),
+            digest: w.image(hex).digest,
+            tag: Some(Tag::parse(tag).unwrap()),
+            pushed_at: World::START + time::Duration::seconds(second),
+        }
+    }
+
+    #[tokio::test]
+    async fn pushes_during_a_rollout_queue_and_only_the_newest_waits() {
+        let w = World::sample();
+        let d = w.deployer();
+        d.on_push(&push(&w, 'a', "v1", 0, "e1")).await.unwrap();
+        d.on_push(&push(&w, 'c', "v3", 20, "e3")).await.unwrap();
+        let late = d.on_push(&push(&w, 'b', "v2", 10, "e2")).await.unwrap();
+        assert!(
+            matches!(&late[0].outcome, EnvOutcome::Skipped { reason, .. } if reason.contains("newer image is already queued")),
+            "{late:?}"
+        );
+        let state = w.state("staging");
+        assert_eq!(state.queued.unwrap().image, w.image('c'));
+        assert_eq!(w.target.started().len(), 1, "only the first runs");
+        assert_eq!(
+            w.events.types(),
+            vec!["Rollout Started", "Rollout Queued", "Deployment Skipped"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_conflicting_write_is_redone_and_starts_one_rollout() {
+        let w = World::sample();
+        w.store.interfere(3);
+        let out = w
+            .deployer()
+            .on_push(&push(&w, 'a', "v1", 0, "e1"))
+            .await
+            .unwrap();
+        assert!(matches!(out[0].outcome, EnvOutcome::Started { .. }));
+        assert_eq!(w.target.started().len(), 1);
+        assert_eq!(w.deployments("staging").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_deploy_by_hand_overrides_a_freeze_and_a_quarantine() {
+        let w = World::sample();
+        let digest = w.image('a').digest;
+        w.registry.push("acme/web", Some("v1"), &digest);
+        let mut state = w.state("staging");
+        state.frozen = Some(crate::domain::environment::Freeze {
+            reason: "holidays".into(),
+            by: "alice".into(),
+            at: World::START,
+        });
+        let quarantined = Deployment::new(
+            state.app.clone(),
+            state.environment.clone(),
+            Request {
+                image: w.image('a'),
+                tag: None,
+                kind: Kind::Push,
+                pushed_at: World::START,
+                requested_by: None,
+                reason: None,
+            },
+            World::START,
+        );
+        state.quarantine(&quarantined, "smoke test failed", World::START);
+        w.store.commit(Commit::env(&mut state)).await.unwrap();
+
+        let pushed = w
+            .deployer()
+            .on_push(&push(&w, 'a', "v1", 5, "e1"))
+            .await
+            .unwrap();
+        assert!(matches!(pushed[0].outcome, EnvOutcome::Skipped { .. }));
+        let manual = ManualDeploy {
+            app: app("web"),
+            environment: env_name("staging"),
+            wanted: Wanted::Digest(digest.clone()),
+            requested_by: Some("alice".into()),
+            reason: None,
+        };
+        let out = w.deployer().manual(&manual).await.unwrap();
+        assert!(matches!(out.outcome, EnvOutcome::Started { .. }), "{out:?}");
+        let state = w.state("staging");
+        assert!(state.quarantined.is_empty(), "deploying by hand lifts it");
+        assert_eq!(w.deployments("staging")[0].phase, Phase::RollingOut);
+    }
+
+    #[tokio::test]
+    async fn a_push_event_without_an_ecr_registry_is_refused_naming_the_field() {
+        let w = World::sample();
+        let mut p = push(&w, 'a', "v1", 0, "e1");
+        p.account = "bad account".into();
+        let err = w.deployer().on_push(&p).await.unwrap_err();
+        assert_eq!(err.error_type(), "NonRetryable.InvalidInput");
+        assert!(err.to_string().contains("\"account\""), "{err}");
+        assert_eq!(w.store.commits(), 0);
+    }
+}

@@ -381,3 +381,89 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Deployment, Kind, Request};
+    use crate::fakes::World;
+    use crate::ports::{Commit, StateStore};
+
+    #[test]
+    fn apps_sharing_a_repository_keep_what_either_keeps() {
+        let config = Config::from_yaml(
+            r#"
+apps:
+  web:
+    repository: acme/web
+    retention: { keep_newest: 5, protect_tags: ["v*"] }
+    environments:
+      staging: { target: { ssm: { instances: { ids: [i-0123456789abcdef0] }, container: web, ports: ["80:80"] } } }
+  worker:
+    repository: acme/web
+    retention: { keep_newest: 9, protect_tags: ["release-*"] }
+    environments:
+      staging: { target: { ssm: { instances: { ids: [i-0123456789abcdef0] }, container: worker, ports: ["81:81"] } } }
+"#,
+        )
+        .unwrap();
+        let rules = rules_by_repository(&config);
+        let rule = &rules[&Repository::parse("acme/web").unwrap()];
+        assert_eq!(rule.keep_newest, 9);
+        assert_eq!(rule.protect_tags.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn what_a_rollout_would_restore_is_in_use() {
+        let w = World::sample();
+        let mut state = w.state("staging");
+        let request = |hex| Request {
+            image: w.image(hex),
+            tag: None,
+            kind: Kind::Push,
+            pushed_at: World::START,
+            requested_by: None,
+            reason: None,
+        };
+        let mut first = Deployment::new(
+            state.app.clone(),
+            state.environment.clone(),
+            request('a'),
+            World::START,
+        );
+        state.start(&mut first);
+        state.release(&first.id);
+        let mut second = Deployment::new(
+            state.app.clone(),
+            state.environment.clone(),
+            request('b'),
+            World::START,
+        );
+        state.start(&mut second);
+        w.store
+            .commit(Commit::env(&mut state).with(&mut first).with(&mut second))
+            .await
+            .unwrap();
+        let needed = in_use(&w.store, &w.config).await.unwrap();
+        assert_eq!(
+            needed.get(&w.image('a').digest).map(String::as_str),
+            Some("restored if the rollout in web/staging fails")
+        );
+        assert_eq!(
+            needed.get(&w.image('b').digest).map(String::as_str),
+            Some("current in web/staging")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_stopped_by_a_throttled_registry_is_retryable() {
+        let w = World::sample();
+        w.registry
+            .push("acme/web", Some("main-1"), &w.image('a').digest);
+        w.registry.throttle(100);
+        let report = w.janitor().run(&CleanupRequest::default()).await.unwrap();
+        let error = report.incomplete().unwrap();
+        assert!(error.is_retryable(), "{error}");
+        assert!(error.to_string().contains("acme/web"), "{error}");
+    }
+}

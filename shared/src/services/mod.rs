@@ -40,7 +40,8 @@ pub(crate) const MAX_ATTEMPTS: usize = 8;
 /// Runs a read–decide–commit until its commit wins. `attempt` reads what it needs, decides
 /// and commits; when the commit meets a concurrent writer (`StoreError::Conflict`) it runs
 /// again on fresh reads (it is told which attempt it is), at most `MAX_ATTEMPTS` times.
-/// Any other outcome, success or error, is returned as it is.
+/// A dependency's failure is returned saying `what` was being done; any other outcome is
+/// returned as it is.
 pub(crate) async fn retry_on_conflict<T>(
     what: impl FnOnce() -> String,
     mut attempt: impl AsyncFnMut(usize) -> Result<T, ServiceError>,
@@ -49,6 +50,12 @@ pub(crate) async fn retry_on_conflict<T>(
     for n in 0..MAX_ATTEMPTS {
         match attempt(n).await {
             Err(ServiceError::Store(StoreError::Conflict(r))) => record = r,
+            Err(
+                e @ (ServiceError::Store(_)
+                | ServiceError::Registry(_)
+                | ServiceError::Target(_)
+                | ServiceError::Events(_)),
+            ) => return Err(e.during(what())),
             other => return other,
         }
     }

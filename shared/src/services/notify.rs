@@ -200,3 +200,90 @@ impl Notifier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::domain::config::SecretRef;
+    use crate::domain::notice::Message;
+    use crate::fakes::World;
+    use crate::ports::WebhookError;
+
+    /// A webhook that answers each post with the next status of its script.
+    #[derive(Default)]
+    struct Scripted {
+        answers: Mutex<Vec<u16>>,
+        posted: Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Webhook for Scripted {
+        async fn post(
+            &self,
+            url: &str,
+            _kind: ChannelKind,
+            message: &Message,
+            _timeout: Duration,
+        ) -> Result<(), WebhookError> {
+            self.posted
+                .lock()
+                .unwrap()
+                .push(format!("{url} {}", message.text));
+            let status = self.answers.lock().unwrap().pop().unwrap_or(200);
+            if status == 200 {
+                Ok(())
+            } else {
+                Err(WebhookError::Status { status })
+            }
+        }
+    }
+
+    const CONFIG: &str = r#"
+apps:
+  web:
+    repository: acme/web
+    notify:
+      - { type: slack, url_from: { ssm_parameter: /hooks/slack }, on: [failed] }
+    environments:
+      staging: { target: { ssm: { instances: { ids: [i-0123456789abcdef0] }, container: web, ports: ["80:80"] } } }
+"#;
+
+    fn failed() -> EventDetail {
+        serde_json::from_value(serde_json::json!({
+            "app": "web", "environment": "staging",
+            "deployment_id": "01JD8Z6V6WQ5N8B9C3H4K2M7PX", "kind": "push",
+            "reason": "smoke test failed", "at": "2026-11-20T10:02:00Z"
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_that_could_not_be_sent_is_sent_by_the_retry_and_only_once() {
+        let w = World::new(CONFIG);
+        w.secrets.set(
+            SecretRef::SsmParameter("/hooks/slack".into()),
+            "https://hooks/slack",
+        );
+        let webhook = Arc::new(Scripted::default());
+        *webhook.answers.lock().unwrap() = vec![500, 500, 500];
+        let notifier = w.notifier(webhook.clone(), Delivery::default());
+        let err = notifier
+            .on_event(EventType::VerificationFailed, &failed())
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        let sent = notifier
+            .on_event(EventType::VerificationFailed, &failed())
+            .await
+            .unwrap();
+        assert!(matches!(sent[0].outcome, SendOutcome::Sent { attempts: 1 }));
+        let again = notifier
+            .on_event(EventType::VerificationFailed, &failed())
+            .await
+            .unwrap();
+        assert_eq!(again[0].outcome, SendOutcome::AlreadySent);
+        assert_eq!(webhook.posted.lock().unwrap().len(), 4, "3 failed, 1 sent");
+    }
+}

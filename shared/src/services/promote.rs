@@ -390,3 +390,101 @@ impl Deployer {
         image
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::environment::EnvState;
+    use crate::fakes::{World, app, env_name};
+    use crate::ports::StateStore;
+
+    fn verified(w: &World, hex: char, id: &str) -> Verified {
+        Verified {
+            app: app("web"),
+            environment: env_name("staging"),
+            image: w.image(hex),
+            tag: Some(Tag::parse("v1").unwrap()),
+            kind: Kind::Push,
+            pushed_at: World::START,
+            event_id: id.into(),
+        }
+    }
+
+    async fn production(w: &World) -> EnvState {
+        w.store
+            .env_state(&app("web"), &env_name("production"))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_newer_verified_digest_supersedes_the_one_waiting_for_approval() {
+        let w = World::sample();
+        let d = w.deployer();
+        d.on_source_verified(&verified(&w, 'a', "e1"))
+            .await
+            .unwrap();
+        d.on_source_verified(&verified(&w, 'b', "e2"))
+            .await
+            .unwrap();
+        let state = production(&w).await;
+        assert_eq!(
+            state.pending.as_ref().unwrap().digest(),
+            &w.image('b').digest
+        );
+        assert!(matches!(
+            state.decisions[0].outcome,
+            crate::domain::approval::Outcome::Superseded { .. }
+        ));
+        assert!(w.target.started().is_empty(), "approval is required");
+        assert_eq!(
+            w.events.types(),
+            vec!["Approval Requested", "Approval Requested"]
+        );
+        // The same event again holds nothing twice.
+        d.on_source_verified(&verified(&w, 'b', "e2"))
+            .await
+            .unwrap();
+        assert_eq!(w.events.types().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_approval_event_for_a_promotion_nobody_approved_is_a_conflict() {
+        let w = World::sample();
+        let d = w.deployer();
+        d.on_source_verified(&verified(&w, 'a', "e1"))
+            .await
+            .unwrap();
+        let err = d
+            .on_approved(
+                &app("web"),
+                &env_name("production"),
+                &w.image('a').digest,
+                "x",
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type(), "NonRetryable.Conflict");
+        assert!(err.to_string().contains("has not been approved"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn promoting_by_hand_names_who_and_needs_something_verified() {
+        let w = World::sample();
+        let request = ManualPromotion {
+            app: app("web"),
+            from: env_name("staging"),
+            to: env_name("production"),
+            requested_by: Some("alice".into()),
+        };
+        let err = w.deployer().promote_by_hand(&request).await.unwrap_err();
+        assert_eq!(err.error_type(), "NonRetryable.NotFound");
+        let same = ManualPromotion {
+            to: env_name("staging"),
+            ..request
+        };
+        let err = w.deployer().promote_by_hand(&same).await.unwrap_err();
+        assert_eq!(err.error_type(), "NonRetryable.InvalidInput");
+        assert_eq!(w.store.commits(), 0);
+    }
+}

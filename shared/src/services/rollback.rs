@@ -477,3 +477,137 @@ fn choose_manual_target<'a>(
             }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fakes::{World, app, env_name};
+    use crate::ports::{Clock, StateStore};
+
+    /// web/staging verified `verified`, oldest first; each verified deployment is stored.
+    async fn verified(w: &World, verified: &[char]) {
+        for (i, hex) in verified.iter().enumerate() {
+            let at = World::START + time::Duration::minutes(i as i64);
+            let mut state = w.state("staging");
+            let mut good = Deployment::new(
+                state.app.clone(),
+                state.environment.clone(),
+                Request {
+                    image: w.image(*hex),
+                    tag: None,
+                    kind: Kind::Push,
+                    pushed_at: at,
+                    requested_by: None,
+                    reason: None,
+                },
+                at,
+            );
+            state.start(&mut good);
+            state.record_verified(&good, at);
+            state.release(&good.id);
+            w.store
+                .commit(Commit::env(&mut state).with(&mut good))
+                .await
+                .unwrap();
+            w.registry.push("acme/web", None, &w.image(*hex).digest);
+        }
+    }
+
+    /// web/staging verified `before`, oldest first, then a push of `failed` failed.
+    async fn failed_after(w: &World, before: &[char], failed: char) -> Deployment {
+        verified(w, before).await;
+        let mut state = w.state("staging");
+        let mut bad = Deployment::new(
+            state.app.clone(),
+            state.environment.clone(),
+            Request {
+                image: w.image(failed),
+                tag: None,
+                kind: Kind::Push,
+                pushed_at: w.clock.now(),
+                requested_by: None,
+                reason: None,
+            },
+            w.clock.now(),
+        );
+        state.start(&mut bad);
+        bad.apply(Step::RolloutStarted, w.clock.now(), None)
+            .unwrap();
+        bad.apply(Step::RolloutFailed, w.clock.now(), Some("exit 1".into()))
+            .unwrap();
+        w.store
+            .commit(Commit::env(&mut state).with(&mut bad))
+            .await
+            .unwrap();
+        bad
+    }
+
+    #[tokio::test]
+    async fn a_verified_digest_deleted_from_the_registry_is_passed_over_for_an_older_one() {
+        let w = World::sample();
+        let bad = failed_after(&w, &['a', 'b'], 'c').await;
+        w.registry.delete("acme/web", &w.image('b').digest);
+        let out = w
+            .rollback()
+            .on_failure(&bad.app, &bad.environment, &bad.id)
+            .await
+            .unwrap();
+        assert!(matches!(out, RollbackOutcome::Started { .. }), "{out:?}");
+        assert_eq!(w.target.last().image, w.image('a').to_string());
+    }
+
+    #[tokio::test]
+    async fn a_rollback_redone_after_a_conflicting_write_starts_one_rollback() {
+        let w = World::sample();
+        let bad = failed_after(&w, &['a'], 'b').await;
+        w.store.interfere(1);
+        w.rollback()
+            .on_failure(&bad.app, &bad.environment, &bad.id)
+            .await
+            .unwrap();
+        w.rollback()
+            .on_failure(&bad.app, &bad.environment, &bad.id)
+            .await
+            .unwrap();
+        assert_eq!(w.target.started().len(), 1);
+        let rollbacks = w
+            .deployments("staging")
+            .into_iter()
+            .filter(|d| d.kind == Kind::Rollback)
+            .count();
+        assert_eq!(rollbacks, 1);
+    }
+
+    #[tokio::test]
+    async fn a_rollback_by_hand_goes_to_the_verified_digest_before_the_current_one() {
+        let w = World::sample();
+        verified(&w, &['a', 'b']).await;
+        let request = ManualRollback {
+            app: app("web"),
+            environment: env_name("staging"),
+            digest: None,
+            requested_by: Some("alice".into()),
+            reason: None,
+        };
+        let out = w.rollback().manual(&request).await.unwrap();
+        assert!(matches!(out, RollbackOutcome::Started { .. }), "{out:?}");
+        assert_eq!(w.target.last().image, w.image('a').to_string());
+        let rollback = w
+            .deployments("staging")
+            .into_iter()
+            .find(|d| d.kind == Kind::Rollback)
+            .unwrap();
+        assert_eq!(rollback.requested_by.as_deref(), Some("alice"));
+        // Another, while it rolls out, is refused.
+        let err = w.rollback().manual(&request).await.unwrap_err();
+        assert_eq!(err.error_type(), "NonRetryable.Conflict");
+        let never = ManualRollback {
+            environment: env_name("production"),
+            digest: Some(w.image('e').digest),
+            ..request
+        };
+        let err = w.rollback().manual(&never).await.unwrap_err();
+        assert_eq!(err.error_type(), "NonRetryable.InvalidInput");
+        assert!(err.to_string().contains("was never verified"), "{err}");
+    }
+}

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::{Core, ServiceError, retry_on_conflict};
+use super::{Context, Core, ServiceError, retry_on_conflict};
 use crate::domain::environment::Freeze;
 use crate::domain::{
     Admission, AppName, Deployment, DeploymentId, EnvConfig, EnvName, EnvState, EventType, Kind,
@@ -62,7 +62,7 @@ pub(crate) async fn advance(
 ) -> Result<bool, ServiceError> {
     let id = dep.id.clone();
     retry_on_conflict(
-        || format!("recording {step:?} for deployment {id}"),
+        || format!("recording {step:?} for {id}"),
         async |attempt| {
             if attempt > 0 {
                 *dep = core
@@ -119,12 +119,14 @@ pub(crate) async fn launch(
                     deployment: dep.id.clone(),
                     source,
                 })?;
+            let id = dep.id.clone();
             core.store
                 .commit(Commit {
                     link_target_refs: true,
                     ..Commit::deployment(dep)
                 })
-                .await?;
+                .await
+                .during(|| format!("recording RolloutStarted for {id}"))?;
             info!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, digest = %dep.digest(),
                   target_ref = %target_ref, kind = ?dep.kind, "rollout started");
             core.events
@@ -374,4 +376,201 @@ pub(crate) async fn start_queued(
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Kind, Phase, Request};
+    use crate::fakes::World;
+    use crate::ports::{CallError, Clock, StateStore, TargetError};
+    use crate::services::MAX_ATTEMPTS;
+
+    fn request(w: &World, hex: char, minute: i64) -> Request {
+        Request {
+            image: w.image(hex),
+            tag: None,
+            kind: Kind::Push,
+            pushed_at: World::START + time::Duration::minutes(minute),
+            requested_by: None,
+            reason: None,
+        }
+    }
+
+    /// A deployment of `hex` holding web/staging, committed, not yet sent to the target.
+    async fn holding(w: &World, hex: char, claim: Option<&str>) -> Deployment {
+        let mut state = w.state("staging");
+        let mut dep = Deployment::new(
+            state.app.clone(),
+            state.environment.clone(),
+            request(w, hex, 0),
+            w.clock.now(),
+        );
+        state.start(&mut dep);
+        w.store
+            .commit(
+                Commit::env(&mut state)
+                    .with(&mut dep)
+                    .claiming(claim.map(str::to_owned)),
+            )
+            .await
+            .unwrap();
+        dep
+    }
+
+    fn staging(w: &World) -> crate::domain::EnvConfig {
+        w.config
+            .env(
+                &crate::fakes::app("web"),
+                &crate::fakes::env_name("staging"),
+            )
+            .unwrap()
+            .clone()
+    }
+
+    #[tokio::test]
+    async fn a_step_is_redone_on_fresh_reads_when_another_writer_got_there_first() {
+        let w = World::sample();
+        let mut dep = holding(&w, 'a', None).await;
+        w.store.interfere(2);
+        let changed = advance(&w.core(), &mut dep, Step::RolloutStarted, None, None, None)
+            .await
+            .unwrap();
+        assert!(changed);
+        let stored = &w.deployments("staging")[0];
+        assert_eq!(stored.phase, Phase::RollingOut);
+        assert_eq!(stored.history.len(), 2, "the step is recorded once");
+    }
+
+    #[tokio::test]
+    async fn a_record_that_keeps_changing_gives_up_saying_what_and_is_retryable() {
+        let w = World::sample();
+        let mut dep = holding(&w, 'a', None).await;
+        w.store.interfere(MAX_ATTEMPTS);
+        let err = advance(&w.core(), &mut dep, Step::RolloutStarted, None, None, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ServiceError::Contended { .. }), "{err:?}");
+        assert!(err.is_retryable());
+        assert!(
+            err.chain()
+                .starts_with(&format!("recording RolloutStarted for {}", dep.id)),
+            "{}",
+            err.chain()
+        );
+        assert_eq!(w.deployments("staging")[0].phase, Phase::Requested);
+    }
+
+    #[tokio::test]
+    async fn a_retryable_refusal_hands_the_environment_back_and_releases_the_events_claim() {
+        let w = World::sample();
+        let claim = "evt-1#web#staging";
+        let mut dep = holding(&w, 'a', Some(claim)).await;
+        w.target.refuse_next(TargetError::Throttled(CallError::said(
+            "SendCommand",
+            "ThrottlingException: Rate exceeded",
+        )));
+        let err = launch(&w.core(), &w.target, &staging(&w), &mut dep, Some(claim))
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        let state = w.state("staging");
+        assert!(state.lease.is_none() && state.current.is_none());
+        assert_eq!(w.deployments("staging")[0].phase, Phase::Failed);
+        assert_eq!(w.events.types(), vec!["Deployment Failed"]);
+        // The retried delivery may claim the event again.
+        w.store
+            .commit(Commit::default().claiming(Some(claim.into())))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_queued_image_that_already_runs_is_dropped_not_started() {
+        let w = World::sample();
+        let dep = holding(&w, 'a', None).await;
+        let mut state = w.state("staging");
+        state.queue(&request(&w, 'a', 1));
+        state.release(&dep.id);
+        w.store.commit(Commit::env(&mut state)).await.unwrap();
+        let (app, env) = (state.app.clone(), state.environment.clone());
+        let result = start_queued(&w.core(), &w.target, &app, &env)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(result.outcome, EnvOutcome::Skipped { .. }),
+            "{result:?}"
+        );
+        assert!(w.target.started().is_empty());
+        assert!(
+            w.store
+                .env_state(&app, &env)
+                .await
+                .unwrap()
+                .queued
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_rollback_freezes_the_environment_and_the_original_ends_rollback_failed() {
+        let w = World::sample();
+        let mut failed = holding(&w, 'b', None).await;
+        failed
+            .apply(Step::RolloutFailed, w.clock.now(), Some("boom".into()))
+            .unwrap();
+        failed
+            .apply(Step::RollbackStarted, w.clock.now(), None)
+            .unwrap();
+        let mut state = w.state("staging");
+        state.release(&failed.id);
+        let mut rollback = Deployment::new(
+            state.app.clone(),
+            state.environment.clone(),
+            Request {
+                kind: Kind::Rollback,
+                ..request(&w, 'a', 0)
+            },
+            w.clock.now(),
+        );
+        rollback.rollback_of = Some(failed.id.clone());
+        state.start(&mut rollback);
+        w.store
+            .commit(
+                Commit::env(&mut state)
+                    .with(&mut failed)
+                    .with(&mut rollback),
+            )
+            .await
+            .unwrap();
+        rollback_failed(&w.core(), &mut rollback, "host unreachable")
+            .await
+            .unwrap();
+        let state = w.state("staging");
+        assert!(state.lease.is_none());
+        assert!(
+            state
+                .frozen
+                .as_ref()
+                .is_some_and(|f| f.reason.contains("host unreachable")),
+            "{:?}",
+            state.frozen
+        );
+        let original = w
+            .deployments("staging")
+            .into_iter()
+            .find(|d| d.id == failed.id)
+            .unwrap();
+        assert_eq!(original.phase, Phase::RollbackFailed);
+        assert_eq!(
+            w.events.types(),
+            vec!["Rollback Failed", "Environment Frozen"]
+        );
+        // Said twice, it changes nothing more.
+        rollback_failed(&w.core(), &mut rollback, "host unreachable")
+            .await
+            .unwrap();
+        assert_eq!(w.events.types().len(), 2);
+    }
 }

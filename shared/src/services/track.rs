@@ -349,3 +349,137 @@ impl Tracker {
         start_queued(&self.core, self.target.as_ref(), app, env).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Kind, PinnedImage, Request};
+    use crate::fakes::World;
+    use crate::ports::{Clock, RolloutStatus, StateStore};
+
+    /// A push of `image` rolling out on web/staging under `fake:cmd-1`.
+    async fn rolling_out(w: &World, image: PinnedImage) -> Deployment {
+        let mut state = w.state("staging");
+        let mut dep = Deployment::new(
+            state.app.clone(),
+            state.environment.clone(),
+            Request {
+                image,
+                tag: None,
+                kind: Kind::Push,
+                pushed_at: World::START,
+                requested_by: None,
+                reason: None,
+            },
+            w.clock.now(),
+        );
+        state.start(&mut dep);
+        dep.apply(Step::RolloutStarted, w.clock.now(), None)
+            .unwrap();
+        dep.target_ref = Some("fake:cmd-1".into());
+        w.store
+            .commit(Commit {
+                link_target_refs: true,
+                ..Commit::env(&mut state).with(&mut dep)
+            })
+            .await
+            .unwrap();
+        w.target.set_status(
+            &TargetRef::parse("fake:cmd-1").unwrap(),
+            RolloutStatus::InProgress,
+        );
+        dep
+    }
+
+    #[tokio::test]
+    async fn a_failure_quarantines_the_digest_and_keeps_the_environment_for_the_rollback() {
+        let w = World::sample();
+        let dep = rolling_out(&w, w.image('a')).await;
+        let out = w
+            .tracker()
+            .on_status(
+                &TargetRef::parse("fake:cmd-1").unwrap(),
+                Some(RolloutStatus::Failed("exit 1".into())),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(out, TrackOutcome::Failed { .. }), "{out:?}");
+        let state = w.state("staging");
+        assert!(state.quarantined.contains_key(dep.digest().as_str()));
+        assert!(state.is_held_by(&dep.id));
+        assert_eq!(w.events.types(), vec!["Rollout Failed"]);
+    }
+
+    #[tokio::test]
+    async fn while_the_targets_own_rollback_runs_nothing_is_recorded() {
+        let w = World::sample();
+        let dep = rolling_out(&w, w.image('a')).await;
+        w.target.set_status(
+            &TargetRef::parse("fake:cmd-1").unwrap(),
+            RolloutStatus::Settling("CodeDeploy rolls back".into()),
+        );
+        let report = w.tracker().reconcile().await.unwrap();
+        assert!(report.actions.is_empty(), "{report:?}");
+        assert_eq!(w.deployments("staging")[0].phase, Phase::RollingOut);
+        assert!(w.events.types().is_empty());
+        let _ = dep;
+    }
+
+    #[tokio::test]
+    async fn a_lease_without_its_deployment_is_released_and_the_queue_goes_next() {
+        let w = World::sample();
+        let mut state = w.state("staging");
+        state.lease = Some(crate::domain::environment::Lease {
+            deployment_id: DeploymentId::new(World::START),
+            since: World::START,
+        });
+        w.store.commit(Commit::env(&mut state)).await.unwrap();
+        let report = w.tracker().reconcile().await.unwrap();
+        assert!(
+            report.actions[0]
+                .action
+                .contains("released a lease held by missing"),
+            "{report:?}"
+        );
+        assert!(w.state("staging").lease.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_pass_that_cannot_read_a_target_reports_it_and_goes_on() {
+        let w = World::sample();
+        rolling_out(&w, w.image('a')).await;
+        // The target no longer knows the rollout.
+        w.target.forget(&TargetRef::parse("fake:cmd-1").unwrap());
+        let report = w.tracker().reconcile().await.unwrap();
+        assert_eq!(report.checked, 2);
+        assert_eq!(report.errors.len(), 1, "{report:?}");
+        let error = report.incomplete().unwrap();
+        assert!(error.chain().contains("web/staging"), "{}", error.chain());
+        assert!(
+            !error.is_retryable(),
+            "a missing rollout does not come back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_status_about_no_deployment_is_ignored() {
+        let w = World::sample();
+        let out = w
+            .tracker()
+            .on_status(
+                &TargetRef::parse("fake:unknown").unwrap(),
+                Some(RolloutStatus::Succeeded),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(out, TrackOutcome::Ignored { .. }));
+        assert_eq!(w.store.commits(), 0);
+        let _ = w
+            .store
+            .env_state(
+                &crate::fakes::app("web"),
+                &crate::fakes::env_name("staging"),
+            )
+            .await;
+    }
+}

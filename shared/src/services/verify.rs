@@ -256,3 +256,133 @@ async fn run_check(probe: &dyn HttpProbe, check: &SmokeCheck, deadline: Instant)
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Kind, PinnedImage, Request};
+    use crate::fakes::{ScriptedProbe, World};
+    use crate::ports::{Clock, StateStore};
+
+    const URL: &str = "http://web-staging.internal/health";
+
+    /// `image` rolled out on web/staging by a deployment of `kind`.
+    async fn rolled_out(w: &World, image: PinnedImage, kind: Kind) -> Deployment {
+        let mut state = w.state("staging");
+        let mut dep = Deployment::new(
+            state.app.clone(),
+            state.environment.clone(),
+            Request {
+                image,
+                tag: None,
+                kind,
+                pushed_at: World::START,
+                requested_by: None,
+                reason: None,
+            },
+            w.clock.now(),
+        );
+        state.start(&mut dep);
+        dep.apply(Step::RolloutStarted, w.clock.now(), None)
+            .unwrap();
+        dep.apply(Step::RolloutSucceeded, w.clock.now(), None)
+            .unwrap();
+        w.store
+            .commit(Commit::env(&mut state).with(&mut dep))
+            .await
+            .unwrap();
+        dep
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rollbacks_verification_marks_the_deployment_it_replaced_rolled_back() {
+        let w = World::sample();
+        w.probe.answer(URL, vec![ScriptedProbe::ok(200, "ok")]);
+        let mut failed = rolled_out(&w, w.image('b'), Kind::Push).await;
+        let now = w.clock.now();
+        failed.apply(Step::VerificationStarted, now, None).unwrap();
+        failed.apply(Step::VerificationFailed, now, None).unwrap();
+        failed.apply(Step::RollbackStarted, now, None).unwrap();
+        let mut state = w.state("staging");
+        state.release(&failed.id);
+        w.store
+            .commit(Commit::env(&mut state).with(&mut failed))
+            .await
+            .unwrap();
+        let mut rollback = rolled_out(&w, w.image('a'), Kind::Rollback).await;
+        rollback.rollback_of = Some(failed.id.clone());
+        w.store
+            .commit(Commit::deployment(&mut rollback))
+            .await
+            .unwrap();
+
+        let out = w
+            .verifier()
+            .on_rollout_succeeded(&rollback.app, &rollback.environment, &rollback.id)
+            .await
+            .unwrap();
+        assert!(matches!(out, VerifyOutcome::Verified { .. }), "{out:?}");
+        let phases: Vec<(DeploymentId, Phase)> = w
+            .deployments("staging")
+            .into_iter()
+            .map(|d| (d.id, d.phase))
+            .collect();
+        assert!(phases.contains(&(failed.id.clone(), Phase::RolledBack)));
+        assert!(phases.contains(&(rollback.id.clone(), Phase::Verified)));
+        let state = w.state("staging");
+        assert!(state.lease.is_none());
+        assert_eq!(state.last_verified().unwrap().digest, w.image('a').digest);
+        assert_eq!(
+            w.events.types(),
+            vec![
+                "Verification Started",
+                "Deployment Verified",
+                "Rollback Succeeded"
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_verification_redone_after_a_conflicting_write_verifies_once() {
+        let w = World::sample();
+        w.probe.answer(URL, vec![ScriptedProbe::ok(200, "ok")]);
+        let dep = rolled_out(&w, w.image('a'), Kind::Push).await;
+        // VerificationStarted and then the pass each meet another writer once.
+        w.store.interfere(1);
+        let out = w
+            .verifier()
+            .on_rollout_succeeded(&dep.app, &dep.environment, &dep.id)
+            .await
+            .unwrap();
+        assert!(matches!(out, VerifyOutcome::Verified { .. }), "{out:?}");
+        let stored = &w.deployments("staging")[0];
+        let verified = stored
+            .history
+            .iter()
+            .filter(|h| h.phase == Phase::Verified)
+            .count();
+        assert_eq!(verified, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deployment_removed_from_the_configuration_fails_its_verification() {
+        let w = World::new(
+            "apps:\n  web:\n    repository: acme/web\n    environments:\n      other:\n        target: { ssm: { instances: { ids: [i-0123456789abcdef0] }, container: web, ports: [\"80:80\"] } }\n",
+        );
+        let dep = rolled_out(&w, w.image('a'), Kind::Push).await;
+        let out = w
+            .verifier()
+            .on_rollout_succeeded(&dep.app, &dep.environment, &dep.id)
+            .await
+            .unwrap();
+        let VerifyOutcome::Failed { reason, .. } = out else {
+            panic!("{out:?}")
+        };
+        assert!(reason.contains("no longer configured"), "{reason}");
+        assert!(
+            w.state("staging")
+                .quarantined
+                .contains_key(dep.digest().as_str())
+        );
+    }
+}
