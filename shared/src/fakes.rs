@@ -792,6 +792,13 @@ impl World {
     }
 
     pub fn new(config_yaml: &str) -> Self {
+        Self::with_config(Arc::new(
+            Config::from_yaml(config_yaml).expect("test configuration is valid"),
+        ))
+    }
+
+    /// A world with a configuration already parsed (to share one among many worlds).
+    pub fn with_config(config: Arc<Config>) -> Self {
         Self {
             store: MemoryStore::default(),
             target: FakeTarget::default(),
@@ -800,7 +807,7 @@ impl World {
             probe: ScriptedProbe::default(),
             secrets: FixedSecrets::default(),
             clock: ManualClock::new(Self::START),
-            config: Arc::new(Config::from_yaml(config_yaml).expect("test configuration is valid")),
+            config,
         }
     }
 
@@ -901,6 +908,29 @@ pub fn invocation(json: &str) -> lambda_runtime::LambdaEvent<serde_json::Value> 
         serde_json::from_str(json).expect("the invocation is JSON"),
         lambda_runtime::Context::default(),
     )
+}
+
+/// A webhook that accepts every message and remembers each.
+#[derive(Default, Clone)]
+pub struct RecordingWebhook {
+    pub posted: Arc<Mutex<Vec<(String, crate::domain::notice::Message)>>>,
+}
+
+#[async_trait]
+impl crate::ports::Webhook for RecordingWebhook {
+    async fn post(
+        &self,
+        url: &str,
+        _kind: crate::domain::config::ChannelKind,
+        message: &crate::domain::notice::Message,
+        _timeout: Duration,
+    ) -> Result<(), crate::ports::WebhookError> {
+        self.posted
+            .lock()
+            .unwrap()
+            .push((url.to_owned(), message.clone()));
+        Ok(())
+    }
 }
 
 /// A lifecycle event as EventBridge delivers it, under event id `id`.

@@ -11,9 +11,7 @@ use time::OffsetDateTime;
 use crate::domain::{EventDetail, EventType};
 use crate::ports::StatusEvent;
 use crate::services::InputError;
-
-/// The longest a problem's text may get: values quoted in it are cut short.
-const MAX_PROBLEM: usize = 400;
+pub use crate::services::error::quote;
 
 /// An EventBridge event, before its detail is read.
 #[derive(Debug, Clone, Deserialize)]
@@ -133,7 +131,7 @@ impl Console {
         };
         let unknown = || InputError::UnknownAction {
             function: self.function,
-            action: cut(&action),
+            action: action.clone(),
             accepted: self.actions,
         };
         if !self.actions.contains(&action.as_str()) {
@@ -202,7 +200,7 @@ fn from_value<T: DeserializeOwned>(value: Value, what: &str) -> Result<T, InputE
         InputError::Field {
             what: what.to_owned(),
             field,
-            problem: cut(&plain(&e.into_inner().to_string())),
+            problem: plain(&e.into_inner().to_string()),
         }
     })
 }
@@ -268,19 +266,6 @@ fn kind_of(value: &Value) -> String {
         Value::Array(_) => "a list".into(),
         Value::Object(_) => "an object".into(),
     }
-}
-
-/// A value quoted for a message, cut short when long.
-pub fn quote(value: &str) -> String {
-    cut(&format!("{value:?}"))
-}
-
-fn cut(text: &str) -> String {
-    if text.chars().count() <= MAX_PROBLEM {
-        return text.to_owned();
-    }
-    let kept: String = text.chars().take(MAX_PROBLEM).collect();
-    format!("{kept}… ({} characters in all)", text.chars().count())
 }
 
 /// A kind of target's status-change events: where they come from, what the template's rule

@@ -1,6 +1,7 @@
 //! Free text people give: why something is done, and who does it. Bounded and free of
 //! control characters, so no record, event or message outgrows what stores it (DynamoDB
-//! items end at 400 KB, EventBridge entries at 256 KB).
+//! items end at 400 KB, EventBridge entries at 256 KB); and values quoted in messages, cut
+//! short.
 
 use std::fmt;
 
@@ -10,6 +11,24 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub const MAX_REASON: usize = 1_000;
 /// The longest name of a person or a caller identity.
 pub const MAX_PERSON: usize = 200;
+
+/// The longest a message's own text may get: values quoted in it are cut short.
+const MAX_TEXT: usize = 400;
+
+/// A value quoted for a message, cut short when long.
+pub fn quote(value: &str) -> String {
+    cut(&format!("{value:?}"))
+}
+
+/// Text cut short when long, saying how long it was.
+pub fn cut(text: &str) -> String {
+    let length = text.chars().count();
+    if length <= MAX_TEXT {
+        return text.to_owned();
+    }
+    let kept: String = text.chars().take(MAX_TEXT).collect();
+    format!("{kept}… ({length} characters in all)")
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TextError {

@@ -5,9 +5,10 @@ use lambda_runtime::LambdaEvent;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::Function;
 use crate::domain::text::{Person, Reason};
 use crate::domain::{AppName, Digest, EnvName};
-use crate::inbound::{Console, is_event};
+use crate::inbound::{Console, Envelope, is_event};
 use crate::lambda::respond;
 use crate::services::{Control, InputError, ServiceError};
 
@@ -135,9 +136,13 @@ const CONSOLE_CALLER: &str = "console";
 /// Reads a request; `caller` is the identity Lambda gives the invocation, if any.
 pub fn parse(payload: Value, caller: Option<String>) -> Result<Input, InputError> {
     if is_event(&payload) {
-        return Err(InputError::Rule(
-            "control takes requests typed by hand, not events".into(),
-        ));
+        // Control takes requests typed by hand; no rule routes an event to it.
+        let envelope = Envelope::read(payload)?;
+        return Err(InputError::NotHandled {
+            function: Function::Control.phrase(),
+            event_source: envelope.source,
+            detail_type: envelope.detail_type,
+        });
     }
     let by = |p: Option<Person>| p.map_or_else(|| CONSOLE_CALLER.to_owned(), Person::into_string);
     let (action, fields) = CONSOLE.read(payload)?;

@@ -252,3 +252,6 @@ pub(crate) fn check_routed(function: Function, envelope: &Envelope) -> Result<()
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

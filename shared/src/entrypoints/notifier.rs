@@ -3,6 +3,7 @@
 use lambda_runtime::LambdaEvent;
 use serde_json::{Value, json};
 
+use super::Function;
 use crate::domain::{EventDetail, EventType};
 use crate::inbound::{Envelope, is_event};
 use crate::lambda::respond;
@@ -25,10 +26,11 @@ pub fn parse(payload: Value) -> Result<Input, InputError> {
     // Its rule forwards the events with a message (`ROUTES`); any other lifecycle event,
     // delivered by hand, is read and announces nothing.
     if envelope.source != crate::domain::event::SOURCE {
-        return Err(InputError::Rule(format!(
-            "the notifier does not handle events from {:?}: it takes pushdeploy's lifecycle events",
-            envelope.source
-        )));
+        return Err(InputError::NotHandled {
+            function: Function::Notifier.phrase(),
+            event_source: envelope.source,
+            detail_type: envelope.detail_type,
+        });
     }
     let (kind, detail) = envelope.lifecycle()?;
     Ok(Input { kind, detail })
@@ -347,7 +349,8 @@ apps:
         .await
         .unwrap_err();
         assert!(
-            err.to_string().contains("does not handle events from"),
+            err.to_string()
+                .contains("does not handle \"Verification Failed\" events from \"aws.ecr\""),
             "{err}"
         );
         assert!(w.hook.paths().is_empty());

@@ -8,6 +8,7 @@ use std::fmt;
 
 use crate::domain::approval::ApprovalError;
 use crate::domain::lifecycle::InvalidTransition;
+pub use crate::domain::text::{cut, quote};
 use crate::domain::{AppName, DeploymentId, Digest, EnvName, Repository};
 use crate::ports::{
     CallError, ConfigLoadError, PublishError, RegistryError, StoreError, TargetError,
@@ -180,7 +181,7 @@ impl<T, E: Into<ServiceError>> Context<T> for Result<T, E> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InputError {
     /// A field is missing, of the wrong type, or holds a value that is not allowed.
-    #[error("invalid {what}: {}{problem}", field.as_ref().map(|f| format!("{f:?}: ")).unwrap_or_default())]
+    #[error("invalid {}: {}{}", cut(what), field.as_ref().map(|f| format!("{}: ", quote(f))).unwrap_or_default(), cut(problem))]
     Field {
         /// What was being read ("deploy request", "\"ECR Image Action\" event detail").
         what: String,
@@ -188,21 +189,29 @@ pub enum InputError {
         field: Option<String>,
         problem: String,
     },
-    #[error("unknown action {action:?}; {function} accepts {}", quoted(accepted))]
+    #[error(
+        "unknown action {}; {function} accepts {}",
+        quote(action),
+        quoted(accepted)
+    )]
     UnknownAction {
         /// The function, as a sentence names it ("the deployer", "control").
         function: &'static str,
         action: String,
         accepted: &'static [&'static str],
     },
-    #[error("{function} does not handle {detail_type:?} events from {event_source:?}")]
+    #[error(
+        "{function} does not handle {} events from {}",
+        quote(detail_type),
+        quote(event_source)
+    )]
     NotHandled {
         function: &'static str,
         event_source: String,
         detail_type: String,
     },
     /// The input is readable but breaks a rule of its own (the sentence says which).
-    #[error("{0}")]
+    #[error("{}", cut(.0))]
     Rule(String),
 }
 

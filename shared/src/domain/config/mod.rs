@@ -318,8 +318,12 @@ impl Config {
                 .unwrap_or(message);
             ConfigError {
                 problems: vec![Problem {
-                    path: if path == "." { String::new() } else { path },
-                    message,
+                    path: if path == "." {
+                        String::new()
+                    } else {
+                        crate::domain::text::cut(&path)
+                    },
+                    message: crate::domain::text::cut(&message),
                 }],
             }
         })?;

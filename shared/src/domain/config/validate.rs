@@ -15,8 +15,8 @@ pub(super) struct Checker {
 impl Checker {
     pub(super) fn fail(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem {
-            path: path.into(),
-            message: message.into(),
+            path: crate::domain::text::cut(&path.into()),
+            message: crate::domain::text::cut(&message.into()),
         });
     }
 
