@@ -19,9 +19,9 @@ use crate::domain::{
 };
 use crate::ports::{
     CallError, Clock, Commit, ConfigLoadError, ConfigSource, DeleteFailure, EventPublisher,
-    HttpProbe, ImageCatalog, ImagePage, ImageRegistry, ListedImage, MAX_BATCH, ProbeError,
-    ProbeResponse, PublishError, RegistryError, ResolvedImage, RolloutStatus, Started, StateStore,
-    StoreError, TagMove, TagWriter, Target, TargetError, TargetRef,
+    HttpProbe, ImageCatalog, ImagePage, ImageRegistry, ListedImage, MAX_BATCH, OutboxEntry,
+    ProbeError, ProbeResponse, PublishError, RegistryError, ResolvedImage, RolloutStatus, Started,
+    StateStore, StoreError, TagMove, TagWriter, Target, TargetError, TargetRef,
 };
 
 type EnvKey = (AppName, EnvName);
@@ -35,6 +35,8 @@ struct StoreInner {
     commits: usize,
     /// The next this-many commits find another writer got there first.
     interfere: usize,
+    /// Each environment's undelivered events, by id.
+    outbox: BTreeMap<EnvKey, BTreeMap<String, OutboxEntry>>,
 }
 
 /// A state store in memory.
@@ -199,8 +201,46 @@ impl StateStore for MemoryStore {
         if let Some(forget) = commit.forget_event {
             inner.claims.remove(&forget);
         }
+        for entry in commit.outbox {
+            let key = (entry.detail.app.clone(), entry.detail.environment.clone());
+            inner
+                .outbox
+                .entry(key)
+                .or_default()
+                .insert(entry.id.clone(), entry);
+        }
         inner.commits += 1;
         Ok(())
+    }
+
+    async fn undelivered(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner
+            .outbox
+            .get(&(app.clone(), env.clone()))
+            .map(|entries| entries.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn delivered(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        ids: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        let Some(entries) = inner.outbox.get_mut(&(app.clone(), env.clone())) else {
+            return Ok(Vec::new());
+        };
+        Ok(ids
+            .iter()
+            .filter(|id| entries.remove(*id).is_some())
+            .cloned()
+            .collect())
     }
 }
 
@@ -513,6 +553,8 @@ impl TagWriter for FakeRegistry {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StartedRollout {
     pub deployment_id: DeploymentId,
+    pub app: AppName,
+    pub environment: EnvName,
     pub image: String,
     pub target_ref: TargetRef,
 }
@@ -523,6 +565,13 @@ struct TargetInner {
     statuses: HashMap<String, RolloutStatus>,
     refuse: VecDeque<TargetError>,
     cancelled: Vec<String>,
+    /// What each environment runs: a rollout's image once it succeeded; a failed rollout
+    /// leaves what ran before (the SSM script, ECS's circuit breaker and CodeDeploy's
+    /// own rollback all restore it).
+    runs: HashMap<EnvKey, String>,
+    /// Handles shaped as each kind of target writes them (`ssm:…`, `ecs:…`, `codedeploy:…`)
+    /// instead of `fake:cmd-N`.
+    realistic: bool,
 }
 
 /// A target that records rollouts; their status is whatever the test sets.
@@ -556,6 +605,39 @@ impl FakeTarget {
         self.inner.lock().unwrap().refuse.push_back(error);
     }
 
+    /// A target whose handles look like the real ones of the environment's kind.
+    pub fn realistic() -> Self {
+        let target = Self::default();
+        target.inner.lock().unwrap().realistic = true;
+        target
+    }
+
+    /// The rollout behind `target_ref` ends as `status`; a success makes its image what the
+    /// environment runs.
+    pub fn complete(&self, target_ref: &TargetRef, status: RolloutStatus) {
+        let mut inner = self.inner.lock().unwrap();
+        if status == RolloutStatus::Succeeded
+            && let Some(s) = inner
+                .started
+                .iter()
+                .find(|s| &s.target_ref == target_ref)
+                .cloned()
+        {
+            inner.runs.insert((s.app, s.environment), s.image);
+        }
+        inner.statuses.insert(target_ref.to_string(), status);
+    }
+
+    /// The image an environment runs, as far as the target is concerned.
+    pub fn runs(&self, app: &AppName, env: &EnvName) -> Option<String> {
+        self.inner
+            .lock()
+            .unwrap()
+            .runs
+            .get(&(app.clone(), env.clone()))
+            .cloned()
+    }
+
     /// The target no longer knows this rollout (its status reads `NotFound`).
     pub fn forget(&self, target_ref: &TargetRef) {
         self.inner
@@ -575,15 +657,30 @@ impl Target for FakeTarget {
     async fn start(
         &self,
         deployment: &Deployment,
-        _config: &TargetConfig,
+        config: &TargetConfig,
     ) -> Result<Started, TargetError> {
         let mut inner = self.inner.lock().unwrap();
         if let Some(error) = inner.refuse.pop_front() {
             return Err(error);
         }
-        let target_ref = TargetRef::new("fake", &format!("cmd-{}", inner.started.len() + 1));
+        let n = inner.started.len() + 1;
+        let target_ref = match (inner.realistic, config) {
+            (false, _) => TargetRef::new("fake", &format!("cmd-{n}")),
+            (true, TargetConfig::Ssm(_)) => {
+                TargetRef::new("ssm", &format!("{n:08x}-0000-4000-8000-{n:012x}"))
+            }
+            (true, TargetConfig::Ecs(ecs)) => TargetRef::new(
+                "ecs",
+                &format!("{}/{}/ecs-svc/{n}", ecs.cluster, ecs.service),
+            ),
+            (true, TargetConfig::CodeDeploy(_)) => {
+                TargetRef::new("codedeploy", &format!("d-{n:09}"))
+            }
+        };
         inner.started.push(StartedRollout {
             deployment_id: deployment.id.clone(),
+            app: deployment.app.clone(),
+            environment: deployment.environment.clone(),
             image: deployment.image.to_string(),
             target_ref: target_ref.clone(),
         });
@@ -613,6 +710,22 @@ impl Target for FakeTarget {
             .cancelled
             .push(target_ref.to_string());
         Ok(())
+    }
+
+    async fn find(
+        &self,
+        deployment: &Deployment,
+        _config: &TargetConfig,
+    ) -> Result<Option<Started>, TargetError> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner
+            .started
+            .iter()
+            .find(|s| s.deployment_id == deployment.id)
+            .map(|s| Started {
+                target_ref: s.target_ref.clone(),
+                before: Some(format!("fake-before-{}", deployment.id)),
+            }))
     }
 }
 
@@ -776,6 +889,8 @@ pub struct World {
     pub secrets: FixedSecrets,
     pub clock: ManualClock,
     pub config: Arc<Config>,
+    /// Every EMF line the use cases wrote.
+    pub metrics: Arc<Mutex<Vec<String>>>,
 }
 
 impl World {
@@ -808,6 +923,7 @@ impl World {
             secrets: FixedSecrets::default(),
             clock: ManualClock::new(Self::START),
             config,
+            metrics: Arc::default(),
         }
     }
 
@@ -817,6 +933,10 @@ impl World {
             events: Arc::new(self.events.clone()),
             config: Arc::new(FixedConfig(self.config.clone())),
             clock: Arc::new(self.clock.clone()),
+            meter: crate::metrics::Meter::new(
+                "pushdeploy/test",
+                crate::metrics::Sink::Memory(self.metrics.clone()),
+            ),
         }
     }
 

@@ -362,7 +362,7 @@ mod tests {
         let long = "x".repeat(300_000);
         let message = error(json!({"action": long}));
         assert!(message.len() < 1_000, "{} bytes", message.len());
-        assert!(message.contains("300000 characters in all"), "{message}");
+        assert!(message.contains("300002 characters in all"), "{message}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! CloudWatch metrics from the lifecycle events, as Embedded Metric Format (EMF) lines on
 //! standard output: CloudWatch Logs turns them into metrics, with no API call and no
-//! extra latency. Every published event is measured once, by the publisher that sent it,
-//! so the metrics count exactly what the event bus saw.
+//! extra latency. Every change is measured once, by the function that recorded it, right
+//! after its commit: the metrics (and the alarms on them) follow what was recorded, whether
+//! or not the event bus took its event at once.
 //!
 //! Each metric is recorded twice: per app and environment, and with no dimension, so
 //! that one alarm and one graph cover every environment.
@@ -9,11 +10,9 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use crate::domain::{Detail, EventType, Kind, LifecycleEvent};
-use crate::ports::{EventPublisher, PublishError};
 
 /// The namespace when `PUSHDEPLOY_METRICS_NAMESPACE` is not set.
 pub const DEFAULT_NAMESPACE: &str = "pushdeploy";
@@ -177,35 +176,28 @@ impl Sink {
     }
 }
 
-/// A publisher that measures every event it has published.
-pub struct Metered<P> {
-    inner: P,
+/// Writes the metrics of events.
+#[derive(Clone)]
+pub struct Meter {
     namespace: String,
     sink: Sink,
 }
 
-impl<P> Metered<P> {
-    pub fn new(inner: P, namespace: impl Into<String>, sink: Sink) -> Self {
+impl Meter {
+    pub fn new(namespace: impl Into<String>, sink: Sink) -> Self {
         Self {
-            inner,
             namespace: namespace.into(),
             sink,
         }
     }
-}
 
-#[async_trait]
-impl<P: EventPublisher> EventPublisher for Metered<P> {
-    async fn publish(&self, events: &[LifecycleEvent]) -> Result<(), PublishError> {
-        self.inner.publish(events).await?;
-        for event in events {
-            if let Some(m) = measure(event) {
-                let at = event.detail.at();
-                let ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
-                self.sink.write(&emf_line(&self.namespace, ms, &m));
-            }
+    /// Writes what `event` measures, if anything.
+    pub fn record(&self, event: &LifecycleEvent) {
+        if let Some(m) = measure(event) {
+            let at = event.detail.at();
+            let ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
+            self.sink.write(&emf_line(&self.namespace, ms, &m));
         }
-        Ok(())
     }
 }
 
@@ -215,7 +207,6 @@ mod tests {
     use crate::domain::{
         AppName, Deployment, Digest, EnvName, PinnedImage, Repository, Request, Step,
     };
-    use crate::fakes::RecordingPublisher;
     use time::macros::datetime;
 
     fn deployment(kind: Kind) -> Deployment {
@@ -238,15 +229,13 @@ mod tests {
         )
     }
 
-    /// Publishes through a metered publisher and parses the EMF lines back.
+    /// Measures the events and parses the EMF lines back.
     async fn emitted(events: &[LifecycleEvent]) -> Vec<Value> {
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let metered = Metered::new(
-            RecordingPublisher::default(),
-            "pushdeploy/test",
-            Sink::Memory(lines.clone()),
-        );
-        metered.publish(events).await.unwrap();
+        let meter = Meter::new("pushdeploy/test", Sink::Memory(lines.clone()));
+        for event in events {
+            meter.record(event);
+        }
         let lines = lines.lock().unwrap().clone();
         lines
             .iter()
@@ -360,30 +349,5 @@ mod tests {
         .await;
         assert_eq!(values(&docs[0]), vec![("ImagesDeleted".into(), 3.0)]);
         assert_eq!(docs[0]["Repository"], "acme/web");
-    }
-
-    #[tokio::test]
-    async fn nothing_is_measured_when_the_bus_refused_the_events() {
-        struct Refusing;
-        #[async_trait]
-        impl EventPublisher for Refusing {
-            async fn publish(&self, _: &[LifecycleEvent]) -> Result<(), PublishError> {
-                Err(PublishError::Rejected {
-                    failed: 1,
-                    total: 1,
-                    reason: "no".into(),
-                })
-            }
-        }
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let metered = Metered::new(Refusing, "pushdeploy/test", Sink::Memory(lines.clone()));
-        let dep = deployment(Kind::Push);
-        assert!(
-            metered
-                .publish(&[LifecycleEvent::of(EventType::RolloutStarted, &dep)])
-                .await
-                .is_err()
-        );
-        assert!(lines.lock().unwrap().is_empty());
     }
 }

@@ -81,6 +81,10 @@ impl World {
                 Duration::ZERO,
             )),
             clock: Arc::new(SystemClock),
+            meter: pushdeploy::metrics::Meter::new(
+                "pushdeploy/test",
+                pushdeploy::metrics::Sink::Memory(Arc::default()),
+            ),
         };
         let target: Arc<dyn Target> = Arc::new(
             Targets::default()

@@ -6,10 +6,14 @@
 //! | deployment            | `ENV#<app>#<env>`       | `DEP#<ulid>`  |
 //! | target handle → dep.  | `REF#<target-ref>`      | `REF`         |
 //! | claimed event         | `EVENT#<id>#<app>#<env>`| `EVENT`       |
+//! | undelivered event     | `ENV#<app>#<env>`       | `OUT#<ulid>`  |
 //!
 //! Records are stored as a JSON `body` with a numeric `version`; every write is conditional
 //! on the version read, so concurrent writers cannot both win. Claimed events expire
-//! through the table's TTL attribute `expires_at`.
+//! through the table's TTL attribute `expires_at`. A lifecycle event is written in the
+//! same transaction as the change it announces, and removed once delivered. Every
+//! transaction carries its own `ClientRequestToken`, so a resent transaction that was
+//! applied the first time succeeds instead of reading as a conflict.
 
 use std::collections::HashMap;
 
@@ -23,7 +27,7 @@ use serde::de::DeserializeOwned;
 
 use super::aws::failed;
 use crate::domain::{AppName, Deployment, DeploymentId, EnvName, EnvState};
-use crate::ports::{Commit, StateStore, StoreError};
+use crate::ports::{Commit, OutboxEntry, StateStore, StoreError};
 
 /// How long a claimed event id is remembered: longer than EventBridge retries (24 h).
 const CLAIM_TTL_SECONDS: i64 = 7 * 24 * 3600;
@@ -211,6 +215,45 @@ impl StateStore for DynamoStore {
             .collect()
     }
 
+    async fn undelivered(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let pk = env_pk(app, env);
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :out)")
+            .expression_attribute_values(":pk", s(&pk))
+            .expression_attribute_values(":out", s(OUTBOX))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| failed(e, "Query"))?;
+        out.items()
+            .iter()
+            .map(|item| decode(item, &pk).map(|(entry, _): (OutboxEntry, u64)| entry))
+            .collect()
+    }
+
+    async fn delivered(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        ids: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let pk = env_pk(app, env);
+        let mut removed = Vec::new();
+        for id in ids {
+            if self.remove_delivered(&pk, id).await? {
+                removed.push(id.clone());
+            }
+        }
+        Ok(removed)
+    }
+
     async fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError> {
         let mut writes: Vec<TransactWriteItem> = Vec::new();
         let mut what: Vec<String> = Vec::new();
@@ -302,6 +345,19 @@ impl StateStore for DynamoStore {
             writes.push(TransactWriteItem::builder().delete(delete).build());
             what.push(format!("forget event {forget}"));
         }
+        for entry in &commit.outbox {
+            let keys = Item::from([
+                (
+                    "pk".into(),
+                    s(env_pk(&entry.detail.app, &entry.detail.environment)),
+                ),
+                ("sk".into(), s(format!("{OUTBOX}{}", entry.id))),
+            ]);
+            let extra = Item::from([("kind".into(), s("event"))]);
+            let put = versioned_put(&self.table, keys, entry, 0, extra)?;
+            writes.push(TransactWriteItem::builder().put(put).build());
+            what.push(format!("event {} {}", entry.detail_type, entry.id));
+        }
         if writes.is_empty() {
             return Ok(());
         }
@@ -309,6 +365,7 @@ impl StateStore for DynamoStore {
             .client
             .transact_write_items()
             .set_transact_items(Some(writes))
+            .client_request_token(ulid::Ulid::new().to_string())
             .send()
             .await;
         match result {
@@ -327,6 +384,34 @@ impl StateStore for DynamoStore {
                 commit.claim_event.as_deref(),
                 &what,
             )),
+        }
+    }
+}
+
+/// Where an environment's undelivered events sort: after its deployments.
+const OUTBOX: &str = "OUT#";
+
+impl DynamoStore {
+    /// Removes one delivered event, if it is still there; whether this call removed it.
+    async fn remove_delivered(&self, pk: &str, id: &str) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(format!("{OUTBOX}{id}")))
+            .condition_expression("attribute_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(failed(e, "DeleteItem")),
         }
     }
 }

@@ -10,7 +10,7 @@ use super::dynamodb::DynamoStore;
 use super::eventbridge::EventBridgePublisher;
 use super::ssm::SsmRunCommand;
 use super::ssm_config::ParameterConfig;
-use crate::metrics::{Metered, Sink};
+use crate::metrics::{Meter, Sink};
 use crate::ports::{ConfigSource, SystemClock, Target, Targets};
 #[cfg(all(feature = "secrets", feature = "webhook"))]
 use crate::services::Notifier;
@@ -120,11 +120,11 @@ pub fn core(sdk: &SdkConfig, settings: &Settings) -> Core {
             aws_sdk_dynamodb::Client::new(sdk),
             &settings.table,
         )),
-        events: Arc::new(Metered::new(
-            EventBridgePublisher::new(aws_sdk_eventbridge::Client::new(sdk), &settings.event_bus),
-            &settings.metrics_namespace,
-            Sink::Stdout,
+        events: Arc::new(EventBridgePublisher::new(
+            aws_sdk_eventbridge::Client::new(sdk),
+            &settings.event_bus,
         )),
+        meter: Meter::new(&settings.metrics_namespace, Sink::Stdout),
         config,
         clock: Arc::new(SystemClock),
     }

@@ -85,6 +85,14 @@ pub struct Deployment {
     pub requested_by: Option<String>,
     /// What the environment ran (or was rolling out) when this deployment took it over.
     pub previous: Option<Current>,
+    /// While `Requested`: the target refused to start it for now (throttled, busy,
+    /// unreachable), and from this time whoever runs next starts it again.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry_at: Option<OffsetDateTime>,
     pub history: Vec<HistoryEntry>,
     /// Optimistic-concurrency version of the stored record; 0 before the first write.
     #[serde(skip)]
@@ -131,6 +139,7 @@ impl Deployment {
             rolled_back_by: None,
             requested_by: request.requested_by,
             previous: None,
+            retry_at: None,
             history: vec![HistoryEntry {
                 at: now,
                 phase: Phase::Requested,
@@ -144,7 +153,8 @@ impl Deployment {
         &self.image.digest
     }
 
-    /// Applies one lifecycle step; a repeated step changes nothing.
+    /// Applies one lifecycle step; a repeated step changes nothing. A note longer than
+    /// `MAX_NOTE` is cut short, so no record or event outgrows its store.
     pub fn apply(
         &mut self,
         step: Step,
@@ -153,8 +163,10 @@ impl Deployment {
     ) -> Result<Outcome, InvalidTransition> {
         let outcome = transition(self.phase, step)?;
         if let Outcome::Changed(next) = outcome {
+            let note = note.map(|n| bounded(&n));
             self.phase = next;
             self.updated_at = now;
+            self.retry_at = None;
             if note.is_some() {
                 self.reason = note.clone();
             }
@@ -166,4 +178,17 @@ impl Deployment {
         }
         Ok(outcome)
     }
+}
+
+/// The longest note a step records: a failed host's last lines of output fit.
+pub const MAX_NOTE: usize = 2_000;
+
+/// `text`, cut to `MAX_NOTE` characters when longer, saying so.
+pub fn bounded(text: &str) -> String {
+    let length = text.chars().count();
+    if length <= MAX_NOTE {
+        return text.to_owned();
+    }
+    let kept: String = text.chars().take(MAX_NOTE).collect();
+    format!("{kept}… (cut from {length} characters)")
 }

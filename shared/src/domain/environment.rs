@@ -17,6 +17,11 @@ use super::names::{AppName, EnvName};
 /// How many verified digests an environment remembers as rollback candidates.
 pub const KEEP_VERIFIED: usize = 10;
 
+/// How many failed digests an environment keeps quarantined: the most recent ones. The
+/// environment's record stays far under DynamoDB's 400 KB item limit however many
+/// rollouts fail.
+pub const KEEP_QUARANTINED: usize = 100;
+
 /// The image an environment runs, or is rolling out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Current {
@@ -308,15 +313,30 @@ impl EnvState {
         self.quarantined.remove(digest.as_str());
     }
 
+    /// Quarantines the digest of `deployment` here; beyond `KEEP_QUARANTINED`, the oldest
+    /// quarantine is lifted.
     pub fn quarantine(&mut self, deployment: &Deployment, reason: &str, at: OffsetDateTime) {
         self.quarantined.insert(
             deployment.image.digest.as_str().to_owned(),
             Quarantine {
-                reason: reason.to_owned(),
+                reason: super::deployment::bounded(reason),
                 deployment_id: deployment.id.clone(),
                 at,
             },
         );
+        while self.quarantined.len() > KEEP_QUARANTINED {
+            let oldest = self
+                .quarantined
+                .iter()
+                .min_by(|a, b| {
+                    (a.1.at, a.1.deployment_id.as_str()).cmp(&(b.1.at, b.1.deployment_id.as_str()))
+                })
+                .map(|(digest, _)| digest.clone());
+            match oldest {
+                Some(digest) => self.quarantined.remove(&digest),
+                None => break,
+            };
+        }
     }
 
     /// Verified digests a rollback from `failed` may use, most recent first.

@@ -169,6 +169,10 @@ pub struct EventDetail {
     /// On `Promotion Approved` and `Promotion Rejected`: who decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// The event's own id, the same on every delivery of it (EventBridge gives each
+    /// delivery a new envelope id): what consumers claim to handle an event once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
 }
@@ -229,6 +233,7 @@ impl LifecycleEvent {
                 from: None,
                 expires_at: None,
                 by: None,
+                event_id: None,
                 at: deployment.updated_at,
             })),
         }
@@ -260,6 +265,7 @@ impl LifecycleEvent {
                 from: None,
                 expires_at: None,
                 by: None,
+                event_id: None,
                 at,
             })),
         }

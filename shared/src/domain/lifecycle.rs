@@ -82,10 +82,12 @@ pub enum Step {
     RollbackSucceeded,
     /// The rollback deployment failed, or could not be started.
     RollbackFailed,
+    /// A person stopped the deployment before it ended.
+    Aborted,
 }
 
 impl Step {
-    pub const ALL: [Step; 10] = [
+    pub const ALL: [Step; 11] = [
         Step::RolloutStarted,
         Step::RolloutSucceeded,
         Step::RolloutFailed,
@@ -96,6 +98,7 @@ impl Step {
         Step::RollbackUnavailable,
         Step::RollbackSucceeded,
         Step::RollbackFailed,
+        Step::Aborted,
     ];
 }
 
@@ -128,6 +131,7 @@ pub fn transition(phase: Phase, step: Step) -> Result<Outcome, InvalidTransition
         (P::Failed, S::RollbackFailed) => P::RollbackFailed,
         (P::RollingBack, S::RollbackSucceeded) => P::RolledBack,
         (P::RollingBack, S::RollbackFailed) => P::RollbackFailed,
+        (P::Requested | P::RollingOut | P::RolledOut | P::Verifying, S::Aborted) => P::Failed,
         _ if already_past(phase, step) => return Ok(Outcome::Unchanged),
         _ => return Err(InvalidTransition { phase, step }),
     };
@@ -153,6 +157,7 @@ fn already_past(phase: Phase, step: Step) -> bool {
         S::RollbackUnavailable => matches!(phase, P::Failed),
         S::RollbackSucceeded => matches!(phase, P::RolledBack),
         S::RollbackFailed => matches!(phase, P::RollbackFailed),
+        S::Aborted => matches!(phase, P::Failed),
     }
 }
 

@@ -2,9 +2,41 @@
 //! concurrency so that two functions never both believe they hold an environment.
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use super::CallError;
-use crate::domain::{AppName, Deployment, DeploymentId, EnvName, EnvState};
+use crate::domain::{
+    AppName, Deployment, DeploymentId, EnvName, EnvState, EventDetail, EventType, LifecycleEvent,
+};
+
+/// A lifecycle event recorded with the state change it announces, kept until it has been
+/// delivered: whoever runs next (the same function, a retry, the reconciler) delivers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// A ULID: entries sort by when they were recorded, and the id travels in the event's
+    /// detail (`event_id`), so a consumer can tell a delivery repeated from a new event.
+    pub id: String,
+    pub detail_type: EventType,
+    pub detail: EventDetail,
+}
+
+impl OutboxEntry {
+    pub fn event(&self) -> LifecycleEvent {
+        let mut detail = self.detail.clone();
+        detail.event_id = Some(self.id.clone());
+        LifecycleEvent {
+            detail_type: self.detail_type,
+            detail: crate::domain::Detail::Deployment(Box::new(detail)),
+        }
+    }
+
+    /// When it was recorded, from its id.
+    pub fn recorded_at(&self) -> Option<time::OffsetDateTime> {
+        let ulid = ulid::Ulid::from_string(&self.id).ok()?;
+        let ms = i128::from(ulid.timestamp_ms());
+        time::OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000).ok()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -44,6 +76,9 @@ pub struct Commit<'a> {
     pub claim_event: Option<String>,
     /// Releases an earlier claim so a retried delivery is handled again.
     pub forget_event: Option<String>,
+    /// Lifecycle events announcing this change, recorded with it (each in the outbox of the
+    /// environment its detail names).
+    pub outbox: Vec<OutboxEntry>,
 }
 
 impl<'a> Commit<'a> {
@@ -96,4 +131,20 @@ pub trait StateStore: Send + Sync {
     ) -> Result<Vec<Deployment>, StoreError>;
 
     async fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError>;
+
+    /// The events recorded for an environment and not yet delivered, oldest first.
+    async fn undelivered(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+    ) -> Result<Vec<OutboxEntry>, StoreError>;
+
+    /// Removes delivered entries from an environment's outbox. Returns those this call
+    /// removed: another deliverer may have removed some first.
+    async fn delivered(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        ids: &[String],
+    ) -> Result<Vec<String>, StoreError>;
 }

@@ -132,6 +132,20 @@ pub trait Target: Send + Sync {
 
     /// Stops a rollout that ran too long; best effort.
     async fn cancel(&self, target_ref: &TargetRef) -> Result<(), TargetError>;
+
+    /// The action `deployment` started, if the target has one: every action carries the
+    /// deployment id (an SSM command's comment, a CodeDeploy deployment's description, an
+    /// ECS task definition's tag), so a rollout whose start was never recorded (the
+    /// function stopped, or the answer was lost) is adopted instead of started twice.
+    async fn find(
+        &self,
+        deployment: &Deployment,
+        config: &TargetConfig,
+    ) -> Result<Option<Started>, TargetError>;
+
+    /// Housekeeping once a started rollout is recorded (ECS: deregistering revisions beyond
+    /// `keep_revisions`). Best effort: failures are the target's to log.
+    async fn tidy(&self, _started: &Started, _config: &TargetConfig) {}
 }
 
 /// Every kind of target a function can reach, chosen by the environment's configuration
@@ -174,5 +188,19 @@ impl Target for Targets {
 
     async fn cancel(&self, target_ref: &TargetRef) -> Result<(), TargetError> {
         self.get(target_ref.kind())?.cancel(target_ref).await
+    }
+
+    async fn find(
+        &self,
+        deployment: &Deployment,
+        config: &TargetConfig,
+    ) -> Result<Option<Started>, TargetError> {
+        self.get(config.kind())?.find(deployment, config).await
+    }
+
+    async fn tidy(&self, started: &Started, config: &TargetConfig) {
+        if let Ok(target) = self.get(config.kind()) {
+            target.tidy(started, config).await;
+        }
     }
 }

@@ -214,7 +214,6 @@ impl Control {
                     });
                 }
                 state.frozen = wanted;
-                self.core.store.commit(Commit::env(&mut state)).await?;
                 let (kind, reason) = match &state.frozen {
                     Some(f) => (
                         EventType::EnvironmentFrozen,
@@ -225,11 +224,18 @@ impl Control {
                         Some(format!("unfrozen by {by}")),
                     ),
                 };
-                info!(app = %app, env = %env, event = %kind, "freeze changed");
+                let outbox = self.core.outbox(vec![LifecycleEvent::environment(
+                    kind, app, env, reason, now,
+                )]);
                 self.core
-                    .events
-                    .publish(&[LifecycleEvent::environment(kind, app, env, reason, now)])
+                    .store
+                    .commit(Commit {
+                        outbox: outbox.clone(),
+                        ..Commit::env(&mut state)
+                    })
                     .await?;
+                info!(app = %app, env = %env, event = %kind, "freeze changed");
+                self.core.announce(outbox).await;
                 Ok(FreezeResult {
                     app: app.clone(),
                     environment: env.clone(),
@@ -313,8 +319,6 @@ impl Control {
                         EventType::PromotionRejected
                     }
                 };
-                self.core.store.commit(Commit::env(&mut state)).await?;
-                info!(%app, %env, %digest, %by, event = %kind, "promotion decided");
                 let mut event = LifecycleEvent::pending(kind, app, env, &snapshot, Some(by), now);
                 if let crate::domain::Detail::Deployment(d) = &mut event.detail {
                     d.reason = Some(match &rejection {
@@ -323,7 +327,16 @@ impl Control {
                         Some(None) => format!("rejected by {by}"),
                     });
                 }
-                self.core.events.publish(&[event]).await?;
+                let outbox = self.core.outbox(vec![event]);
+                self.core
+                    .store
+                    .commit(Commit {
+                        outbox: outbox.clone(),
+                        ..Commit::env(&mut state)
+                    })
+                    .await?;
+                info!(%app, %env, %digest, %by, event = %kind, "promotion decided");
+                self.core.announce(outbox).await;
                 Ok(Decided {
                     app: app.clone(),
                     environment: env.clone(),

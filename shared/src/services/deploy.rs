@@ -280,7 +280,10 @@ impl Deployer {
                             now,
                         )
                         .with_image(&request.image, request.tag.as_ref(), request.kind);
-                        self.core.events.publish(&[event]).await?;
+                        // Nothing changed, so nothing waits on this event: it is only said.
+                        if let Err(e) = self.core.events.publish(&[event]).await {
+                            warn!(error = %e, "could not announce the skipped image");
+                        }
                         Ok(result(EnvOutcome::Skipped {
                             reason: reason.to_string(),
                             image: image.clone(),
@@ -288,20 +291,8 @@ impl Deployer {
                     }
                     Admission::Queue { behind } => {
                         state.queue(&request);
-                        settle_pending(&mut state, &request, self.core.clock.now());
-                        match self
-                            .core
-                            .store
-                            .commit(Commit::env(&mut state).claiming(claim.clone()))
-                            .await
-                        {
-                            Err(StoreError::Duplicate(_)) => {
-                                return Ok(duplicate(result, image.clone()));
-                            }
-                            other => other?,
-                        }
-                        info!(app = %app, env = %env, behind = %behind, digest = %request.image.digest, "queued");
                         let now = self.core.clock.now();
+                        settle_pending(&mut state, &request, now);
                         let event = LifecycleEvent::environment(
                             EventType::RolloutQueued,
                             app,
@@ -310,7 +301,19 @@ impl Deployer {
                             now,
                         )
                         .with_image(&request.image, request.tag.as_ref(), request.kind);
-                        self.core.events.publish(&[event]).await?;
+                        let outbox = self.core.outbox(vec![event]);
+                        let commit = Commit {
+                            outbox: outbox.clone(),
+                            ..Commit::env(&mut state).claiming(claim.clone())
+                        };
+                        match self.core.store.commit(commit).await {
+                            Err(StoreError::Duplicate(_)) => {
+                                return Ok(duplicate(result, image.clone()));
+                            }
+                            other => other?,
+                        }
+                        info!(app = %app, env = %env, behind = %behind, digest = %request.image.digest, "queued");
+                        self.core.announce(outbox).await;
                         Ok(result(EnvOutcome::Queued {
                             behind,
                             image: image.clone(),
@@ -334,14 +337,7 @@ impl Deployer {
                             }
                             other => other?,
                         }
-                        launch(
-                            &self.core,
-                            self.target.as_ref(),
-                            env_config,
-                            &mut dep,
-                            claim.as_deref(),
-                        )
-                        .await?;
+                        launch(&self.core, self.target.as_ref(), env_config, &mut dep).await?;
                         Ok(result(EnvOutcome::Started {
                             deployment_id: dep.id,
                             image: image.clone(),

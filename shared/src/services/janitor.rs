@@ -224,14 +224,14 @@ impl Janitor {
             }
             report.failed.extend(failures);
             if !deleted.is_empty() {
-                self.core
-                    .events
-                    .publish(&[LifecycleEvent::images_deleted(
-                        repository,
-                        deleted.clone(),
-                        self.core.clock.now(),
-                    )])
-                    .await?;
+                // The deletion is done whatever becomes of its announcement.
+                let event = LifecycleEvent::images_deleted(
+                    repository,
+                    deleted.clone(),
+                    self.core.clock.now(),
+                );
+                self.core.meter.record(&event);
+                self.core.events.publish(&[event]).await?;
             }
             report.deleted.extend(deleted);
         }

@@ -12,9 +12,15 @@ pub mod rollout;
 pub mod track;
 pub mod verify;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::ports::{Clock, ConfigSource, EventPublisher, StateStore, StoreError};
+use tracing::warn;
+
+use crate::domain::{AppName, EnvName, LifecycleEvent};
+use crate::metrics::Meter;
+use crate::ports::{Clock, ConfigSource, EventPublisher, OutboxEntry, StateStore, StoreError};
 
 pub use control::Control;
 pub use deploy::Deployer;
@@ -32,6 +38,82 @@ pub struct Core {
     pub events: Arc<dyn EventPublisher>,
     pub config: Arc<dyn ConfigSource>,
     pub clock: Arc<dyn Clock>,
+    pub meter: Meter,
+}
+
+/// How long an undelivered event is left to the function that recorded it before the
+/// reconciler delivers it.
+pub const DELIVERY_GRACE: Duration = Duration::from_secs(30);
+
+impl Core {
+    /// Outbox entries for events about environments, to commit with the change they
+    /// announce and `announce` after it.
+    pub(crate) fn outbox(&self, events: Vec<LifecycleEvent>) -> Vec<OutboxEntry> {
+        let now = self.clock.now();
+        events
+            .into_iter()
+            .filter_map(|event| {
+                let detail = event.deployment()?.clone();
+                Some(OutboxEntry {
+                    id: ulid::Ulid::from_datetime(now.into()).to_string(),
+                    detail_type: event.detail_type,
+                    detail,
+                })
+            })
+            .collect()
+    }
+
+    /// After the commit that recorded `entries`: measures each change, then delivers the
+    /// events and clears them from the outbox. A delivery that fails is not this
+    /// invocation's failure: the change is recorded, and the next to run (a retry, the
+    /// reconciler at the latest) delivers it.
+    pub(crate) async fn announce(&self, entries: Vec<OutboxEntry>) {
+        for entry in &entries {
+            self.meter.record(&entry.event());
+        }
+        if let Err(error) = self.deliver(&entries).await {
+            warn!(error = %error.chain(), events = entries.len(), "events recorded but not delivered yet; the reconciler delivers them");
+        }
+    }
+
+    /// Publishes `entries` and clears them from their outboxes.
+    async fn deliver(&self, entries: &[OutboxEntry]) -> Result<(), ServiceError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let events: Vec<LifecycleEvent> = entries.iter().map(OutboxEntry::event).collect();
+        self.events.publish(&events).await?;
+        let mut by_env: BTreeMap<(AppName, EnvName), Vec<String>> = BTreeMap::new();
+        for e in entries {
+            by_env
+                .entry((e.detail.app.clone(), e.detail.environment.clone()))
+                .or_default()
+                .push(e.id.clone());
+        }
+        for ((app, env), ids) in by_env {
+            self.store.delivered(&app, &env, &ids).await?;
+        }
+        Ok(())
+    }
+
+    /// Delivers the events an environment recorded more than `DELIVERY_GRACE` ago and
+    /// nobody delivered (its function stopped, or the bus refused them); how many.
+    pub(crate) async fn deliver_left_over(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+    ) -> Result<usize, ServiceError> {
+        let now = self.clock.now();
+        let left: Vec<OutboxEntry> = self
+            .store
+            .undelivered(app, env)
+            .await?
+            .into_iter()
+            .filter(|e| e.recorded_at().is_none_or(|at| now - at >= DELIVERY_GRACE))
+            .collect();
+        self.deliver(&left).await?;
+        Ok(left.len())
+    }
 }
 
 /// How often a read–decide–commit is redone when another writer got there first.

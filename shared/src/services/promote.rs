@@ -344,12 +344,18 @@ impl Deployer {
                 }
                 let now = self.core.clock.now();
                 let superseded = state.hold(pending.clone(), now);
-                match self
-                    .core
-                    .store
-                    .commit(Commit::env(&mut state).claiming(claim.clone()))
-                    .await
-                {
+                let kind = match waiting_for {
+                    Waiting::Approval => EventType::ApprovalRequested,
+                    Waiting::Verification => EventType::PromotionPending,
+                };
+                let outbox = self.core.outbox(vec![LifecycleEvent::pending(
+                    kind, app, env, &pending, None, now,
+                )]);
+                let commit = Commit {
+                    outbox: outbox.clone(),
+                    ..Commit::env(&mut state).claiming(claim.clone())
+                };
+                match self.core.store.commit(commit).await {
                     Err(StoreError::Duplicate(_)) => {
                         return Ok(skipped("this event was already handled"));
                     }
@@ -358,15 +364,8 @@ impl Deployer {
                 if let Some(old) = &superseded {
                     info!(%app, %env, old = %old.digest(), new = %pending.digest(), "pending promotion superseded");
                 }
-                let kind = match waiting_for {
-                    Waiting::Approval => EventType::ApprovalRequested,
-                    Waiting::Verification => EventType::PromotionPending,
-                };
                 info!(%app, %env, digest = %pending.digest(), %waiting_for, "promotion held");
-                self.core
-                    .events
-                    .publish(&[LifecycleEvent::pending(kind, app, env, &pending, None, now)])
-                    .await?;
+                self.core.announce(outbox).await;
                 Ok(EnvResult {
                     app: app.clone(),
                     environment: env.clone(),

@@ -190,33 +190,28 @@ impl Rollback {
         failed.rolled_back_by = Some(rollback.id.clone());
         state.release(&failed.id);
         state.start(&mut rollback);
-        self.core
-            .store
-            .commit(Commit::env(&mut state).with(failed).with(&mut rollback))
-            .await?;
-        info!(deployment_id = %rollback.id, rollback_of = %failed.id, digest = %good.digest, "rolling back");
         let failed_at = failed
             .history
             .iter()
             .rev()
             .find(|h| h.phase == Phase::Failed)
             .map(|h| h.at);
+        let outbox = self.core.outbox(vec![
+            LifecycleEvent::of(EventType::RollbackStarted, &rollback).with_failed_at(failed_at),
+        ]);
         self.core
-            .events
-            .publish(&[
-                LifecycleEvent::of(EventType::RollbackStarted, &rollback).with_failed_at(failed_at)
-            ])
+            .store
+            .commit(Commit {
+                outbox: outbox.clone(),
+                ..Commit::env(&mut state).with(failed).with(&mut rollback)
+            })
             .await?;
+        info!(deployment_id = %rollback.id, rollback_of = %failed.id, digest = %good.digest, "rolling back");
+        self.core.announce(outbox).await;
         let image = rollback.image.to_string();
-        // A target refusing the rollback is recorded as a failed rollback by `launch`.
-        launch(
-            &self.core,
-            self.target.as_ref(),
-            env_config,
-            &mut rollback,
-            None,
-        )
-        .await?;
+        // A target refusing the rollback for good is recorded as a failed rollback by
+        // `launch`; one refusing it for now leaves it to start again.
+        launch(&self.core, self.target.as_ref(), env_config, &mut rollback).await?;
         Ok(RollbackOutcome::Started {
             deployment_id: rollback.id,
             rollback_of: Some(failed.id.clone()),
@@ -266,30 +261,29 @@ impl Rollback {
                 at: now,
             });
         };
+        let announce = |d: &Deployment| {
+            vec![
+                LifecycleEvent::of(EventType::RollbackFailed, d),
+                LifecycleEvent::environment(
+                    EventType::EnvironmentFrozen,
+                    &d.app,
+                    &d.environment,
+                    Some(freeze_reason.clone()),
+                    now,
+                ),
+            ]
+        };
         if advance(
             &self.core,
             failed,
             Step::RollbackFailed,
             Some(reason.to_owned()),
             Some(&mut freeze),
-            None,
+            &announce,
         )
         .await?
         {
             warn!(deployment_id = %failed.id, %reason, "rollback impossible; environment frozen");
-            self.core
-                .events
-                .publish(&[
-                    LifecycleEvent::of(EventType::RollbackFailed, failed),
-                    LifecycleEvent::environment(
-                        EventType::EnvironmentFrozen,
-                        &failed.app,
-                        &failed.environment,
-                        Some(freeze_reason.clone()),
-                        now,
-                    ),
-                ])
-                .await?;
         }
         Ok(())
     }
@@ -411,25 +405,22 @@ impl Rollback {
             commit_original = Some(r);
         }
         state.start(&mut rollback);
-        let mut commit = Commit::env(&mut state).with(&mut rollback);
+        let outbox = self.core.outbox(vec![LifecycleEvent::of(
+            EventType::RollbackStarted,
+            &rollback,
+        )]);
+        let mut commit = Commit {
+            outbox: outbox.clone(),
+            ..Commit::env(&mut state).with(&mut rollback)
+        };
         if let Some(r) = commit_original {
             commit = commit.with(r);
         }
         self.core.store.commit(commit).await?;
         info!(deployment_id = %rollback.id, digest = %good.digest, "rollback requested by hand");
-        self.core
-            .events
-            .publish(&[LifecycleEvent::of(EventType::RollbackStarted, &rollback)])
-            .await?;
+        self.core.announce(outbox).await;
         let image = rollback.image.to_string();
-        launch(
-            &self.core,
-            self.target.as_ref(),
-            env_config,
-            &mut rollback,
-            None,
-        )
-        .await?;
+        launch(&self.core, self.target.as_ref(), env_config, &mut rollback).await?;
         Ok(RollbackOutcome::Started {
             deployment_id: rollback.id,
             rollback_of: rollback.rollback_of,

@@ -6,11 +6,12 @@
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::{Context, Core, ServiceError, retry_on_conflict};
+use super::track::STALE_AFTER;
+use super::{Core, ServiceError, retry_on_conflict};
 use crate::domain::environment::Freeze;
 use crate::domain::{
     Admission, AppName, Deployment, DeploymentId, EnvConfig, EnvName, EnvState, EventType, Kind,
-    LifecycleEvent, Outcome, Step,
+    LifecycleEvent, Outcome, Phase, Step,
 };
 use crate::ports::{Commit, Started, Target};
 
@@ -49,7 +50,14 @@ pub struct EnvResult {
 /// A change to an environment made in the same commit as a deployment's step.
 pub(crate) type EnvChange<'a> = &'a mut (dyn FnMut(&mut EnvState, &Deployment) + Send);
 
-/// Applies `step` to the deployment and `change` to its environment in one commit. On a
+/// The lifecycle events a step announces, built from the deployment as the step left it.
+pub(crate) type Announce<'a> = &'a (dyn Fn(&Deployment) -> Vec<LifecycleEvent> + Sync);
+
+/// Announces nothing.
+pub(crate) const SILENT: Announce<'static> = &|_| Vec::new();
+
+/// Applies `step` to the deployment and `change` to its environment in one commit, with
+/// the events `announce` builds recorded in the same write and delivered after it. On a
 /// conflicting write both are read again and the step is redone; if the fresh deployment
 /// has already taken the step, someone else did the work and this returns `false`.
 pub(crate) async fn advance(
@@ -58,7 +66,7 @@ pub(crate) async fn advance(
     step: Step,
     note: Option<String>,
     mut change: Option<EnvChange<'_>>,
-    forget_event: Option<String>,
+    announce: Announce<'_>,
 ) -> Result<bool, ServiceError> {
     let id = dep.id.clone();
     retry_on_conflict(
@@ -86,65 +94,163 @@ pub(crate) async fn advance(
                 change(&mut s, dep);
                 state = Some(s);
             }
+            let outbox = core.outbox(announce(dep));
             let commit = Commit {
                 env: state.as_mut(),
                 deployments: vec![&mut *dep],
-                forget_event: forget_event.clone(),
+                outbox: outbox.clone(),
                 ..Commit::default()
             };
             core.store.commit(commit).await?;
+            core.announce(outbox).await;
             Ok(true)
         },
     )
     .await
 }
 
-/// Sends a committed, lease-holding deployment to its target. If the target refuses, the
-/// deployment fails without having touched anything and the environment is handed back;
-/// for a retryable refusal the event claim is released so the retried delivery starts
-/// afresh.
+/// Sends a committed, lease-holding deployment to its target and records what the target
+/// started. A refusal that may pass (throttled, busy, unreachable) leaves the deployment
+/// `Requested`, holding its environment, due to be started again by whoever runs next (the
+/// reconciler at the latest), which first asks the target whether the refused start took
+/// effect after all; any other refusal fails the deployment without it having touched
+/// anything, and hands the environment back.
 pub(crate) async fn launch(
     core: &Core,
     target: &dyn Target,
     env: &EnvConfig,
     dep: &mut Deployment,
-    claim: Option<&str>,
 ) -> Result<(), ServiceError> {
     match target.start(dep, &env.target).await {
-        Ok(Started { target_ref, before }) => {
+        Ok(started) => record_started(core, target, env, dep, started).await,
+        Err(error) if error.is_retryable() => {
+            warn!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, error = %error, "the target cannot start the rollout now; it is started again later");
+            let reason = format!("not started yet: {error}; it is tried again");
+            let now = core.clock.now();
+            let id = dep.id.clone();
+            // Best effort: if this write is lost, the reconciler starts it after
+            // `STALE_AFTER` all the same.
+            let marked = retry_on_conflict(
+                || format!("marking {id} to start again"),
+                async |attempt| {
+                    if attempt > 0 {
+                        *dep = core
+                            .store
+                            .deployment(&dep.app, &dep.environment, &dep.id)
+                            .await?;
+                    }
+                    if dep.phase != Phase::Requested {
+                        return Ok(());
+                    }
+                    dep.retry_at = Some(now);
+                    dep.reason = Some(crate::domain::deployment::bounded(&reason));
+                    dep.updated_at = now;
+                    core.store.commit(Commit::deployment(dep)).await?;
+                    Ok(())
+                },
+            )
+            .await;
+            if let Err(e) = marked {
+                warn!(error = %e.chain(), "could not mark the deployment to start again");
+            }
+            Err(error.into())
+        }
+        Err(error) => {
+            warn!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, %error, "target refused the rollout");
+            fail_unstarted(core, dep, format!("could not start the rollout: {error}")).await?;
+            Err(error.into())
+        }
+    }
+}
+
+/// Records the action the target already runs for `dep` as its rollout.
+pub(crate) async fn adopt(
+    core: &Core,
+    target: &dyn Target,
+    env: &EnvConfig,
+    dep: &mut Deployment,
+    started: Started,
+) -> Result<(), ServiceError> {
+    info!(deployment_id = %dep.id, target_ref = %started.target_ref, "adopting the rollout the target already runs for this deployment");
+    record_started(core, target, env, dep, started).await
+}
+
+/// Records that the target started `dep`'s rollout (or already had), and announces it.
+/// A deployment someone else recorded first is left as they did.
+async fn record_started(
+    core: &Core,
+    target: &dyn Target,
+    env: &EnvConfig,
+    dep: &mut Deployment,
+    started: Started,
+) -> Result<(), ServiceError> {
+    let Started { target_ref, before } = started.clone();
+    let id = dep.id.clone();
+    let recorded = retry_on_conflict(
+        || format!("recording RolloutStarted for {id}"),
+        async |attempt| {
+            if attempt > 0 {
+                *dep = core
+                    .store
+                    .deployment(&dep.app, &dep.environment, &dep.id)
+                    .await?;
+            }
+            if dep.phase != Phase::Requested {
+                return Ok(false);
+            }
             dep.target_ref = Some(target_ref.to_string());
-            dep.target_before = before;
+            dep.target_before = before.clone();
             dep.apply(Step::RolloutStarted, core.clock.now(), None)
                 .map_err(|source| ServiceError::Transition {
                     deployment: dep.id.clone(),
                     source,
                 })?;
-            let id = dep.id.clone();
+            let outbox = core.outbox(vec![LifecycleEvent::of(EventType::RolloutStarted, dep)]);
             core.store
                 .commit(Commit {
                     link_target_refs: true,
+                    outbox: outbox.clone(),
                     ..Commit::deployment(dep)
                 })
-                .await
-                .during(|| format!("recording RolloutStarted for {id}"))?;
-            info!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, digest = %dep.digest(),
-                  target_ref = %target_ref, kind = ?dep.kind, "rollout started");
-            core.events
-                .publish(&[LifecycleEvent::of(EventType::RolloutStarted, dep)])
                 .await?;
-            Ok(())
+            core.announce(outbox).await;
+            Ok(true)
+        },
+    )
+    .await?;
+    if recorded {
+        info!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, digest = %dep.digest(),
+              target_ref = %target_ref, kind = ?dep.kind, "rollout started");
+        target.tidy(&started, &env.target).await;
+    }
+    Ok(())
+}
+
+/// Whether a `Requested` deployment is due to be started again: the target refused it for
+/// now, or its function stopped (it has not changed for `STALE_AFTER`, longer than any
+/// function runs).
+pub(crate) fn due_to_start(dep: &Deployment, now: time::OffsetDateTime) -> bool {
+    dep.phase == Phase::Requested
+        && (dep.retry_at.is_some_and(|at| at <= now) || now - dep.updated_at > STALE_AFTER)
+}
+
+/// Starts a `Requested` deployment that holds its environment, adopting the action the
+/// target already has for it when there is one (its start took effect though nobody
+/// recorded it).
+pub(crate) async fn resume(
+    core: &Core,
+    target: &dyn Target,
+    env: &EnvConfig,
+    dep: &mut Deployment,
+) -> Result<bool, ServiceError> {
+    match target.find(dep, &env.target).await? {
+        Some(started) => {
+            adopt(core, target, env, dep, started).await?;
+            Ok(true)
         }
-        Err(error) => {
-            warn!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, %error, "target refused the rollout");
-            let forget = claim.filter(|_| error.is_retryable()).map(str::to_owned);
-            fail_unstarted(
-                core,
-                dep,
-                format!("could not start the rollout: {error}"),
-                forget,
-            )
-            .await?;
-            Err(error.into())
+        None => {
+            launch(core, target, env, dep).await?;
+            Ok(false)
         }
     }
 }
@@ -155,7 +261,6 @@ pub(crate) async fn fail_unstarted(
     core: &Core,
     dep: &mut Deployment,
     reason: String,
-    forget_event: Option<String>,
 ) -> Result<(), ServiceError> {
     if dep.kind == Kind::Rollback {
         advance(
@@ -164,7 +269,7 @@ pub(crate) async fn fail_unstarted(
             Step::RolloutFailed,
             Some(reason.clone()),
             None,
-            None,
+            SILENT,
         )
         .await?;
         return rollback_failed(core, dep, &reason).await;
@@ -179,25 +284,23 @@ pub(crate) async fn fail_unstarted(
             state.current = dep.previous.clone();
         }
     };
-    if advance(
+    advance(
         core,
         dep,
         Step::RolloutFailed,
         Some(reason),
         Some(&mut hand_back),
-        forget_event,
+        &|d| vec![LifecycleEvent::of(EventType::DeploymentFailed, d)],
     )
-    .await?
-    {
-        core.events
-            .publish(&[LifecycleEvent::of(EventType::DeploymentFailed, dep)])
-            .await?;
-    }
+    .await?;
     Ok(())
 }
 
 /// Ends a failed deployment that has nothing verified to roll back to: the environment is
-/// free again, and "Deployment Failed" lets the next queued image go.
+/// free again, and "Deployment Failed" lets the next queued image go. What it runs is what
+/// ran before when the target itself failed the rollout (its script, circuit breaker or
+/// own rollback put that back), and the failed image when it rolled out but failed its
+/// smoke tests.
 pub(crate) async fn end_without_rollback(
     core: &Core,
     dep: &mut Deployment,
@@ -217,12 +320,25 @@ pub(crate) async fn end_without_rollback(
             if !state.release(&dep.id) {
                 return Ok(());
             }
-            dep.reason = Some(reason.to_owned());
-            core.store.commit(Commit::env(&mut state).with(dep)).await?;
-            info!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, %reason, "deployment failed");
-            core.events
-                .publish(&[LifecycleEvent::of(EventType::DeploymentFailed, dep)])
+            let rolled_out = dep.history.iter().any(|h| h.phase == Phase::RolledOut);
+            if !rolled_out
+                && state
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.deployment_id == dep.id)
+            {
+                state.current = dep.previous.clone();
+            }
+            dep.reason = Some(crate::domain::deployment::bounded(reason));
+            let outbox = core.outbox(vec![LifecycleEvent::of(EventType::DeploymentFailed, dep)]);
+            core.store
+                .commit(Commit {
+                    outbox: outbox.clone(),
+                    ..Commit::env(&mut state).with(dep)
+                })
                 .await?;
+            info!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, %reason, "deployment failed");
+            core.announce(outbox).await;
             Ok(())
         },
     )
@@ -231,7 +347,7 @@ pub(crate) async fn end_without_rollback(
 
 /// A rollback deployment failed, or could not start: the deployment it replaced ends in
 /// `RollbackFailed`, the environment is frozen so nothing more happens automatically, and
-/// the failure is published for the alarm. No further rollback is attempted.
+/// the failure is announced for the alarm. No further rollback is attempted.
 pub(crate) async fn rollback_failed(
     core: &Core,
     rollback: &mut Deployment,
@@ -277,32 +393,34 @@ pub(crate) async fn rollback_failed(
             if let Some(o) = &original {
                 state.release(&o.id);
             }
-            let freeze_reason = format!("automatic rollouts paused: {note}");
+            let freeze_reason =
+                crate::domain::deployment::bounded(&format!("automatic rollouts paused: {note}"));
             state.frozen = Some(Freeze {
                 reason: freeze_reason.clone(),
                 by: "pushdeploy".into(),
                 at: now,
             });
-            let mut commit = Commit::env(&mut state).with(rollback);
+            let failed = original.as_ref().unwrap_or(rollback);
+            let outbox = core.outbox(vec![
+                LifecycleEvent::of(EventType::RollbackFailed, failed),
+                LifecycleEvent::environment(
+                    EventType::EnvironmentFrozen,
+                    &rollback.app,
+                    &rollback.environment,
+                    Some(freeze_reason),
+                    now,
+                ),
+            ]);
+            let mut commit = Commit {
+                outbox: outbox.clone(),
+                ..Commit::env(&mut state).with(rollback)
+            };
             if let Some(o) = original.as_mut() {
                 commit = commit.with(o);
             }
             core.store.commit(commit).await?;
-            warn!(deployment_id = %rollback.id, app = %rollback.app, env = %rollback.environment, %reason,
-                  "rollback failed; environment frozen");
-            let failed = original.as_ref().unwrap_or(rollback);
-            core.events
-                .publish(&[
-                    LifecycleEvent::of(EventType::RollbackFailed, failed),
-                    LifecycleEvent::environment(
-                        EventType::EnvironmentFrozen,
-                        &rollback.app,
-                        &rollback.environment,
-                        Some(freeze_reason),
-                        now,
-                    ),
-                ])
-                .await?;
+            warn!(deployment_id = %id, %reason, "rollback failed; environment frozen");
+            core.announce(outbox).await;
             Ok(())
         },
     )
@@ -364,7 +482,7 @@ pub(crate) async fn start_queued(
             match dep.as_mut() {
                 Some(dep) => {
                     info!(deployment_id = %dep.id, app = %app, env = %env, digest = %dep.digest(), "starting the queued image");
-                    launch(core, target, env_config, dep, None).await?;
+                    launch(core, target, env_config, dep).await?;
                 }
                 None => info!(app = %app, env = %env, ?outcome, "dropped the queued image"),
             }
@@ -383,7 +501,7 @@ mod tests {
     use super::*;
     use crate::domain::{Kind, Phase, Request};
     use crate::fakes::World;
-    use crate::ports::{CallError, Clock, StateStore, TargetError};
+    use crate::ports::{CallError, Clock, StateStore, Target, TargetError};
     use crate::services::MAX_ATTEMPTS;
 
     fn request(w: &World, hex: char, minute: i64) -> Request {
@@ -433,9 +551,16 @@ mod tests {
         let w = World::sample();
         let mut dep = holding(&w, 'a', None).await;
         w.store.interfere(2);
-        let changed = advance(&w.core(), &mut dep, Step::RolloutStarted, None, None, None)
-            .await
-            .unwrap();
+        let changed = advance(
+            &w.core(),
+            &mut dep,
+            Step::RolloutStarted,
+            None,
+            None,
+            SILENT,
+        )
+        .await
+        .unwrap();
         assert!(changed);
         let stored = &w.deployments("staging")[0];
         assert_eq!(stored.phase, Phase::RollingOut);
@@ -447,9 +572,16 @@ mod tests {
         let w = World::sample();
         let mut dep = holding(&w, 'a', None).await;
         w.store.interfere(MAX_ATTEMPTS);
-        let err = advance(&w.core(), &mut dep, Step::RolloutStarted, None, None, None)
-            .await
-            .unwrap_err();
+        let err = advance(
+            &w.core(),
+            &mut dep,
+            Step::RolloutStarted,
+            None,
+            None,
+            SILENT,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, ServiceError::Contended { .. }), "{err:?}");
         assert!(err.is_retryable());
         assert!(
@@ -462,27 +594,67 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_retryable_refusal_hands_the_environment_back_and_releases_the_events_claim() {
+    async fn a_retryable_refusal_keeps_the_environment_and_the_image_for_a_later_start() {
         let w = World::sample();
-        let claim = "evt-1#web#staging";
-        let mut dep = holding(&w, 'a', Some(claim)).await;
+        let mut dep = holding(&w, 'a', Some("evt-1#web#staging")).await;
         w.target.refuse_next(TargetError::Throttled(CallError::said(
             "SendCommand",
             "ThrottlingException: Rate exceeded",
         )));
-        let err = launch(&w.core(), &w.target, &staging(&w), &mut dep, Some(claim))
+        let err = launch(&w.core(), &w.target, &staging(&w), &mut dep)
             .await
             .unwrap_err();
         assert!(err.is_retryable(), "{err}");
+        let stored = w.deployments("staging").pop().unwrap();
+        assert_eq!(stored.phase, Phase::Requested);
+        assert_eq!(stored.retry_at, Some(w.clock.now()));
+        assert!(due_to_start(&stored, w.clock.now()));
+        assert!(
+            w.state("staging").is_held_by(&dep.id),
+            "nothing else may start"
+        );
+        assert!(w.events.types().is_empty());
+        // Whoever runs next starts it; the target had not taken it, so it is started.
+        let mut stored = stored;
+        let adopted = resume(&w.core(), &w.target, &staging(&w), &mut stored)
+            .await
+            .unwrap();
+        assert!(!adopted);
+        assert_eq!(w.target.started().len(), 1);
+        assert_eq!(w.events.types(), vec!["Rollout Started"]);
+    }
+
+    #[tokio::test]
+    async fn a_start_whose_answer_was_lost_is_adopted_not_started_twice() {
+        let w = World::sample();
+        let mut dep = holding(&w, 'a', None).await;
+        // The target took the rollout; the function stopped before recording it.
+        w.target.start(&dep, &staging(&w).target).await.unwrap();
+        let adopted = resume(&w.core(), &w.target, &staging(&w), &mut dep)
+            .await
+            .unwrap();
+        assert!(adopted);
+        assert_eq!(w.target.started().len(), 1, "no second action");
+        let stored = w.deployments("staging").pop().unwrap();
+        assert_eq!(stored.phase, Phase::RollingOut);
+        assert_eq!(stored.target_ref.as_deref(), Some("fake:cmd-1"));
+        assert_eq!(w.events.types(), vec!["Rollout Started"]);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_for_good_hands_the_environment_back() {
+        let w = World::sample();
+        let mut dep = holding(&w, 'a', None).await;
+        w.target
+            .refuse_next(TargetError::Invalid("no container named web".into()));
+        let err = launch(&w.core(), &w.target, &staging(&w), &mut dep)
+            .await
+            .unwrap_err();
+        assert!(!err.is_retryable());
         let state = w.state("staging");
         assert!(state.lease.is_none() && state.current.is_none());
         assert_eq!(w.deployments("staging")[0].phase, Phase::Failed);
         assert_eq!(w.events.types(), vec!["Deployment Failed"]);
-        // The retried delivery may claim the event again.
-        w.store
-            .commit(Commit::default().claiming(Some(claim.into())))
-            .await
-            .unwrap();
     }
 
     #[tokio::test]

@@ -7,13 +7,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
-use super::rollout::{EnvResult, advance, fail_unstarted, start_queued};
+use super::rollout::{EnvResult, advance, due_to_start, fail_unstarted, resume, start_queued};
 use super::{Core, ServiceError};
 use crate::domain::{
     AppName, Deployment, DeploymentId, EnvConfig, EnvName, EnvState, EventType, LifecycleEvent,
     Phase, Step,
 };
-use crate::ports::{Commit, RolloutStatus, StoreError, Target, TargetRef};
+use crate::ports::{Commit, RolloutStatus, StoreError, Target, TargetError, TargetRef};
 
 /// How long a hand-off may go unanswered before the reconciler repeats it.
 pub const STALE_AFTER: Duration = Duration::from_secs(120);
@@ -118,85 +118,101 @@ impl Tracker {
         status: RolloutStatus,
     ) -> Result<TrackOutcome, ServiceError> {
         let id = dep.id.clone();
-        match status {
-            RolloutStatus::InProgress => Ok(TrackOutcome::InProgress { deployment_id: id }),
+        let recorded = match status {
+            RolloutStatus::InProgress => return Ok(TrackOutcome::InProgress { deployment_id: id }),
             // The rollback waits for the target's own to end; the reconciliation (or the
             // next event) records the failure then.
             RolloutStatus::Settling(why) => {
                 info!(deployment_id = %id, %why, "failed; waiting for the target's own rollback to end");
-                Ok(TrackOutcome::InProgress { deployment_id: id })
+                return Ok(TrackOutcome::InProgress { deployment_id: id });
             }
-            RolloutStatus::Succeeded => {
-                if !advance(
-                    &self.core,
-                    &mut dep,
-                    Step::RolloutSucceeded,
-                    None,
-                    None,
-                    None,
-                )
-                .await?
-                {
-                    return Ok(TrackOutcome::AlreadyRecorded {
-                        deployment_id: id,
-                        phase: dep.phase,
-                    });
-                }
-                info!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, digest = %dep.digest(), "rollout succeeded");
-                self.core
-                    .events
-                    .publish(&[LifecycleEvent::of(EventType::RolloutSucceeded, &dep)])
-                    .await?;
-                Ok(TrackOutcome::Succeeded { deployment_id: id })
+            RolloutStatus::Succeeded => advance(
+                &self.core,
+                &mut dep,
+                Step::RolloutSucceeded,
+                None,
+                None,
+                &|d| vec![LifecycleEvent::of(EventType::RolloutSucceeded, d)],
+            )
+            .await
+            .map(|changed| {
+                changed.then(|| {
+                    info!(deployment_id = %id, app = %dep.app, env = %dep.environment, digest = %dep.digest(), "rollout succeeded");
+                    TrackOutcome::Succeeded {
+                        deployment_id: id.clone(),
+                    }
+                })
+            }),
+            RolloutStatus::Failed(reason) => self.fail(&mut dep, reason).await,
+        };
+        match recorded {
+            Ok(Some(outcome)) => Ok(outcome),
+            Ok(None) => Ok(TrackOutcome::AlreadyRecorded {
+                deployment_id: id,
+                phase: dep.phase,
+            }),
+            // A late event that contradicts what is recorded (a success after a timeout, a
+            // status of an aborted rollout) changes nothing: it is not an error to retry.
+            Err(ServiceError::Transition { source, .. }) => {
+                warn!(deployment_id = %id, phase = ?source.phase, step = ?source.step, "a late status contradicts the recorded phase; ignored");
+                Ok(TrackOutcome::AlreadyRecorded {
+                    deployment_id: id,
+                    phase: source.phase,
+                })
             }
-            RolloutStatus::Failed(reason) => self.fail(dep, reason).await,
+            Err(e) => Err(e),
         }
     }
 
     /// A failed rollout quarantines its digest here and hands over to the rollback.
     async fn fail(
         &self,
-        mut dep: Deployment,
+        dep: &mut Deployment,
         reason: String,
-    ) -> Result<TrackOutcome, ServiceError> {
-        let id = dep.id.clone();
+    ) -> Result<Option<TrackOutcome>, ServiceError> {
         let now = self.core.clock.now();
         let why = reason.clone();
         let mut quarantine = |state: &mut EnvState, d: &Deployment| state.quarantine(d, &why, now);
-        if !advance(
+        let changed = advance(
             &self.core,
-            &mut dep,
+            dep,
             Step::RolloutFailed,
             Some(reason.clone()),
             Some(&mut quarantine),
-            None,
+            &|d| vec![LifecycleEvent::of(EventType::RolloutFailed, d)],
         )
-        .await?
-        {
-            return Ok(TrackOutcome::AlreadyRecorded {
-                deployment_id: id,
-                phase: dep.phase,
-            });
+        .await?;
+        if !changed {
+            return Ok(None);
         }
         warn!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, digest = %dep.digest(), %reason, "rollout failed");
-        self.core
-            .events
-            .publish(&[LifecycleEvent::of(EventType::RolloutFailed, &dep)])
-            .await?;
-        Ok(TrackOutcome::Failed {
-            deployment_id: id,
-            reason,
-        })
+        Ok(Some(TrackOutcome::Failed {
+            deployment_id: dep.id.clone(),
+            reason: dep.reason.clone().unwrap_or(reason),
+        }))
     }
 
-    /// Re-reads every environment: in-flight rollouts are checked against their target and
-    /// timed out, lost hand-offs are repeated, and queued images start on free environments.
+    /// Re-reads every environment: undelivered events are delivered, in-flight rollouts are
+    /// checked against their target and timed out, lost hand-offs are repeated, and queued
+    /// images start on free environments.
     pub async fn reconcile(&self) -> Result<ReconcileReport, ServiceError> {
         let config = self.core.config.load().await?;
         let mut report = ReconcileReport::default();
         for (app, env, env_config) in config.environments() {
             report.checked += 1;
-            match self.reconcile_env(app, env, env_config).await {
+            let delivered = self.core.deliver_left_over(app, env).await;
+            let reconciled = match delivered {
+                Ok(n) => self
+                    .reconcile_env(app, env, env_config)
+                    .await
+                    .map(|action| match (n, action) {
+                        (0, action) => action,
+                        (n, None) => Some(format!("delivered {n} recorded events")),
+                        (n, Some(a)) => Some(format!("delivered {n} recorded events; {a}")),
+                    }),
+                Err(e) => Err(e),
+            };
+            match reconciled {
                 Ok(Some(action)) => {
                     info!(app = %app, env = %env, %action, "reconciled");
                     report.actions.push(ReconcileAction {
@@ -224,14 +240,15 @@ impl Tracker {
         env_config: &EnvConfig,
     ) -> Result<Option<String>, ServiceError> {
         let mut state = self.core.store.env_state(app, env).await?;
-        let Some(holder) = state.holder().cloned() else {
+        let Some(lease) = state.lease.clone() else {
             if state.queued.is_some() && state.frozen.is_none() {
                 let started = start_queued(&self.core, self.target.as_ref(), app, env).await?;
                 return Ok(started.map(|r: EnvResult| format!("queued image: {:?}", r.outcome)));
             }
             return Ok(None);
         };
-        let dep = match self.core.store.deployment(app, env, &holder).await {
+        let holder = lease.deployment_id.clone();
+        let mut dep = match self.core.store.deployment(app, env, &holder).await {
             Ok(dep) => dep,
             Err(StoreError::NotFound(_)) => {
                 // A lease without its record cannot end by itself; free the environment.
@@ -244,23 +261,60 @@ impl Tracker {
             Err(e) => return Err(e.into()),
         };
         let now = self.core.clock.now();
-        let age = (now - dep.updated_at).try_into().unwrap_or(Duration::ZERO);
+        let age: Duration = (now - dep.updated_at).try_into().unwrap_or(Duration::ZERO);
+        let held: Duration = (now - lease.since).try_into().unwrap_or(Duration::ZERO);
+        if !dep.phase.is_final() && held > lease_limit(env_config) {
+            return self.expire(dep, env_config).await.map(Some);
+        }
         match dep.phase {
-            Phase::Requested if age > STALE_AFTER => {
-                let mut dep = dep;
-                self.never_started(&mut dep).await?;
+            Phase::Requested if held > env_config.rollout_timeout => {
+                // A last look for an action the target runs for it, before giving up.
+                if resume_or_adopt_only(&self.core, self.target.as_ref(), env_config, &mut dep)
+                    .await?
+                {
+                    return Ok(Some(format!("adopted the rollout of {}", dep.id)));
+                }
+                let reason = format!(
+                    "could not start within {} seconds: {}",
+                    env_config.rollout_timeout.as_secs(),
+                    dep.reason
+                        .as_deref()
+                        .unwrap_or("the rollout never reached its target")
+                );
+                fail_unstarted(&self.core, &mut dep, reason).await?;
                 Ok(Some(format!(
                     "deployment {} never reached its target",
                     dep.id
                 )))
             }
+            Phase::Requested if due_to_start(&dep, now) => {
+                let adopted =
+                    resume(&self.core, self.target.as_ref(), env_config, &mut dep).await?;
+                Ok(Some(if adopted {
+                    format!("adopted the rollout of {}", dep.id)
+                } else {
+                    format!("started deployment {}", dep.id)
+                }))
+            }
             Phase::RollingOut => {
                 let Some(target_ref) = dep.target_ref.as_deref().and_then(TargetRef::parse) else {
-                    let mut dep = dep;
-                    self.never_started(&mut dep).await?;
-                    return Ok(Some("rolling out without a target handle".into()));
+                    let reason = "rolling out without a target handle".to_owned();
+                    fail_unstarted(&self.core, &mut dep, reason.clone()).await?;
+                    return Ok(Some(reason));
                 };
-                let status = self.target.status(&target_ref).await?;
+                let status = match self.target.status(&target_ref).await {
+                    Ok(status) => status,
+                    // The target no longer knows the rollout, or pushdeploy may not read it:
+                    // waiting cannot end it.
+                    Err(error @ (TargetError::NotFound(_) | TargetError::Refused(_))) => {
+                        let reason = format!(
+                            "the target cannot tell how rollout {target_ref} went: {error}; check that it still exists and that pushdeploy may read it"
+                        );
+                        let outcome = self.fail(&mut dep, reason).await?;
+                        return Ok(Some(format!("{outcome:?}")));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 if status == RolloutStatus::InProgress && age > env_config.rollout_timeout {
                     if let Err(e) = self.target.cancel(&target_ref).await {
                         warn!(deployment_id = %dep.id, error = %e, "could not cancel the timed-out rollout");
@@ -269,7 +323,7 @@ impl Tracker {
                         "timed out after {} seconds",
                         env_config.rollout_timeout.as_secs()
                     );
-                    let outcome = self.fail(dep, reason).await?;
+                    let outcome = self.fail(&mut dep, reason).await?;
                     return Ok(Some(format!("{outcome:?}")));
                 }
                 match self.record(dep, status).await? {
@@ -277,45 +331,37 @@ impl Tracker {
                     outcome => Ok(Some(format!("{outcome:?}"))),
                 }
             }
+            // The verifier did not take the hand-off, or stopped before its checks ended:
+            // it is handed over again, and runs them again.
             Phase::RolledOut if age > STALE_AFTER => {
-                self.core
-                    .events
-                    .publish(&[LifecycleEvent::of(EventType::RolloutSucceeded, &dep)])
-                    .await?;
-                Ok(Some(format!("repeated Rollout Succeeded for {}", dep.id)))
+                self.hand_over_again(&dep, EventType::RolloutSucceeded)
+                    .await
             }
-            Phase::Verifying if age > env_config.smoke.within + STALE_AFTER * 2 => {
-                let mut dep = dep;
+            Phase::Verifying if age > env_config.smoke.within + STALE_AFTER * 4 => {
                 let reason = format!(
                     "verification did not finish within {} seconds",
-                    (env_config.smoke.within + STALE_AFTER * 2).as_secs()
+                    (env_config.smoke.within + STALE_AFTER * 4).as_secs()
                 );
                 let why = reason.clone();
                 let mut quarantine =
                     |state: &mut EnvState, d: &Deployment| state.quarantine(d, &why, now);
-                if advance(
+                advance(
                     &self.core,
                     &mut dep,
                     Step::VerificationFailed,
                     Some(reason),
                     Some(&mut quarantine),
-                    None,
+                    &|d| vec![LifecycleEvent::of(EventType::VerificationFailed, d)],
                 )
-                .await?
-                {
-                    self.core
-                        .events
-                        .publish(&[LifecycleEvent::of(EventType::VerificationFailed, &dep)])
-                        .await?;
-                }
+                .await?;
                 Ok(Some(format!("failed stuck verification of {}", dep.id)))
             }
+            Phase::Verifying if age > env_config.smoke.within + STALE_AFTER => {
+                self.hand_over_again(&dep, EventType::RolloutSucceeded)
+                    .await
+            }
             Phase::Failed if age > STALE_AFTER => {
-                self.core
-                    .events
-                    .publish(&[LifecycleEvent::of(EventType::RolloutFailed, &dep)])
-                    .await?;
-                Ok(Some(format!("repeated Rollout Failed for {}", dep.id)))
+                self.hand_over_again(&dep, EventType::RolloutFailed).await
             }
             phase if phase.is_final() => {
                 state.release(&holder);
@@ -328,16 +374,63 @@ impl Tracker {
         }
     }
 
-    /// A deployment that holds its environment but never reached the target (its function
-    /// stopped between the two writes) fails, and the environment is handed back.
-    async fn never_started(&self, dep: &mut Deployment) -> Result<(), ServiceError> {
-        fail_unstarted(
-            &self.core,
-            dep,
-            "the rollout never reached its target".into(),
-            None,
-        )
-        .await
+    /// Repeats a hand-off nobody took: the same event about the deployment as it stands.
+    /// Nothing changed, so nothing is recorded; the next pass repeats it again if needed.
+    async fn hand_over_again(
+        &self,
+        dep: &Deployment,
+        kind: EventType,
+    ) -> Result<Option<String>, ServiceError> {
+        self.core
+            .events
+            .publish(&[LifecycleEvent::of(kind, dep)])
+            .await?;
+        Ok(Some(format!("repeated {kind} for {}", dep.id)))
+    }
+
+    /// A deployment that held its environment past every limit ends: whatever it waited
+    /// for (an unreadable target, its own rollback, a hand-off) will not come.
+    async fn expire(
+        &self,
+        mut dep: Deployment,
+        env_config: &EnvConfig,
+    ) -> Result<String, ServiceError> {
+        let reason = format!(
+            "held the environment for over {} seconds without ending ({:?}); released",
+            lease_limit(env_config).as_secs(),
+            dep.phase
+        );
+        match dep.phase {
+            Phase::Requested => fail_unstarted(&self.core, &mut dep, reason.clone()).await?,
+            Phase::RollingOut | Phase::RolledOut | Phase::Verifying => {
+                let step = if dep.phase == Phase::RollingOut {
+                    Step::RolloutFailed
+                } else {
+                    Step::VerificationFailed
+                };
+                let now = self.core.clock.now();
+                let why = reason.clone();
+                let mut quarantine =
+                    |state: &mut EnvState, d: &Deployment| state.quarantine(d, &why, now);
+                let kind = if step == Step::RolloutFailed {
+                    EventType::RolloutFailed
+                } else {
+                    EventType::VerificationFailed
+                };
+                advance(
+                    &self.core,
+                    &mut dep,
+                    step,
+                    Some(reason.clone()),
+                    Some(&mut quarantine),
+                    &|d| vec![LifecycleEvent::of(kind, d)],
+                )
+                .await?;
+            }
+            // Failed and waiting for a rollback that never came: free the environment.
+            _ => super::rollout::end_without_rollback(&self.core, &mut dep, &reason).await?,
+        }
+        Ok(format!("expired deployment {}: {reason}", dep.id))
     }
 
     /// Starts a queued image (used after the environment frees up).
@@ -350,12 +443,35 @@ impl Tracker {
     }
 }
 
+/// The longest a deployment may hold its environment, whatever it waits for: its rollout,
+/// its smoke tests, and every hand-off repeated, with room to spare.
+pub fn lease_limit(env: &EnvConfig) -> Duration {
+    env.rollout_timeout + env.smoke.within + STALE_AFTER * 8
+}
+
+/// Adopts the action the target runs for `dep`, if it has one; whether it did.
+async fn resume_or_adopt_only(
+    core: &Core,
+    target: &dyn Target,
+    env: &EnvConfig,
+    dep: &mut Deployment,
+) -> Result<bool, ServiceError> {
+    match target.find(dep, &env.target).await? {
+        Some(started) => {
+            super::rollout::adopt(core, target, env, dep, started).await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::{Kind, PinnedImage, Request};
     use crate::fakes::World;
     use crate::ports::{Clock, RolloutStatus, StateStore};
+    use std::time::Duration;
 
     /// A push of `image` rolling out on web/staging under `fake:cmd-1`.
     async fn rolling_out(w: &World, image: PinnedImage) -> Deployment {
@@ -445,20 +561,121 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pass_that_cannot_read_a_target_reports_it_and_goes_on() {
+    async fn a_rollout_the_target_no_longer_knows_fails_saying_what_to_check() {
         let w = World::sample();
-        rolling_out(&w, w.image('a')).await;
-        // The target no longer knows the rollout.
+        let dep = rolling_out(&w, w.image('a')).await;
         w.target.forget(&TargetRef::parse("fake:cmd-1").unwrap());
         let report = w.tracker().reconcile().await.unwrap();
-        assert_eq!(report.checked, 2);
-        assert_eq!(report.errors.len(), 1, "{report:?}");
-        let error = report.incomplete().unwrap();
-        assert!(error.chain().contains("web/staging"), "{}", error.chain());
+        assert!(report.errors.is_empty(), "{report:?}");
+        let stored = w.deployments("staging").pop().unwrap();
+        assert_eq!(stored.phase, Phase::Failed);
         assert!(
-            !error.is_retryable(),
-            "a missing rollout does not come back"
+            stored
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("check that it still exists")),
+            "{:?}",
+            stored.reason
         );
+        assert!(
+            w.state("staging")
+                .quarantined
+                .contains_key(dep.digest().as_str())
+        );
+        assert_eq!(w.events.types(), vec!["Rollout Failed"]);
+    }
+
+    #[tokio::test]
+    async fn a_deployment_holding_its_environment_past_every_limit_is_released() {
+        let w = World::sample();
+        rolling_out(&w, w.image('a')).await;
+        w.target.set_status(
+            &TargetRef::parse("fake:cmd-1").unwrap(),
+            RolloutStatus::Settling("CodeDeploy's own rollback runs".into()),
+        );
+        let staging = w
+            .config
+            .env(
+                &crate::fakes::app("web"),
+                &crate::fakes::env_name("staging"),
+            )
+            .unwrap()
+            .clone();
+        w.clock
+            .advance(lease_limit(&staging) + Duration::from_secs(1));
+        let report = w.tracker().reconcile().await.unwrap();
+        assert!(
+            report.actions.iter().any(|a| a.action.contains("expired")),
+            "{report:?}"
+        );
+        let stored = w.deployments("staging").pop().unwrap();
+        assert_eq!(stored.phase, Phase::Failed);
+        assert!(
+            stored
+                .reason
+                .unwrap()
+                .contains("held the environment for over")
+        );
+        // The rollback takes over from here, as after any failure.
+        assert_eq!(w.events.types(), vec!["Rollout Failed"]);
+    }
+
+    #[tokio::test]
+    async fn a_start_that_was_refused_for_now_is_started_by_the_next_pass() {
+        let w = World::sample();
+        let mut state = w.state("staging");
+        let mut dep = Deployment::new(
+            state.app.clone(),
+            state.environment.clone(),
+            Request {
+                image: w.image('a'),
+                tag: None,
+                kind: Kind::Push,
+                pushed_at: World::START,
+                requested_by: None,
+                reason: None,
+            },
+            w.clock.now(),
+        );
+        state.start(&mut dep);
+        dep.retry_at = Some(w.clock.now());
+        w.store
+            .commit(Commit::env(&mut state).with(&mut dep))
+            .await
+            .unwrap();
+        let report = w.tracker().reconcile().await.unwrap();
+        assert!(
+            report.actions[0].action.contains("started deployment"),
+            "{report:?}"
+        );
+        assert_eq!(w.target.started().len(), 1);
+        assert_eq!(w.deployments("staging")[0].phase, Phase::RollingOut);
+    }
+
+    #[tokio::test]
+    async fn events_recorded_and_never_delivered_are_delivered_by_the_next_pass() {
+        let w = World::sample();
+        let dep = rolling_out(&w, w.image('a')).await;
+        let event = LifecycleEvent::of(EventType::RolloutStarted, &dep);
+        let outbox = w.core().outbox(vec![event]);
+        w.store
+            .commit(Commit {
+                outbox,
+                ..Commit::default()
+            })
+            .await
+            .unwrap();
+        // Left to its function for a while, then delivered.
+        w.tracker().reconcile().await.unwrap();
+        assert!(w.events.types().is_empty());
+        w.clock.advance(crate::services::DELIVERY_GRACE);
+        w.tracker().reconcile().await.unwrap();
+        assert_eq!(w.events.types(), vec!["Rollout Started"]);
+        let delivered = &w.events.events()[0];
+        assert!(delivered.deployment().unwrap().event_id.is_some());
+        w.clock.advance(crate::services::DELIVERY_GRACE);
+        w.tracker().reconcile().await.unwrap();
+        assert_eq!(w.events.types().len(), 1, "delivered once");
     }
 
     #[tokio::test]

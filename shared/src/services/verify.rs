@@ -66,25 +66,22 @@ impl Verifier {
     ) -> Result<VerifyOutcome, ServiceError> {
         let mut dep = self.core.store.deployment(app, env, id).await?;
         let config = self.core.config.load().await?;
-        if !advance(
+        let started = advance(
             &self.core,
             &mut dep,
             Step::VerificationStarted,
             None,
             None,
-            None,
+            &|d| vec![LifecycleEvent::of(EventType::VerificationStarted, d)],
         )
-        .await?
-        {
+        .await?;
+        // A verification that started and never ended (its function stopped) runs again.
+        if !started && dep.phase != Phase::Verifying {
             return Ok(VerifyOutcome::AlreadyHandled {
                 deployment_id: dep.id,
                 phase: dep.phase,
             });
         }
-        self.core
-            .events
-            .publish(&[LifecycleEvent::of(EventType::VerificationStarted, &dep)])
-            .await?;
         let checks = match config.env(app, env) {
             Some(env_config) => run_checks(self.probe.as_ref(), &env_config.smoke).await,
             None => vec![CheckReport {
@@ -164,14 +161,20 @@ impl Verifier {
                     rolled_back = Some(o);
                 }
                 let mut events = vec![LifecycleEvent::of(EventType::DeploymentVerified, dep)];
-                let mut commit = Commit::env(&mut state).with(dep);
-                if let Some(o) = rolled_back {
+                if let Some(o) = &rolled_back {
                     events.push(LifecycleEvent::of(EventType::RollbackSucceeded, o));
+                }
+                let outbox = self.core.outbox(events);
+                let mut commit = Commit {
+                    outbox: outbox.clone(),
+                    ..Commit::env(&mut state).with(dep)
+                };
+                if let Some(o) = rolled_back {
                     commit = commit.with(o);
                 }
                 self.core.store.commit(commit).await?;
                 info!(deployment_id = %id, "verified");
-                self.core.events.publish(&events).await?;
+                self.core.announce(outbox).await;
                 Ok(())
             },
         )
@@ -189,15 +192,11 @@ impl Verifier {
             Step::VerificationFailed,
             Some(reason.to_owned()),
             Some(&mut quarantine),
-            None,
+            &|d| vec![LifecycleEvent::of(EventType::VerificationFailed, d)],
         )
         .await?
         {
             warn!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, digest = %dep.digest(), %reason, "verification failed");
-            self.core
-                .events
-                .publish(&[LifecycleEvent::of(EventType::VerificationFailed, dep)])
-                .await?;
         }
         Ok(())
     }

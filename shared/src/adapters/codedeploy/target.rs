@@ -114,9 +114,6 @@ impl CodeDeploy {
             .revision_type(RevisionLocationType::AppSpecContent)
             .app_spec_content(AppSpecContent::builder().content(content).build())
             .build();
-        self.ecs
-            .prune(&revision, &current, service.keep_revisions as usize)
-            .await;
         Ok((location, current))
     }
 
@@ -264,6 +261,66 @@ impl Target for CodeDeploy {
             }
             _ => RolloutStatus::InProgress,
         })
+    }
+
+    async fn find(
+        &self,
+        dep: &Deployment,
+        config: &TargetConfig,
+    ) -> Result<Option<Started>, TargetError> {
+        let TargetConfig::CodeDeploy(CodeDeployTarget {
+            application,
+            deployment_group,
+            ..
+        }) = config
+        else {
+            return Ok(None);
+        };
+        let prefix = format!("pushdeploy {} ", dep.id);
+        let since = dep.created_at - time::Duration::minutes(5);
+        let range = aws_sdk_codedeploy::types::TimeRange::builder()
+            .start(aws_smithy_types::DateTime::from_secs(
+                since.unix_timestamp(),
+            ))
+            .build();
+        let out = self
+            .client
+            .list_deployments()
+            .application_name(application)
+            .deployment_group_name(deployment_group)
+            .create_time_range(range)
+            .send()
+            .await
+            .map_err(|e| failed::<TargetError, _>(e, "ListDeployments"))?;
+        for id in out.deployments() {
+            let info = self
+                .client
+                .get_deployment()
+                .deployment_id(id)
+                .send()
+                .await
+                .map_err(|e| failed::<TargetError, _>(e, "GetDeployment"))?;
+            let ours = info
+                .deployment_info()
+                .and_then(|i| i.description())
+                .is_some_and(|d| d.starts_with(&prefix));
+            if ours {
+                return Ok(Some(TargetRef::new(KIND, id).into()));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn tidy(&self, started: &Started, config: &TargetConfig) {
+        if let TargetConfig::CodeDeploy(CodeDeployTarget {
+            platform: CodeDeployPlatform::Ecs { service, .. },
+            ..
+        }) = config
+        {
+            self.ecs
+                .prune_service(service, started.before.as_deref())
+                .await;
+        }
     }
 
     /// A deployment that ran too long is stopped without CodeDeploy's rollback: pushdeploy's

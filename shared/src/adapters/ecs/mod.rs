@@ -11,7 +11,7 @@ pub mod events;
 mod service;
 
 #[cfg(feature = "ecs")]
-pub use service::{EcsService, revisions_to_deregister};
+pub use service::{DEPLOYMENT_TAG, EcsService, revisions_to_deregister};
 
 /// The kind prefix of ECS target handles: `ecs:<cluster>/<service>/<ecs-deployment-id>`.
 pub const KIND: &str = "ecs";

@@ -16,6 +16,9 @@ use crate::domain::config::EcsTarget;
 use crate::domain::{Deployment, TargetConfig};
 use crate::ports::{RolloutStatus, Started, Target, TargetError, TargetRef};
 
+/// The tag of a revision pushdeploy registered: the deployment's id.
+pub const DEPLOYMENT_TAG: &str = "pushdeploy:deployment";
+
 /// At most this many old revisions are deregistered per rollout; the rest go next time.
 const MAX_DEREGISTER: usize = 20;
 
@@ -203,10 +206,18 @@ impl EcsService {
                 return Ok(restore.to_owned());
             }
         }
-        let (running, tags) = self.task_definition(current).await?;
+        let (running, mut tags) = self.task_definition(current).await?;
         if image_of(&running, &ecs.container) == Some(image.as_str()) {
             return Ok(current.to_owned());
         }
+        // The revision says which deployment registered it, for `find`.
+        tags.retain(|t| t.key() != Some(DEPLOYMENT_TAG));
+        tags.push(
+            aws_sdk_ecs::types::Tag::builder()
+                .key(DEPLOYMENT_TAG)
+                .value(dep.id.as_str())
+                .build(),
+        );
         let next = with_image(&running, &ecs.container, &image).ok_or_else(|| {
             TargetError::Invalid(format!(
                 "task definition {current} has no container named {:?} (it has {})",
@@ -215,6 +226,61 @@ impl EcsService {
             ))
         })?;
         self.register(next, tags).await
+    }
+
+    /// The service deployment `dep` started, if the service has one: a deployment created
+    /// since `dep` whose revision pushdeploy tagged with `dep`'s id, or, for a revision it
+    /// reused, that runs `dep`'s image.
+    pub(crate) async fn deployment_of(
+        &self,
+        dep: &Deployment,
+        ecs: &EcsTarget,
+    ) -> Result<Option<Started>, TargetError> {
+        let service = self.service(&ecs.cluster, &ecs.service).await?;
+        let since = dep.created_at - time::Duration::minutes(5);
+        let image = dep.image.to_string();
+        for d in service.deployments() {
+            let created = d
+                .created_at()
+                .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.secs()).ok());
+            if created.is_some_and(|c| c < since) {
+                continue;
+            }
+            let (Some(id), Some(revision)) = (d.id(), d.task_definition()) else {
+                continue;
+            };
+            let (definition, tags) = self.task_definition(revision).await?;
+            let tagged = tags
+                .iter()
+                .any(|t| t.key() == Some(DEPLOYMENT_TAG) && t.value() == Some(dep.id.as_str()));
+            if tagged || image_of(&definition, &ecs.container) == Some(image.as_str()) {
+                return Ok(Some(Started {
+                    target_ref: target_ref(&ecs.cluster, &ecs.service, id),
+                    before: None,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deregisters revisions of what the service runs beyond `keep`, never that revision
+    /// nor `before`; failures only warn, since the rollout itself is recorded.
+    pub(crate) async fn prune_service(&self, ecs: &EcsTarget, before: Option<&str>) {
+        let running = match self.service(&ecs.cluster, &ecs.service).await {
+            Ok(service) => service.task_definition().map(str::to_owned),
+            Err(error) => {
+                warn!(%error, "could not read the service; no revision deregistered");
+                return;
+            }
+        };
+        if let Some(running) = running {
+            self.prune(
+                &running,
+                before.unwrap_or(&running),
+                ecs.keep_revisions as usize,
+            )
+            .await;
+        }
     }
 
     /// Deregisters revisions of `revision`'s family beyond `keep`, never `revision` nor
@@ -343,8 +409,6 @@ impl Target for EcsService {
         let id = deployment
             .id()
             .ok_or_else(|| TargetError::Invalid("the ECS deployment has no id".into()))?;
-        self.prune(&revision, &current, ecs.keep_revisions as usize)
-            .await;
         Ok(Started {
             target_ref: target_ref(&ecs.cluster, &ecs.service, id),
             before: Some(current),
@@ -369,6 +433,23 @@ impl Target for EcsService {
             )),
             _ => RolloutStatus::InProgress,
         })
+    }
+
+    async fn find(
+        &self,
+        dep: &Deployment,
+        config: &TargetConfig,
+    ) -> Result<Option<Started>, TargetError> {
+        let TargetConfig::Ecs(ecs) = config else {
+            return Ok(None);
+        };
+        self.deployment_of(dep, ecs).await
+    }
+
+    async fn tidy(&self, started: &Started, config: &TargetConfig) {
+        if let TargetConfig::Ecs(ecs) = config {
+            self.prune_service(ecs, started.before.as_deref()).await;
+        }
     }
 
     /// ECS has nothing to stop: the circuit breaker ends a failing deployment, and the
@@ -550,6 +631,7 @@ apps:
         let image = digest("ab");
         let (dep, target) = fixture(&image);
         let wanted = image.clone();
+        let id = dep.id.clone();
         let register = mock!(Client::register_task_definition)
             .match_requests(move |r| {
                 let expected = definition(NEXT, &wanted);
@@ -560,7 +642,14 @@ apps:
                     && r.network_mode() == Some(&NetworkMode::Awsvpc)
                     && r.cpu() == Some("256")
                     && r.memory() == Some("512")
-                    && r.tags() == [Tag::builder().key("team").value("web").build()]
+                    && r.tags()
+                        == [
+                            Tag::builder().key("team").value("web").build(),
+                            Tag::builder()
+                                .key(DEPLOYMENT_TAG)
+                                .value(id.as_str())
+                                .build(),
+                        ]
             })
             .then_output(registered);
         let update = mock!(Client::update_service)
@@ -819,7 +908,7 @@ apps:
     }
 
     #[tokio::test]
-    async fn superseded_revisions_beyond_keep_are_deregistered_after_the_update() {
+    async fn superseded_revisions_beyond_keep_are_deregistered_once_the_rollout_is_recorded() {
         let image = digest("ab");
         let (dep, target) = fixture(&image);
         let arn = |r: u32| format!("arn:aws:ecs:eu-west-1:123456789012:task-definition/web:{r}");
@@ -854,7 +943,10 @@ apps:
                 &deregister,
             ]
         );
-        EcsService::new(client).start(&dep, &target).await.unwrap();
+        let ecs = EcsService::new(client);
+        let started = ecs.start(&dep, &target).await.unwrap();
+        assert_eq!(deregister.num_calls(), 0, "starting deregisters nothing");
+        ecs.tidy(&started, &target).await;
         // keep_revisions 1: web:8 (new) kept as the newest, web:7 (before) protected.
         assert_eq!(deregister.num_calls(), 6);
     }

@@ -47,6 +47,90 @@ pub fn registry_region(dep: &Deployment, client: Option<&aws_config::Region>) ->
         .unwrap_or_default()
 }
 
+/// How many characters of a failed host's output a reason quotes: its last lines.
+const OUTPUT_TAIL: usize = 800;
+
+/// The comment of a deployment's command: it starts with the deployment id (what `find`
+/// looks for), within SSM's 100 characters.
+fn comment(dep: &Deployment) -> String {
+    let full = format!("pushdeploy {} {}/{}", dep.id, dep.app, dep.environment);
+    full.chars().take(100).collect()
+}
+
+/// The instances a command targets, as SSM has them.
+fn selector(command: &aws_sdk_ssm::types::Command) -> String {
+    let mut parts: Vec<String> = command
+        .targets()
+        .iter()
+        .map(|t| format!("{}={}", t.key().unwrap_or_default(), t.values().join(",")))
+        .collect();
+    if !command.instance_ids().is_empty() {
+        parts.push(format!("instances {}", command.instance_ids().join(",")));
+    }
+    if parts.is_empty() {
+        "its targets".into()
+    } else {
+        parts.join(" and ")
+    }
+}
+
+/// The last `OUTPUT_TAIL` characters of `text`, on whole lines where it can.
+fn tail(text: &str) -> String {
+    let text = text.trim_end();
+    let count = text.chars().count();
+    if count <= OUTPUT_TAIL {
+        return text.to_owned();
+    }
+    let cut: String = text.chars().skip(count - OUTPUT_TAIL).collect();
+    match cut.split_once('\n') {
+        Some((_, rest)) if !rest.is_empty() => format!("…{rest}"),
+        _ => format!("…{cut}"),
+    }
+}
+
+impl SsmRunCommand {
+    /// What a failed host printed last, when SSM still has it: `host i-…: <last lines>`.
+    /// Reading it is best effort; the reason stands without it.
+    async fn failed_output(&self, command_id: &str) -> Option<String> {
+        let out = self
+            .client
+            .list_command_invocations()
+            .command_id(command_id)
+            .details(true)
+            .send()
+            .await
+            .map_err(|e| {
+                let error = failed::<TargetError, _>(e, "ListCommandInvocations");
+                tracing::warn!(command_id, %error, "could not read the failed hosts' output");
+            })
+            .ok()?;
+        let failed = out.command_invocations().iter().find(|i| {
+            !matches!(
+                i.status(),
+                Some(
+                    aws_sdk_ssm::types::CommandInvocationStatus::Success
+                        | aws_sdk_ssm::types::CommandInvocationStatus::InProgress
+                        | aws_sdk_ssm::types::CommandInvocationStatus::Pending
+                )
+            )
+        })?;
+        let output: Vec<&str> = failed
+            .command_plugins()
+            .iter()
+            .filter_map(|p| p.output())
+            .filter(|o| !o.trim().is_empty())
+            .collect();
+        let output = output.join("\n");
+        (!output.is_empty()).then(|| {
+            format!(
+                "host {}: {}",
+                failed.instance_id().unwrap_or("?"),
+                tail(&output)
+            )
+        })
+    }
+}
+
 #[async_trait]
 impl Target for SsmRunCommand {
     async fn start(&self, dep: &Deployment, config: &TargetConfig) -> Result<Started, TargetError> {
@@ -60,10 +144,7 @@ impl Target for SsmRunCommand {
             .client
             .send_command()
             .document_name(&self.document)
-            .comment(format!(
-                "pushdeploy {} {}/{}",
-                dep.id, dep.app, dep.environment
-            ))
+            .comment(comment(dep))
             .max_concurrency(&ssm.max_concurrency)
             .max_errors(&ssm.max_errors);
         for (name, value) in self.parameters(dep, ssm) {
@@ -103,23 +184,91 @@ impl Target for SsmRunCommand {
             TargetError::NotFound(format!("SSM has no command {}", target_ref.id()))
         })?;
         Ok(match command.status() {
+            // A command whose targets matched no instance ends `Success` having run nowhere.
+            Some(CommandStatus::Success) if command.target_count() == 0 => {
+                RolloutStatus::Failed(format!(
+                    "SSM command {} reached no host: no instance matched {}; check the environment's `instances`",
+                    target_ref.id(),
+                    selector(command)
+                ))
+            }
             Some(CommandStatus::Success) => RolloutStatus::Succeeded,
             Some(
                 CommandStatus::Pending | CommandStatus::InProgress | CommandStatus::Cancelling,
             )
             | None => RolloutStatus::InProgress,
-            Some(other) => RolloutStatus::Failed(format!(
-                "SSM command {} ended {} ({} of {} hosts failed{})",
-                target_ref.id(),
-                other.as_str(),
-                command.error_count(),
-                command.target_count(),
-                command
-                    .status_details()
-                    .map(|d| format!("; {d}"))
-                    .unwrap_or_default(),
-            )),
+            Some(other) => {
+                let mut reason = format!(
+                    "SSM command {} ended {} ({} of {} hosts failed{})",
+                    target_ref.id(),
+                    other.as_str(),
+                    command.error_count(),
+                    command.target_count(),
+                    command
+                        .status_details()
+                        .map(|d| format!("; {d}"))
+                        .unwrap_or_default(),
+                );
+                if let Some(output) = self.failed_output(target_ref.id()).await {
+                    reason.push_str(&format!("; {output}"));
+                }
+                RolloutStatus::Failed(reason)
+            }
         })
+    }
+
+    async fn find(
+        &self,
+        dep: &Deployment,
+        _config: &TargetConfig,
+    ) -> Result<Option<Started>, TargetError> {
+        let prefix = format!("pushdeploy {} ", dep.id);
+        let since = dep.created_at - time::Duration::minutes(5);
+        let filter = |key, value: String| {
+            aws_sdk_ssm::types::CommandFilter::builder()
+                .key(key)
+                .value(value)
+                .build()
+                .map_err(|e| TargetError::Invalid(format!("cannot build a filter: {e}")))
+        };
+        let since = since
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| TargetError::Invalid(format!("cannot write a time: {e}")))?;
+        let mut token = None;
+        // Pushdeploy's commands of the last minutes, a page at a time.
+        for _ in 0..20 {
+            let out = self
+                .client
+                .list_commands()
+                .filters(filter(
+                    aws_sdk_ssm::types::CommandFilterKey::DocumentName,
+                    self.document.clone(),
+                )?)
+                .filters(filter(
+                    aws_sdk_ssm::types::CommandFilterKey::InvokedAfter,
+                    since.clone(),
+                )?)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| failed::<TargetError, _>(e, "ListCommands"))?;
+            let found = out
+                .commands()
+                .iter()
+                .find(|c| {
+                    c.comment()
+                        .is_some_and(|m| m.starts_with(&prefix) || m == prefix.trim_end())
+                })
+                .and_then(|c| c.command_id());
+            if let Some(id) = found {
+                return Ok(Some(TargetRef::new(KIND, id).into()));
+            }
+            token = out.next_token;
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok(None)
     }
 
     async fn cancel(&self, target_ref: &TargetRef) -> Result<(), TargetError> {
@@ -228,8 +377,14 @@ apps:
         ] {
             let s = status.clone();
             let rule = mock!(Client::list_commands).then_output(move || list(s.clone()));
-            let ssm =
-                SsmRunCommand::new(mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&rule]), "d");
+            // Reading the hosts' output is best effort (moto does not have it at all).
+            let unavailable = mock!(Client::list_command_invocations).then_error(|| {
+                aws_sdk_ssm::operation::list_command_invocations::ListCommandInvocationsError::unhandled("not implemented")
+            });
+            let ssm = SsmRunCommand::new(
+                mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&rule, &unavailable]),
+                "d",
+            );
             let got = ssm.status(&TargetRef::new(KIND, "c-1")).await.unwrap();
             let RolloutStatus::Failed(reason) = got else {
                 panic!("{status:?} should fail the rollout")
@@ -252,5 +407,127 @@ apps:
                 expected
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_failed_host_says_why_in_its_last_lines_of_output() {
+        use aws_sdk_ssm::operation::list_command_invocations::ListCommandInvocationsOutput;
+        use aws_sdk_ssm::types::{CommandInvocation, CommandInvocationStatus, CommandPlugin};
+        let commands = mock!(Client::list_commands).then_output(|| list(CommandStatus::Failed));
+        let noise = "pulling layer …\n".repeat(200);
+        let output = format!(
+            "{noise}pushdeploy: the new container did not answer http://127.0.0.1:80/health within 30 s; restored the previous one\n"
+        );
+        let invocations = mock!(Client::list_command_invocations)
+            .match_requests(|r| r.command_id() == Some("c-1") && r.details() == Some(true))
+            .then_output(move || {
+                ListCommandInvocationsOutput::builder()
+                    .command_invocations(
+                        CommandInvocation::builder()
+                            .instance_id("i-0aaa")
+                            .status(CommandInvocationStatus::Success)
+                            .build(),
+                    )
+                    .command_invocations(
+                        CommandInvocation::builder()
+                            .instance_id("i-0bbb")
+                            .status(CommandInvocationStatus::Failed)
+                            .command_plugins(
+                                CommandPlugin::builder().output(output.clone()).build(),
+                            )
+                            .build(),
+                    )
+                    .build()
+            });
+        let ssm = SsmRunCommand::new(
+            mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&commands, &invocations]),
+            "d",
+        );
+        let RolloutStatus::Failed(reason) = ssm.status(&TargetRef::new(KIND, "c-1")).await.unwrap()
+        else {
+            panic!("a failed command fails the rollout")
+        };
+        assert!(reason.contains("host i-0bbb: …"), "{reason}");
+        assert!(
+            reason.ends_with(
+                "did not answer http://127.0.0.1:80/health within 30 s; restored the previous one"
+            ),
+            "{reason}"
+        );
+        assert!(reason.len() < 1_200, "{} bytes", reason.len());
+    }
+
+    #[tokio::test]
+    async fn a_command_that_reached_no_host_fails_naming_its_targets() {
+        let rule = mock!(Client::list_commands).then_output(|| {
+            ListCommandsOutput::builder()
+                .commands(
+                    Command::builder()
+                        .command_id("c-1")
+                        .status(CommandStatus::Success)
+                        .target_count(0)
+                        .targets(
+                            SsmTargetSelector::builder()
+                                .key("tag:Role")
+                                .values("web-stagign")
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build()
+        });
+        let ssm = SsmRunCommand::new(mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&rule]), "d");
+        let got = ssm.status(&TargetRef::new(KIND, "c-1")).await.unwrap();
+        assert_eq!(
+            got,
+            RolloutStatus::Failed(
+                "SSM command c-1 reached no host: no instance matched tag:Role=web-stagign; check the environment's `instances`".into()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_command_sent_for_a_deployment_is_found_by_its_comment() {
+        let (dep, target) = fixture();
+        let ours = comment(&dep);
+        let rule = mock!(Client::list_commands)
+            .match_requests(|r| {
+                r.filters().iter().any(|f| {
+                    f.key() == &aws_sdk_ssm::types::CommandFilterKey::DocumentName
+                        && f.value() == "pushdeploy-deploy"
+                })
+            })
+            .then_output(move || {
+                ListCommandsOutput::builder()
+                    .commands(
+                        Command::builder()
+                            .command_id("someone-else")
+                            .comment("pushdeploy 01JD8Z6V6WQ5N8B9C3H4K2M7PX web/staging")
+                            .build(),
+                    )
+                    .commands(
+                        Command::builder()
+                            .command_id("c-7")
+                            .comment(ours.clone())
+                            .build(),
+                    )
+                    .build()
+            });
+        let ssm = SsmRunCommand::new(
+            mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&rule]),
+            "pushdeploy-deploy",
+        );
+        let found = ssm.find(&dep, &target).await.unwrap().unwrap();
+        assert_eq!(found.target_ref.as_str(), "ssm:c-7");
+    }
+
+    #[test]
+    fn the_comment_starts_with_the_deployment_and_fits_ssms_limit() {
+        let (mut dep, _) = fixture();
+        dep.app = crate::domain::AppName::parse(&"a".repeat(40)).unwrap();
+        dep.environment = crate::domain::EnvName::parse(&"e".repeat(40)).unwrap();
+        let c = comment(&dep);
+        assert!(c.chars().count() <= 100);
+        assert!(c.starts_with(&format!("pushdeploy {} ", dep.id)));
     }
 }
