@@ -31,7 +31,8 @@ struct StoreInner {
     envs: HashMap<EnvKey, EnvState>,
     deployments: BTreeMap<(AppName, EnvName, DeploymentId), Deployment>,
     target_refs: HashMap<String, (AppName, EnvName, DeploymentId)>,
-    claims: HashSet<String>,
+    /// Claimed events, with the time each is held until (`None`: for good).
+    claims: HashMap<String, Option<OffsetDateTime>>,
     commits: usize,
     /// The next this-many commits find another writer got there first.
     interfere: usize,
@@ -82,7 +83,7 @@ impl MemoryStore {
             .values()
             .map(|d| serde_json::to_string(d).unwrap())
             .collect();
-        let mut claims: Vec<_> = inner.claims.iter().cloned().collect();
+        let mut claims: Vec<_> = inner.claims.keys().cloned().collect();
         claims.sort();
         format!("{envs:?}\n{deps:?}\n{claims:?}")
     }
@@ -174,10 +175,15 @@ impl StateStore for MemoryStore {
                 return Err(StoreError::Conflict(format!("deployment {}", d.id)));
             }
         }
-        if let Some(claim) = &commit.claim_event
-            && inner.claims.contains(claim)
-        {
-            return Err(StoreError::Duplicate(claim.clone()));
+        if let Some(claim) = &commit.claim_event {
+            match inner.claims.get(claim) {
+                Some(None) => return Err(StoreError::Duplicate(claim.clone())),
+                // A claim held until a time is free again once that time has passed.
+                Some(Some(until)) if commit.claim_lease.is_none_or(|l| *until > l.now) => {
+                    return Err(StoreError::Held(claim.clone()));
+                }
+                _ => {}
+            }
         }
         if let Some(env) = commit.env {
             env.version += 1;
@@ -196,7 +202,12 @@ impl StateStore for MemoryStore {
             inner.deployments.insert(key, d.clone());
         }
         if let Some(claim) = commit.claim_event {
-            inner.claims.insert(claim);
+            inner
+                .claims
+                .insert(claim, commit.claim_lease.map(|l| l.until));
+        }
+        if let Some(settle) = commit.settle_event {
+            inner.claims.insert(settle, None);
         }
         if let Some(forget) = commit.forget_event {
             inner.claims.remove(&forget);
@@ -299,6 +310,22 @@ impl FakeRegistry {
         inner.images.insert((repository.to_owned(), digest.clone()));
     }
 
+    /// Pushes an image at a given time.
+    pub fn push_at(
+        &self,
+        repository: &str,
+        tag: Option<&str>,
+        digest: &Digest,
+        at: OffsetDateTime,
+    ) {
+        self.push(repository, tag, digest);
+        self.inner
+            .lock()
+            .unwrap()
+            .pushed_at
+            .insert((repository.to_owned(), digest.clone()), at);
+    }
+
     /// Makes `index` an image index listing `children`.
     pub fn set_children(&self, index: &Digest, children: Vec<Digest>) {
         self.inner
@@ -384,7 +411,10 @@ impl FakeRegistry {
                 digest: digest.clone(),
             },
             tags,
-            pushed_at: None,
+            pushed_at: inner
+                .pushed_at
+                .get(&(repository.to_string(), digest.clone()))
+                .copied(),
         }
     }
 }

@@ -320,20 +320,47 @@ impl StateStore for DynamoStore {
         let mut claim_index = None;
         if let Some(claim) = &commit.claim_event {
             let expires = time::OffsetDateTime::now_utc().unix_timestamp() + CLAIM_TTL_SECONDS;
-            let item = Item::from([
+            let mut item = Item::from([
                 ("pk".into(), s(format!("EVENT#{claim}"))),
                 ("sk".into(), s("EVENT")),
                 ("expires_at".into(), n(expires)),
             ]);
             let put = Put::builder()
                 .table_name(&self.table)
+                .return_values_on_condition_check_failure(
+                    aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
+                );
+            let put = match commit.claim_lease {
+                // A claim held for a while may be taken once its time is past.
+                Some(lease) => {
+                    item.insert("until".into(), n(lease.until.unix_timestamp()));
+                    put.condition_expression(
+                        "attribute_not_exists(pk) OR (attribute_exists(#u) AND #u < :now)",
+                    )
+                    .expression_attribute_names("#u", "until")
+                    .expression_attribute_values(":now", n(lease.now.unix_timestamp()))
+                }
+                None => put.condition_expression("attribute_not_exists(pk)"),
+            };
+            let put = put
                 .set_item(Some(item))
-                .condition_expression("attribute_not_exists(pk)")
                 .build()
                 .map_err(|e| StoreError::Internal(format!("cannot build a claim: {e}")))?;
             writes.push(TransactWriteItem::builder().put(put).build());
             what.push(format!("event {claim}"));
             claim_index = Some(writes.len() - 1);
+        }
+        if let Some(settle) = &commit.settle_event {
+            let update = aws_sdk_dynamodb::types::Update::builder()
+                .table_name(&self.table)
+                .key("pk", s(format!("EVENT#{settle}")))
+                .key("sk", s("EVENT"))
+                .update_expression("REMOVE #u")
+                .expression_attribute_names("#u", "until")
+                .build()
+                .map_err(|e| StoreError::Internal(format!("cannot build a settle: {e}")))?;
+            writes.push(TransactWriteItem::builder().update(update).build());
+            what.push(format!("settle event {settle}"));
         }
         if let Some(forget) = &commit.forget_event {
             let delete = Delete::builder()
@@ -437,7 +464,18 @@ fn transaction_error(
                 if let (Some(i), Some(claim)) = (claim_index, claim)
                     && failed.contains(&i)
                 {
-                    return StoreError::Duplicate(claim.to_owned());
+                    // A claim still held for a while is being handled; one without an end
+                    // was handled.
+                    let held = cancelled
+                        .cancellation_reasons()
+                        .get(i)
+                        .and_then(|r| r.item())
+                        .is_some_and(|item| item.contains_key("until"));
+                    return if held {
+                        StoreError::Held(claim.to_owned())
+                    } else {
+                        StoreError::Duplicate(claim.to_owned())
+                    };
                 }
                 if !failed.is_empty() {
                     let names: Vec<&str> = failed

@@ -9,10 +9,10 @@ use time::OffsetDateTime;
 
 use super::{ECR_IMAGE_ACTION, ECR_SOURCE, Function, check_routed};
 use crate::domain::text::{Person, Reason};
-use crate::domain::{AppName, Digest, EnvName, EventType, Repository, Tag};
+use crate::domain::{AppName, Digest, EnvName, EventType, Tag};
 use crate::inbound::{Console, Envelope, is_event};
 use crate::lambda::respond;
-use crate::services::deploy::{ManualDeploy, Push, Wanted};
+use crate::services::deploy::{ManualDeploy, PushEvent, Wanted};
 use crate::services::promote::{ManualPromotion, Verified};
 use crate::services::{Deployer, InputError, ServiceError};
 
@@ -20,7 +20,7 @@ use crate::services::{Deployer, InputError, ServiceError};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// An image pushed to ECR.
-    Push(Push),
+    Push(PushEvent),
     /// An ECR event that deploys nothing (a deletion, a failed push), and why.
     NotAPush(String),
     /// A digest verified somewhere: its environment is free, it may be promoted, and the
@@ -104,9 +104,9 @@ struct EcrDetail {
 #[derive(Deserialize)]
 struct EcrPush {
     #[serde(rename = "repository-name")]
-    repository_name: Repository,
+    repository_name: String,
     #[serde(rename = "image-digest")]
-    image_digest: Digest,
+    image_digest: String,
     #[serde(rename = "image-tag", default)]
     image_tag: Option<String>,
 }
@@ -151,7 +151,7 @@ pub fn parse(payload: Value) -> Result<Input, InputError> {
                 tag: detail.tag,
                 kind,
                 pushed_at: detail.pushed_at.unwrap_or(detail.at),
-                event_id: envelope.id,
+                event_id: detail.event_id.unwrap_or(envelope.id),
             }))
         }
         EventType::PromotionApproved => {
@@ -164,7 +164,7 @@ pub fn parse(payload: Value) -> Result<Input, InputError> {
                 app,
                 environment,
                 digest,
-                event_id: envelope.id,
+                event_id: detail.event_id.unwrap_or(envelope.id),
             })
         }
         _ => Ok(Input::Freed { app, environment }),
@@ -201,20 +201,23 @@ fn ecr_push(envelope: &Envelope) -> Result<Input, InputError> {
         )));
     }
     let push: EcrPush = envelope.detail()?;
-    let tag = match push.image_tag.as_deref() {
-        None | Some("") => None,
-        Some(t) => Some(Tag::parse(t).map_err(|e| InputError::Field {
-            what: "\"ECR Image Action\" event detail".into(),
-            field: Some("detail.image-tag".into()),
-            problem: e.to_string(),
-        })?),
+    let field = |name: &str, problem: String| InputError::Field {
+        what: "\"ECR Image Action\" event detail".into(),
+        field: Some(format!("detail.{name}")),
+        problem,
     };
-    Ok(Input::Push(Push {
+    let tag = match push.image_tag.as_deref() {
+        None | Some("") => Ok(None),
+        Some(t) => Tag::parse(t)
+            .map(Some)
+            .map_err(|e| field("image-tag", e.to_string())),
+    };
+    Ok(Input::Push(PushEvent {
         event_id: envelope.id.clone(),
         account: envelope.account.clone(),
         region: envelope.region.clone(),
         repository: push.repository_name,
-        digest: push.image_digest,
+        digest: Digest::parse(&push.image_digest).map_err(|e| field("image-digest", e.to_string())),
         tag,
         pushed_at: envelope.time.unwrap_or_else(OffsetDateTime::now_utc),
     }))
@@ -223,7 +226,14 @@ fn ecr_push(envelope: &Envelope) -> Result<Input, InputError> {
 /// Does what the input asks; the response is what a person reads in the console.
 pub async fn run(deployer: &Deployer, input: Input) -> Result<Value, ServiceError> {
     match input {
-        Input::Push(push) => respond(&json!({ "results": deployer.on_push(&push).await? })),
+        Input::Push(push) => match deployer.on_push_event(&push).await? {
+            Some(results) => respond(&json!({ "results": results })),
+            None => respond(&json!({
+                "results": [],
+                "outcome": "ignored",
+                "reason": format!("no app deploys repository {}", crate::inbound::quote(&push.repository)),
+            })),
+        },
         Input::NotAPush(reason) => respond(&json!({ "outcome": "ignored", "reason": reason })),
         Input::Verified(verified) => {
             let started = deployer

@@ -20,7 +20,7 @@ pub use registry::{
     RegistryError, ResolvedImage, TagMove, TagWriter,
 };
 pub use secrets::{SecretError, SecretSource};
-pub use store::{Commit, OutboxEntry, StateStore, StoreError};
+pub use store::{ClaimLease, Commit, OutboxEntry, StateStore, StoreError};
 pub use target::{RolloutStatus, Started, StatusEvent, Target, TargetError, TargetRef, Targets};
 pub use webhook::{Webhook, WebhookError};
 

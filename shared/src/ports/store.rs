@@ -48,6 +48,9 @@ pub enum StoreError {
     /// The event was already handled: this is a repeated delivery.
     #[error("event {0} was already handled")]
     Duplicate(String),
+    /// Another invocation claimed the event for a while and has not finished with it.
+    #[error("event {0} is being handled by another invocation")]
+    Held(String),
     #[error("{0}")]
     Throttled(#[source] CallError),
     #[error("{0}")]
@@ -74,6 +77,11 @@ pub struct Commit<'a> {
     pub link_target_refs: bool,
     /// Claims an event id; fails with `Duplicate` when it was claimed before.
     pub claim_event: Option<String>,
+    /// Holds the claim only for a while: a claim not settled by its end may be taken again
+    /// (its invocation stopped), and one still held fails with `Held`.
+    pub claim_lease: Option<ClaimLease>,
+    /// Makes a claim held `until` a time permanent: its work is done.
+    pub settle_event: Option<String>,
     /// Releases an earlier claim so a retried delivery is handled again.
     pub forget_event: Option<String>,
     /// Lifecycle events announcing this change, recorded with it (each in the outbox of the
@@ -105,6 +113,13 @@ impl<'a> Commit<'a> {
         self.claim_event = event;
         self
     }
+}
+
+/// A claim taken `now`, held until `until` unless settled before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimLease {
+    pub now: time::OffsetDateTime,
+    pub until: time::OffsetDateTime,
 }
 
 #[async_trait]

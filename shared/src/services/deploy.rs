@@ -82,6 +82,32 @@ impl Deployer {
         let mut named = false;
         for (app_name, app) in config.apps_for_repository(&push.repository) {
             named = true;
+            // An app deploys its own registry's images: a push to a repository of the same
+            // name in another account or region is not one of them.
+            if let Some(elsewhere) = app
+                .registry
+                .as_ref()
+                .and_then(|r| other_registry(r, &push.account, &push.region))
+            {
+                info!(app = %app_name, %elsewhere, "the push is not to this app's registry");
+                for (env_name, env) in &app.environments {
+                    if env
+                        .deploy_on_push
+                        .as_ref()
+                        .is_some_and(|p| p.admits(push.tag.as_ref()))
+                    {
+                        results.push(EnvResult {
+                            app: app_name.clone(),
+                            environment: env_name.clone(),
+                            outcome: EnvOutcome::Skipped {
+                                reason: elsewhere.clone(),
+                                image: format!("{}@{}", push.repository, push.digest),
+                            },
+                        });
+                    }
+                }
+                continue;
+            }
             let registry = match &app.registry {
                 Some(r) => r.clone(),
                 None => {
@@ -268,6 +294,10 @@ impl Deployer {
             || format!("admitting {image} to {app}/{env}"),
             async |_| {
                 let mut state = self.core.store.env_state(app, env).await?;
+                let mut request = request.clone();
+                if request.kind == Kind::Push {
+                    self.order_pushes_in_one_second(&mut state, &mut request).await?;
+                }
                 match state.admit(&request) {
                     Admission::Skip(reason) => {
                         info!(app = %app, env = %env, %reason, "deploying nothing");
@@ -350,6 +380,128 @@ impl Deployer {
     }
 }
 
+impl Deployer {
+    /// An ECR push event's time has whole seconds: of two pushes in the same second it
+    /// cannot say which came last. When the request competes with a queued or current image
+    /// pushed in the same second, ECR's own push times (to the millisecond) order them.
+    async fn order_pushes_in_one_second(
+        &self,
+        state: &mut EnvState,
+        request: &mut Request,
+    ) -> Result<(), ServiceError> {
+        let second = request.pushed_at.unix_timestamp();
+        let ties = |t: OffsetDateTime, d: &Digest| {
+            t.unix_timestamp() == second && t.nanosecond() == 0 && d != &request.image.digest
+        };
+        let queued = state
+            .queued
+            .as_ref()
+            .is_some_and(|q| ties(q.pushed_at, &q.image.digest));
+        let current = state
+            .current
+            .as_ref()
+            .is_some_and(|c| ties(c.pushed_at, &c.digest));
+        if !queued && !current {
+            return Ok(());
+        }
+        let repository = request.image.repository.clone();
+        if let Some(at) = self
+            .pushed_at(&repository, &request.image.digest, second)
+            .await?
+        {
+            request.pushed_at = at;
+        }
+        if queued
+            && let Some(q) = state.queued.as_mut()
+            && let Some(at) = self.pushed_at(&repository, &q.image.digest, second).await?
+        {
+            q.pushed_at = at;
+        }
+        if current
+            && let Some(c) = state.current.as_mut()
+            && let Some(at) = self.pushed_at(&repository, &c.digest, second).await?
+        {
+            c.pushed_at = at;
+        }
+        Ok(())
+    }
+
+    /// When ECR says `digest` was pushed, if that falls in `second` (a digest pushed again
+    /// later keeps its first push time, which then says nothing of this push).
+    async fn pushed_at(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        second: i64,
+    ) -> Result<Option<OffsetDateTime>, ServiceError> {
+        match self.registry.find_digest(repository, digest).await {
+            Ok(found) => Ok(found.pushed_at.filter(|t| t.unix_timestamp() == second)),
+            Err(RegistryError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Why a push from `account`/`region` is not to `registry`, when `registry` is an ECR
+/// registry of another account or region.
+fn other_registry(registry: &Registry, account: &str, region: &str) -> Option<String> {
+    let host = registry.as_str();
+    let (id, rest) = host.split_once(".dkr.ecr.")?;
+    let its_region = rest.split('.').next()?;
+    (id != account || its_region != region).then(|| {
+        format!(
+            "the push is to account {account} in {region}; the app's registry {host} is account {id} in {its_region}"
+        )
+    })
+}
+
+/// An `ECR Image Action` push as the event gives it: its repository as ECR names it, and
+/// its digest and tag read but not yet required to be valid, since a push to a repository
+/// no app deploys is ignored whatever it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushEvent {
+    pub event_id: String,
+    pub account: String,
+    pub region: String,
+    pub repository: String,
+    pub digest: Result<Digest, InputError>,
+    pub tag: Result<Option<Tag>, InputError>,
+    pub pushed_at: OffsetDateTime,
+}
+
+impl Deployer {
+    /// A push event: ignored when no app deploys its repository, else deployed (its digest
+    /// and tag must then be valid).
+    pub async fn on_push_event(
+        &self,
+        event: &PushEvent,
+    ) -> Result<Option<Vec<EnvResult>>, ServiceError> {
+        let config = self.core.config.load().await?;
+        if !config
+            .apps
+            .values()
+            .any(|a| a.repository.as_str() == event.repository)
+        {
+            info!(repository = %event.repository, "no app deploys this repository; ignoring the push");
+            return Ok(None);
+        }
+        let push = Push {
+            event_id: event.event_id.clone(),
+            account: event.account.clone(),
+            region: event.region.clone(),
+            repository: Repository::parse(&event.repository).map_err(|e| InputError::Field {
+                what: "\"ECR Image Action\" event detail".into(),
+                field: Some("detail.repository-name".into()),
+                problem: e.to_string(),
+            })?,
+            digest: event.digest.clone()?,
+            tag: event.tag.clone()?,
+            pushed_at: event.pushed_at,
+        };
+        self.on_push(&push).await.map(Some)
+    }
+}
+
 fn duplicate(result: impl FnOnce(EnvOutcome) -> EnvResult, image: String) -> EnvResult {
     info!("this event was already handled; deploying nothing");
     result(EnvOutcome::Skipped {
@@ -429,6 +581,73 @@ mod tests {
         assert_eq!(
             w.events.types(),
             vec!["Rollout Started", "Rollout Queued", "Deployment Skipped"]
+        );
+    }
+
+    #[tokio::test]
+    async fn of_two_pushes_in_one_second_the_one_ecr_took_last_wins_whatever_the_delivery_order() {
+        let w = World::sample();
+        let d = w.deployer();
+        d.on_push(&push(&w, '1', "v1", 0, "e1")).await.unwrap();
+        let second = World::START + time::Duration::seconds(10);
+        let ms = |n| second + time::Duration::milliseconds(n);
+        w.registry
+            .push_at("acme/web", Some("v2"), &w.image('a').digest, ms(300));
+        w.registry
+            .push_at("acme/web", Some("v3"), &w.image('b').digest, ms(700));
+        // The later push is delivered first; both events say the same second.
+        d.on_push(&push(&w, 'b', "v3", 10, "e3")).await.unwrap();
+        let late = d.on_push(&push(&w, 'a', "v2", 10, "e2")).await.unwrap();
+        assert!(
+            matches!(&late[0].outcome, EnvOutcome::Skipped { reason, .. } if reason.contains("newer image is already queued")),
+            "{late:?}"
+        );
+        assert_eq!(w.state("staging").queued.unwrap().image, w.image('b'));
+    }
+
+    #[tokio::test]
+    async fn a_push_to_a_repository_no_app_deploys_is_ignored_whatever_it_holds() {
+        let w = World::sample();
+        let event = PushEvent {
+            event_id: "e1".into(),
+            account: "123456789012".into(),
+            region: "eu-west-1".into(),
+            repository: "other-team/Batch".into(),
+            digest: Digest::parse("sha256:short").map_err(|e| InputError::Rule(e.to_string())),
+            tag: Err(InputError::Rule("tag \"v1;$(reboot)\" is not a tag".into())),
+            pushed_at: World::START,
+        };
+        assert_eq!(w.deployer().on_push_event(&event).await.unwrap(), None);
+        let ours = PushEvent {
+            repository: "acme/web".into(),
+            ..event
+        };
+        let err = w.deployer().on_push_event(&ours).await.unwrap_err();
+        assert_eq!(err.error_type(), "NonRetryable.InvalidInput");
+        assert_eq!(w.store.commits(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_push_to_a_same_named_repository_of_another_account_deploys_nothing() {
+        let w = World::new(
+            &World::SAMPLE_CONFIG.replace(
+                "    repository: acme/web\n",
+                "    repository: acme/web\n    registry: 123456789012.dkr.ecr.eu-west-1.amazonaws.com\n",
+            ),
+        );
+        let mut p = push(&w, 'a', "v1", 0, "e1");
+        p.account = "999999999999".into();
+        let out = w.deployer().on_push(&p).await.unwrap();
+        assert!(
+            matches!(&out[0].outcome, EnvOutcome::Skipped { reason, .. } if reason.contains("account 999999999999")),
+            "{out:?}"
+        );
+        assert!(w.target.started().is_empty());
+        p.account = "123456789012".into();
+        let out = w.deployer().on_push(&p).await.unwrap();
+        assert!(
+            matches!(out[0].outcome, EnvOutcome::Started { .. }),
+            "{out:?}"
         );
     }
 

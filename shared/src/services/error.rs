@@ -113,9 +113,10 @@ impl ServiceError {
             }) => RETRYABLE,
             ServiceError::Config(_) => CONFIGURATION,
             ServiceError::Store(e) => match e {
-                StoreError::Throttled(_) | StoreError::Transient(_) | StoreError::Conflict(_) => {
-                    RETRYABLE
-                }
+                StoreError::Throttled(_)
+                | StoreError::Transient(_)
+                | StoreError::Conflict(_)
+                | StoreError::Held(_) => RETRYABLE,
                 StoreError::NotFound(_) => NOT_FOUND,
                 StoreError::Internal(_) => INTERNAL,
                 StoreError::Duplicate(_) | StoreError::Refused(_) | StoreError::Corrupt { .. } => {

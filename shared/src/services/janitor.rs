@@ -372,8 +372,9 @@ where
     loop {
         match call().await {
             Err(e) if is_transient(&e) && attempt < REGISTRY_ATTEMPTS => {
-                warn!(attempt, error = %e, "{what}: trying again in {backoff:?}");
-                tokio::time::sleep(backoff).await;
+                let pause = super::jittered(backoff);
+                warn!(attempt, error = %e, "{what}: trying again in {pause:?}");
+                tokio::time::sleep(pause).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 attempt += 1;
             }

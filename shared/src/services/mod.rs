@@ -119,6 +119,22 @@ impl Core {
 /// How often a read–decide–commit is redone when another writer got there first.
 pub(crate) const MAX_ATTEMPTS: usize = 8;
 
+/// The pause before the first retry of a conflicting write; doubled after each.
+const CONFLICT_BACKOFF: Duration = Duration::from_millis(5);
+
+/// A pause of about `base`: anywhere from half of it to all of it, so that callers that
+/// failed together do not retry together.
+pub(crate) fn jittered(base: Duration) -> Duration {
+    let random = ulid::Ulid::new().random() as u64;
+    let half = base / 2;
+    let spread = half.as_micros() as u64;
+    half + Duration::from_micros(if spread == 0 {
+        0
+    } else {
+        random % (spread + 1)
+    })
+}
+
 /// Runs a read–decide–commit until its commit wins. `attempt` reads what it needs, decides
 /// and commits; when the commit meets a concurrent writer (`StoreError::Conflict`) it runs
 /// again on fresh reads (it is told which attempt it is), at most `MAX_ATTEMPTS` times.
@@ -130,6 +146,10 @@ pub(crate) async fn retry_on_conflict<T>(
 ) -> Result<T, ServiceError> {
     let mut record = String::new();
     for n in 0..MAX_ATTEMPTS {
+        if n > 0 {
+            // Writers that met each other retry apart, not in step.
+            tokio::time::sleep(jittered(CONFLICT_BACKOFF * (1 << n.min(5)))).await;
+        }
         match attempt(n).await {
             Err(ServiceError::Store(StoreError::Conflict(r))) => record = r,
             Err(
@@ -146,4 +166,17 @@ pub(crate) async fn retry_on_conflict<T>(
         attempts: MAX_ATTEMPTS,
         record,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jittered_pause_lies_between_half_and_all_of_its_base_and_varies() {
+        let base = Duration::from_millis(200);
+        let pauses: Vec<Duration> = (0..50).map(|_| jittered(base)).collect();
+        assert!(pauses.iter().all(|p| *p >= base / 2 && *p <= base));
+        assert!(pauses.iter().any(|p| *p != pauses[0]), "{pauses:?}");
+    }
 }

@@ -14,7 +14,11 @@ use super::{Core, ServiceError};
 use crate::domain::config::{Channel, ChannelKind, Notice};
 use crate::domain::notice::{Message, dedupe_key, notice_of};
 use crate::domain::{EventDetail, EventType};
-use crate::ports::{Commit, SecretSource, StoreError, Webhook};
+use crate::ports::{ClaimLease, Commit, SecretSource, StoreError, Webhook};
+
+/// How long a channel's claim on a message is held before a retry may send it: longer than
+/// the function runs.
+const CLAIM_LEASE: time::Duration = time::Duration::seconds(120);
 
 /// How hard one invocation tries to deliver a message before giving it back to Lambda's
 /// retries (and, after those, the dead-letter queue).
@@ -82,21 +86,28 @@ impl Notifier {
         let Some(app) = config.app(&detail.app) else {
             return Ok(Vec::new());
         };
-        let mut sent = Vec::new();
-        for (i, channel) in app.notify.iter().enumerate() {
-            if !channel.on.contains(&notice) {
-                continue;
-            }
-            let claim = format!("notify#{}#{i}#{}", detail.app, dedupe_key(notice, detail));
-            let outcome = self
-                .send_once(channel, notice, detail_type, detail, &claim)
-                .await?;
-            sent.push(Sent {
-                channel: i,
-                kind: channel.kind,
-                outcome,
+        // Every channel at once: each is bounded by `Delivery`, so a dead webhook cannot hold
+        // the others past the function's timeout.
+        let sends = app
+            .notify
+            .iter()
+            .enumerate()
+            .filter(|(_, channel)| channel.on.contains(&notice))
+            .map(|(i, channel)| async move {
+                let claim = format!("notify#{}#{i}#{}", detail.app, dedupe_key(notice, detail));
+                let outcome = self
+                    .send_once(channel, notice, detail_type, detail, &claim)
+                    .await?;
+                Ok::<Sent, ServiceError>(Sent {
+                    channel: i,
+                    kind: channel.kind,
+                    outcome,
+                })
             });
-        }
+        let sent: Vec<Sent> = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
         let failures: Vec<String> = sent
             .iter()
             .filter_map(|s| match &s.outcome {
@@ -131,9 +142,17 @@ impl Notifier {
         claim: &str,
     ) -> Result<SendOutcome, ServiceError> {
         let store = &self.core.store;
+        let now = self.core.clock.now();
+        // Held for longer than one invocation may run: if this one stops before the message
+        // is sent, a retry after that may send it.
+        let lease = ClaimLease {
+            now,
+            until: now + CLAIM_LEASE,
+        };
         match store
             .commit(Commit {
                 claim_event: Some(claim.to_owned()),
+                claim_lease: Some(lease),
                 ..Commit::default()
             })
             .await
@@ -146,6 +165,16 @@ impl Notifier {
         match result {
             Ok(attempts) => {
                 info!(app = %detail.app, env = %detail.environment, notice = notice.as_str(), kind = ?channel.kind, attempts, "notified");
+                let settled = store
+                    .commit(Commit {
+                        settle_event: Some(claim.to_owned()),
+                        ..Commit::default()
+                    })
+                    .await;
+                if let Err(e) = settled {
+                    // Sent all the same; only a retry after the lease could send it again.
+                    warn!(error = %e, "could not record the message as sent");
+                }
                 Ok(SendOutcome::Sent { attempts })
             }
             Err(error) => {
@@ -191,7 +220,7 @@ impl Notifier {
             {
                 Ok(()) => return Ok(attempt),
                 Err(e) if e.is_retryable() && attempt < attempts => {
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(super::jittered(backoff)).await;
                     backoff *= 2;
                     attempt += 1;
                 }
@@ -209,7 +238,7 @@ mod tests {
     use crate::domain::config::SecretRef;
     use crate::domain::notice::Message;
     use crate::fakes::World;
-    use crate::ports::WebhookError;
+    use crate::ports::{Clock, StateStore, WebhookError};
 
     /// A webhook that answers each post with the next status of its script.
     #[derive(Default)]
@@ -285,5 +314,53 @@ apps:
             .unwrap();
         assert_eq!(again[0].outcome, SendOutcome::AlreadySent);
         assert_eq!(webhook.posted.lock().unwrap().len(), 4, "3 failed, 1 sent");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_whose_invocation_stopped_mid_send_is_sent_once_its_claim_lapses() {
+        let w = World::new(CONFIG);
+        w.secrets.set(
+            SecretRef::SsmParameter("/hooks/slack".into()),
+            "https://hooks/slack",
+        );
+        let webhook = Arc::new(Scripted::default());
+        let notifier = w.notifier(webhook.clone(), Delivery::default());
+        // An invocation claimed the message and stopped before sending it.
+        let claim = format!(
+            "notify#web#0#{}",
+            crate::domain::notice::dedupe_key(Notice::Failed, &failed())
+        );
+        let now = w.clock.now();
+        w.store
+            .commit(Commit {
+                claim_event: Some(claim),
+                claim_lease: Some(ClaimLease {
+                    now,
+                    until: now + CLAIM_LEASE,
+                }),
+                ..Commit::default()
+            })
+            .await
+            .unwrap();
+        let err = notifier
+            .on_event(EventType::VerificationFailed, &failed())
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable(), "held by the other invocation: {err}");
+        w.clock.advance(Duration::from_secs(121));
+        let sent = notifier
+            .on_event(EventType::VerificationFailed, &failed())
+            .await
+            .unwrap();
+        assert!(
+            matches!(sent[0].outcome, SendOutcome::Sent { .. }),
+            "{sent:?}"
+        );
+        assert_eq!(webhook.posted.lock().unwrap().len(), 1);
+        let again = notifier
+            .on_event(EventType::VerificationFailed, &failed())
+            .await
+            .unwrap();
+        assert_eq!(again[0].outcome, SendOutcome::AlreadySent);
     }
 }

@@ -251,7 +251,7 @@ async fn run_check(probe: &dyn HttpProbe, check: &SmokeCheck, deadline: Instant)
                 error: Some(error),
             };
         }
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(super::jittered(backoff)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
