@@ -1010,10 +1010,11 @@ const ECS_TASK_DEFINITION_ACTIONS: [&str; 4] = [
 /// What the CodeDeploy adapter calls on a deployment group (create, follow, stop), what
 /// CreateDeployment asks on the side (the group's deployment configuration, registering
 /// the revision), and the upload of an EC2/on-premises bundle.
-const CODEDEPLOY_GROUP_ACTIONS: [&str; 3] = [
+const CODEDEPLOY_GROUP_ACTIONS: [&str; 4] = [
     "codedeploy:CreateDeployment",
     "codedeploy:GetDeployment",
     "codedeploy:StopDeployment",
+    "codedeploy:ListDeployments",
 ];
 const CODEDEPLOY_REVISION_ACTIONS: [&str; 2] = [
     "codedeploy:RegisterApplicationRevision",
@@ -1025,7 +1026,12 @@ const BUNDLE_UPLOAD_ACTION: &str = "s3:PutObject";
 #[test]
 fn no_function_is_granted_a_wildcard_action_or_an_unscoped_resource() {
     let t = template();
-    let unscoped_ssm: BTreeSet<&str> = ["ssm:ListCommands", "ssm:CancelCommand"].into();
+    let unscoped_ssm: BTreeSet<&str> = [
+        "ssm:ListCommands",
+        "ssm:ListCommandInvocations",
+        "ssm:CancelCommand",
+    ]
+    .into();
     let unscoped_ecs: BTreeSet<&str> = ECS_TASK_DEFINITION_ACTIONS.into();
     for (stack_name, stack) in stacks() {
         let services: Vec<String> = stack
@@ -1191,7 +1197,12 @@ fn each_function_is_granted_exactly_the_actions_its_adapters_call() {
         ),
         (
             "tracker",
-            vec!["ssm:SendCommand", "ssm:ListCommands", "ssm:CancelCommand"],
+            vec![
+                "ssm:SendCommand",
+                "ssm:ListCommands",
+                "ssm:ListCommandInvocations",
+                "ssm:CancelCommand",
+            ],
         ),
         // Its own role: what SAM adds to the others' (logs, the on-failure destination).
         (

@@ -85,6 +85,9 @@ pub struct Deployment {
     pub requested_by: Option<String>,
     /// What the environment ran (or was rolling out) when this deployment took it over.
     pub previous: Option<Current>,
+    /// When a person stopped it: who, why and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<Aborted>,
     /// While `Requested`: the target refused to start it for now (throttled, busy,
     /// unreachable), and from this time whoever runs next starts it again.
     #[serde(
@@ -105,6 +108,15 @@ pub struct HistoryEntry {
     pub at: OffsetDateTime,
     pub phase: Phase,
     pub note: Option<String>,
+}
+
+/// A person stopped a deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Aborted {
+    pub by: String,
+    pub reason: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
 }
 
 /// What is asked of an environment: deploy this image.
@@ -139,6 +151,7 @@ impl Deployment {
             rolled_back_by: None,
             requested_by: request.requested_by,
             previous: None,
+            aborted: None,
             retry_at: None,
             history: vec![HistoryEntry {
                 at: now,

@@ -61,10 +61,14 @@ pub enum EventType {
     PromotionApproved,
     #[serde(rename = "Promotion Rejected")]
     PromotionRejected,
+    /// A person stopped the deployment in flight: its target action is cancelled and the
+    /// environment released, with no rollback.
+    #[serde(rename = "Deployment Aborted")]
+    DeploymentAborted,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 19] = [
+    pub const ALL: [EventType; 20] = [
         EventType::RolloutQueued,
         EventType::RolloutStarted,
         EventType::RolloutSucceeded,
@@ -84,6 +88,7 @@ impl EventType {
         EventType::PromotionPending,
         EventType::PromotionApproved,
         EventType::PromotionRejected,
+        EventType::DeploymentAborted,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -107,6 +112,7 @@ impl EventType {
             EventType::PromotionPending => "Promotion Pending",
             EventType::PromotionApproved => "Promotion Approved",
             EventType::PromotionRejected => "Promotion Rejected",
+            EventType::DeploymentAborted => "Deployment Aborted",
         }
     }
 

@@ -47,6 +47,12 @@ pub enum Input {
     ListPending {
         app: Option<AppName>,
     },
+    Abort {
+        app: AppName,
+        environment: EnvName,
+        reason: String,
+        by: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -58,6 +64,7 @@ enum Action {
     Approve,
     Reject,
     ListPending,
+    Abort,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +83,7 @@ struct AppScope {
     app: Option<AppName>,
 }
 
+/// A freeze, and an abort: the place, why, and who.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FreezeRequest {
@@ -117,6 +125,7 @@ pub const CONSOLE: Console = Console {
         "approve",
         "reject",
         "list-pending",
+        "abort",
     ],
     missing: |action, field| match field {
         "app" | "environment" => Some(format!("\"{action}\" needs \"app\" and \"environment\"")),
@@ -198,6 +207,15 @@ pub fn parse(payload: Value, caller: Option<String>) -> Result<Input, InputError
             let AppScope { app } = fields.read()?;
             Input::ListPending { app }
         }
+        Action::Abort => {
+            let r: FreezeRequest = fields.read()?;
+            Input::Abort {
+                app: r.app,
+                environment: r.environment,
+                reason: r.reason.into_string(),
+                by: by(r.requested_by),
+            }
+        }
     })
 }
 
@@ -253,6 +271,12 @@ pub async fn run(control: &Control, input: Input) -> Result<Value, ServiceError>
         Input::ListPending { app } => {
             respond(&json!({ "pending": control.list_pending(app.as_ref()).await? }))
         }
+        Input::Abort {
+            app,
+            environment,
+            reason,
+            by,
+        } => respond(&control.abort(&app, &environment, &by, &reason).await?),
     }
 }
 

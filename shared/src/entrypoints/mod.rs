@@ -191,6 +191,7 @@ pub const ROUTES: &[Route] = &[
             parameter: "ReconcileSchedule",
         },
     },
+    Route::lifecycle(Function::Tracker, &[EventType::DeploymentAborted.as_str()]),
     Route::lifecycle(Function::Verifier, &[EventType::RolloutSucceeded.as_str()]),
     Route::lifecycle(
         Function::Rollback,

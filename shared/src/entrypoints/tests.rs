@@ -20,7 +20,11 @@ use crate::services::ServiceError;
 use crate::services::error::error_type;
 
 /// Every sample of `events/`, by its path there.
-const SAMPLES: [(&str, &str); 40] = [
+const SAMPLES: [(&str, &str); 41] = [
+    (
+        "control/abort.json",
+        include_str!("../../../events/control/abort.json"),
+    ),
     (
         "control/approve.json",
         include_str!("../../../events/control/approve.json"),

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Function, SCHEDULE_SOURCE, SCHEDULED_EVENT, TARGET_EVENTS, check_routed};
+use crate::domain::{AppName, DeploymentId, EnvName};
 use crate::inbound::{Console, Envelope, is_event};
 use crate::lambda::respond;
 use crate::ports::StatusEvent;
@@ -19,6 +20,12 @@ pub enum Input {
     Reconcile,
     /// A target said something about one of its rollouts.
     Status(StatusEvent),
+    /// A person aborted a deployment: cancel its action and free its environment.
+    Aborted {
+        app: AppName,
+        environment: EnvName,
+        deployment: DeploymentId,
+    },
 }
 
 #[derive(Deserialize)]
@@ -54,6 +61,17 @@ pub fn parse(payload: Value, document: &str) -> Result<Input, InputError> {
     {
         return Ok(Input::Reconcile);
     }
+    if envelope.source == crate::domain::event::SOURCE {
+        let (kind, detail) = envelope.lifecycle()?;
+        let deployment = detail
+            .deployment_id
+            .ok_or_else(|| super::no_deployment_id(kind))?;
+        return Ok(Input::Aborted {
+            app: detail.app,
+            environment: detail.environment,
+            deployment,
+        });
+    }
     let events = TARGET_EVENTS
         .iter()
         .find(|e| {
@@ -78,6 +96,14 @@ pub async fn run(tracker: &Tracker, input: Input) -> Result<Value, ServiceError>
                 return Err(error);
             }
             respond(&report)
+        }
+        Input::Aborted {
+            app,
+            environment,
+            deployment,
+        } => {
+            let done = tracker.on_aborted(&app, &environment, &deployment).await?;
+            respond(&json!({ "outcome": "aborted", "action": done }))
         }
         Input::Status(StatusEvent::Ignored(reason)) => {
             respond(&json!({ "outcome": "ignored", "reason": reason }))

@@ -6,11 +6,13 @@ use time::OffsetDateTime;
 use tracing::info;
 
 use super::deploy::{unknown_app, unknown_env};
-use super::{Core, InputError, ServiceError, retry_on_conflict};
+use super::{Core, InputError, Refusal, ServiceError, retry_on_conflict};
 use crate::domain::approval::{Approved, Outcome, Pending, Waiting};
+use crate::domain::deployment::Aborted;
 use crate::domain::environment::{Current, Freeze, Queued, VerifiedDigest};
 use crate::domain::{
-    AppName, Deployment, DeploymentId, Digest, EnvName, EventType, Kind, LifecycleEvent, Phase, Tag,
+    AppName, Deployment, DeploymentId, Digest, EnvName, EventType, Kind, LifecycleEvent, Phase,
+    Step, Tag,
 };
 use crate::ports::Commit;
 
@@ -247,6 +249,83 @@ impl Control {
         .await
     }
 
+    /// Stops the deployment holding an environment: it fails with who stopped it and why,
+    /// nothing rolls it back, and the tracker cancels its target action and frees the
+    /// environment (on `Deployment Aborted`, or at its next pass).
+    pub async fn abort(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        by: &str,
+        reason: &str,
+    ) -> Result<AbortResult, ServiceError> {
+        let config = self.core.config.load().await?;
+        if config.env(app, env).is_none() {
+            return Err(match config.app(app) {
+                Some(_) => unknown_env(&config, app, env),
+                None => unknown_app(&config, app),
+            });
+        }
+        retry_on_conflict(
+            || format!("aborting the deployment in flight on {app}/{env}"),
+            async |_| {
+                let state = self.core.store.env_state(app, env).await?;
+                let Some(holder) = state.holder().cloned() else {
+                    return Err(Refusal::NothingInFlight {
+                        app: app.clone(),
+                        env: env.clone(),
+                    }
+                    .into());
+                };
+                let mut dep = self.core.store.deployment(app, env, &holder).await?;
+                if let Some(earlier) = &dep.aborted {
+                    return Ok(AbortResult {
+                        deployment_id: dep.id.clone(),
+                        phase: dep.phase,
+                        aborted: earlier.clone(),
+                        changed: false,
+                    });
+                }
+                let now = self.core.clock.now();
+                let note = format!("aborted by {by}: {reason}");
+                if !dep.phase.is_final() {
+                    dep.apply(Step::Aborted, now, Some(note.clone()))
+                        .map_err(|source| ServiceError::Transition {
+                            deployment: dep.id.clone(),
+                            source,
+                        })?;
+                }
+                dep.reason = Some(crate::domain::deployment::bounded(&note));
+                dep.updated_at = now;
+                let aborted = Aborted {
+                    by: by.to_owned(),
+                    reason: reason.to_owned(),
+                    at: now,
+                };
+                dep.aborted = Some(aborted.clone());
+                let outbox = self
+                    .core
+                    .outbox(vec![LifecycleEvent::of(EventType::DeploymentAborted, &dep)]);
+                self.core
+                    .store
+                    .commit(Commit {
+                        outbox: outbox.clone(),
+                        ..Commit::deployment(&mut dep)
+                    })
+                    .await?;
+                info!(%app, %env, deployment_id = %dep.id, %by, "deployment aborted");
+                self.core.announce(outbox).await;
+                Ok(AbortResult {
+                    deployment_id: dep.id.clone(),
+                    phase: dep.phase,
+                    aborted,
+                    changed: true,
+                })
+            },
+        )
+        .await
+    }
+
     /// Approves the promotion of `digest` pending in an environment. The deployer starts it
     /// on the `Promotion Approved` event; the deployment records who approved and when.
     /// An expired, superseded or other digest is refused and nothing changes.
@@ -392,6 +471,16 @@ impl Control {
     }
 }
 
+/// What `abort` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AbortResult {
+    pub deployment_id: DeploymentId,
+    pub phase: Phase,
+    pub aborted: Aborted,
+    /// False when it was aborted before.
+    pub changed: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Decided {
     pub app: AppName,
@@ -491,5 +580,78 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.error_type(), "NonRetryable.NotFound");
         assert_eq!(w.store.commits(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_aborted_rollout_is_cancelled_and_frees_its_environment_for_the_queue() {
+        use crate::domain::{Kind, Phase, Request};
+        use crate::ports::{Clock, Commit, StateStore};
+        let w = World::sample();
+        let mut state = w.state("staging");
+        let request = |hex| Request {
+            image: w.image(hex),
+            tag: None,
+            kind: Kind::Push,
+            pushed_at: World::START,
+            requested_by: None,
+            reason: None,
+        };
+        let mut dep = crate::domain::Deployment::new(
+            state.app.clone(),
+            state.environment.clone(),
+            request('a'),
+            w.clock.now(),
+        );
+        state.start(&mut dep);
+        state.queue(&Request {
+            pushed_at: World::START + time::Duration::minutes(1),
+            ..request('b')
+        });
+        dep.apply(crate::domain::Step::RolloutStarted, w.clock.now(), None)
+            .unwrap();
+        dep.target_ref = Some("fake:cmd-9".into());
+        w.store
+            .commit(Commit::env(&mut state).with(&mut dep))
+            .await
+            .unwrap();
+        let (a, e) = (app("web"), env_name("staging"));
+        let out = w
+            .control()
+            .abort(&a, &e, "alice", "wrong schema")
+            .await
+            .unwrap();
+        assert!(out.changed);
+        assert_eq!(out.phase, Phase::Failed);
+        assert_eq!(w.events.types(), vec!["Deployment Aborted"]);
+        assert!(
+            w.state("staging").is_held_by(&dep.id),
+            "held until cancelled"
+        );
+        // Aborting again says it was, and changes nothing.
+        let again = w.control().abort(&a, &e, "bob", "again").await.unwrap();
+        assert!(!again.changed);
+        assert_eq!(again.aborted.by, "alice");
+        assert_eq!(w.events.types().len(), 1);
+        // The tracker takes the event: cancels, releases, starts the queued image.
+        w.tracker().on_aborted(&a, &e, &dep.id).await.unwrap();
+        assert_eq!(w.target.cancelled(), vec!["fake:cmd-9".to_owned()]);
+        assert_eq!(w.target.last().image, w.image('b').to_string());
+        let stored = w
+            .deployments("staging")
+            .into_iter()
+            .find(|d| d.id == dep.id)
+            .unwrap();
+        assert_eq!(
+            stored.reason.as_deref(),
+            Some("aborted by alice: wrong schema")
+        );
+        assert!(
+            !w.state("staging")
+                .quarantined
+                .contains_key(dep.digest().as_str())
+        );
+        // Handled twice, nothing more happens.
+        w.tracker().on_aborted(&a, &e, &dep.id).await.unwrap();
+        assert_eq!(w.target.started().len(), 1);
     }
 }

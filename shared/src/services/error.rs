@@ -297,6 +297,8 @@ pub enum Refusal {
         env: EnvName,
         holder: DeploymentId,
     },
+    #[error("nothing is in flight on {app}/{env}: there is no deployment to abort")]
+    NothingInFlight { app: AppName, env: EnvName },
     #[error("deployment {id} of {app}/{env} does not exist")]
     NoSuchDeployment {
         app: AppName,
@@ -318,6 +320,7 @@ impl Refusal {
             Refusal::NotInRegistry(_)
             | Refusal::ImageGone { .. }
             | Refusal::NothingVerified { .. }
+            | Refusal::NothingInFlight { .. }
             | Refusal::NoSuchDeployment { .. } => NOT_FOUND,
             Refusal::InFlight { .. } => CONFLICT,
         }

@@ -260,6 +260,9 @@ impl Tracker {
             }
             Err(e) => return Err(e.into()),
         };
+        if dep.aborted.is_some() {
+            return self.on_aborted(app, env, &dep.id).await;
+        }
         let now = self.core.clock.now();
         let age: Duration = (now - dep.updated_at).try_into().unwrap_or(Duration::ZERO);
         let held: Duration = (now - lease.since).try_into().unwrap_or(Duration::ZERO);
@@ -372,6 +375,57 @@ impl Tracker {
             }
             _ => Ok(None),
         }
+    }
+
+    /// Ends an aborted deployment: its target action is cancelled, and the environment is
+    /// released (what runs is what ran before, unless it had rolled out), then the newest
+    /// queued image goes. Repeated, it changes nothing more.
+    pub async fn on_aborted(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        id: &DeploymentId,
+    ) -> Result<Option<String>, ServiceError> {
+        let dep = self.core.store.deployment(app, env, id).await?;
+        if dep.aborted.is_none() {
+            return Ok(None);
+        }
+        if let Some(target_ref) = dep.target_ref.as_deref().and_then(TargetRef::parse)
+            && !matches!(dep.history.last().map(|h| h.phase), Some(Phase::Verified))
+            && let Err(e) = self.target.cancel(&target_ref).await
+        {
+            warn!(deployment_id = %dep.id, error = %e, "could not cancel the aborted rollout");
+        }
+        let released = super::retry_on_conflict(
+            || format!("releasing {app}/{env} from aborted deployment {id}"),
+            async |_| {
+                let mut state = self.core.store.env_state(app, env).await?;
+                if !state.release(&dep.id) {
+                    return Ok(false);
+                }
+                let rolled_out = dep.history.iter().any(|h| h.phase == Phase::RolledOut);
+                if !rolled_out
+                    && state
+                        .current
+                        .as_ref()
+                        .is_some_and(|c| c.deployment_id == dep.id)
+                {
+                    state.current = dep.previous.clone();
+                }
+                self.core.store.commit(Commit::env(&mut state)).await?;
+                Ok(true)
+            },
+        )
+        .await?;
+        let started = self.start_queued(app, env).await?;
+        Ok(Some(match (released, started) {
+            (false, _) => format!("aborted deployment {id} was already released"),
+            (true, Some(r)) => format!(
+                "released {app}/{env} from aborted deployment {id}; queued image: {:?}",
+                r.outcome
+            ),
+            (true, None) => format!("released {app}/{env} from aborted deployment {id}"),
+        }))
     }
 
     /// Repeats a hand-off nobody took: the same event about the deployment as it stands.
