@@ -38,6 +38,8 @@ struct StoreInner {
     interfere: usize,
     /// Each environment's undelivered events, by id.
     outbox: BTreeMap<EnvKey, BTreeMap<String, OutboxEntry>>,
+    /// The next commit is stored, and its answer lost.
+    lose_answer: bool,
 }
 
 /// A state store in memory.
@@ -62,6 +64,12 @@ impl MemoryStore {
     /// before they are written, so they fail with `Conflict` and must be redone.
     pub fn interfere(&self, commits: usize) {
         self.inner.lock().unwrap().interfere = commits;
+    }
+
+    /// Stores the next commit, then answers it with an error, as a connection that closed
+    /// before the answer came.
+    pub fn lose_next_answer(&self) {
+        self.inner.lock().unwrap().lose_answer = true;
     }
 
     /// How many commits succeeded: a way to assert that bad input wrote nothing.
@@ -185,11 +193,17 @@ impl StateStore for MemoryStore {
                 _ => {}
             }
         }
+        // An answer lost on the way back: the write is stored, the caller hears an error and
+        // its records keep the versions it read, as with the real table.
+        let lose_answer = std::mem::take(&mut inner.lose_answer);
         if let Some(env) = commit.env {
             env.version += 1;
             inner
                 .envs
                 .insert((env.app.clone(), env.environment.clone()), env.clone());
+            if lose_answer {
+                env.version -= 1;
+            }
         }
         for d in commit.deployments {
             d.version += 1;
@@ -200,6 +214,9 @@ impl StateStore for MemoryStore {
                 inner.target_refs.insert(r.clone(), key.clone());
             }
             inner.deployments.insert(key, d.clone());
+            if lose_answer {
+                d.version -= 1;
+            }
         }
         if let Some(claim) = commit.claim_event {
             inner
@@ -221,6 +238,12 @@ impl StateStore for MemoryStore {
                 .insert(entry.id.clone(), entry);
         }
         inner.commits += 1;
+        if lose_answer {
+            return Err(StoreError::Transient(CallError::said(
+                "TransactWriteItems",
+                "the connection closed before the answer came",
+            )));
+        }
         Ok(())
     }
 
@@ -734,11 +757,14 @@ impl Target for FakeTarget {
     }
 
     async fn cancel(&self, target_ref: &TargetRef) -> Result<(), TargetError> {
-        self.inner
-            .lock()
-            .unwrap()
-            .cancelled
-            .push(target_ref.to_string());
+        let mut inner = self.inner.lock().unwrap();
+        inner.cancelled.push(target_ref.to_string());
+        // A cancelled rollout ends where it was: what ran before runs on.
+        if let Some(status) = inner.statuses.get_mut(target_ref.as_str())
+            && *status == RolloutStatus::InProgress
+        {
+            *status = RolloutStatus::Failed("cancelled".into());
+        }
         Ok(())
     }
 

@@ -14,3 +14,5 @@ pub mod settings;
 
 #[cfg(any(test, feature = "fakes"))]
 pub mod fakes;
+#[cfg(test)]
+mod faults;

@@ -117,7 +117,10 @@ pub struct EnvState {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Admission {
     Start,
-    Queue { behind: DeploymentId },
+    /// Waits behind the deployment in flight, or for the unfreeze (`None`).
+    Queue {
+        behind: Option<DeploymentId>,
+    },
     Skip(SkipReason),
 }
 
@@ -184,8 +187,14 @@ impl EnvState {
         let automatic = request.kind == Kind::Push
             || (request.kind == Kind::Promotion && request.requested_by.is_none());
         let digest = &request.image.digest;
+        // A push made before the freeze (its handling was held up, or retried) waits for
+        // the unfreeze as an image queued before the freeze does.
+        let waits_for_unfreeze = self
+            .frozen
+            .as_ref()
+            .is_some_and(|f| request.kind == Kind::Push && request.pushed_at < f.at);
         if automatic {
-            if let Some(freeze) = &self.frozen {
+            if let Some(freeze) = self.frozen.as_ref().filter(|_| !waits_for_unfreeze) {
                 return Admission::Skip(SkipReason::Frozen(freeze.reason.clone()));
             }
             if let Some(q) = self.quarantined.get(digest.as_str()) {
@@ -215,10 +224,19 @@ impl EnvState {
                     return Admission::Skip(SkipReason::OlderThanCurrent);
                 }
                 Admission::Queue {
-                    behind: lease.deployment_id.clone(),
+                    behind: Some(lease.deployment_id.clone()),
                 }
             }
             None => {
+                // Only a frozen environment is free with an image queued.
+                if let Some(queued) = self.queued.as_ref().filter(|_| automatic) {
+                    if &queued.image.digest == digest {
+                        return Admission::Skip(SkipReason::AlreadyQueued);
+                    }
+                    if automatic && queued.pushed_at > request.pushed_at {
+                        return Admission::Skip(SkipReason::OlderThanQueued);
+                    }
+                }
                 if automatic {
                     if let Some(current) = self.current.as_ref().filter(|c| &c.digest == digest) {
                         return Admission::Skip(SkipReason::AlreadyCurrent(
@@ -228,6 +246,9 @@ impl EnvState {
                     if current_is_newer {
                         return Admission::Skip(SkipReason::OlderThanCurrent);
                     }
+                }
+                if waits_for_unfreeze {
+                    return Admission::Queue { behind: None };
                 }
                 Admission::Start
             }
@@ -314,8 +335,12 @@ impl EnvState {
     }
 
     /// Quarantines the digest of `deployment` here; beyond `KEEP_QUARANTINED`, the oldest
-    /// quarantine is lifted.
+    /// quarantine is lifted. A rollback's digest is not: it was verified here, and its
+    /// failure freezes the environment for a person to judge instead.
     pub fn quarantine(&mut self, deployment: &Deployment, reason: &str, at: OffsetDateTime) {
+        if deployment.kind == Kind::Rollback {
+            return;
+        }
         self.quarantined.insert(
             deployment.image.digest.as_str().to_owned(),
             Quarantine {
@@ -428,6 +453,29 @@ impl EnvState {
             .ok_or(ApprovalError::NothingPending { env })
     }
 
+    /// When `by` already made this very decision about `digest` (a request repeated after
+    /// its answer was lost): the time they made it.
+    pub fn same_decision(
+        &self,
+        digest: &Digest,
+        by: &str,
+        approving: bool,
+    ) -> Option<OffsetDateTime> {
+        if approving
+            && let Some(pending) = &self.pending
+            && pending.digest() == digest
+            && let Some(approved) = &pending.approved
+        {
+            return (approved.by == by).then_some(approved.at);
+        }
+        let decision = self.decisions.iter().find(|d| &d.digest == digest)?;
+        match &decision.outcome {
+            Outcome::Approved { by: who } if approving && who == by => Some(decision.at),
+            Outcome::Rejected { by: who, .. } if !approving && who == by => Some(decision.at),
+            _ => None,
+        }
+    }
+
     /// What happened to a digest no longer pending, from the decisions remembered.
     fn explain(&self, digest: &Digest) -> Option<ApprovalError> {
         let env = self.environment.clone();
@@ -534,7 +582,7 @@ mod tests {
         let d = started(&mut s, request(1, Kind::Push, 0));
         assert_eq!(
             s.admit(&request(2, Kind::Push, 1)),
-            Admission::Queue { behind: d.id }
+            Admission::Queue { behind: Some(d.id) }
         );
     }
 
@@ -592,6 +640,39 @@ mod tests {
             "deploying by hand lifts the quarantine"
         );
         assert!(s.is_held_by(&manual.id));
+    }
+
+    #[test]
+    fn a_push_made_before_the_freeze_waits_for_the_unfreeze() {
+        let mut s = state();
+        s.frozen = Some(Freeze {
+            reason: "holidays".into(),
+            by: "alice".into(),
+            at: datetime!(2026-01-01 10:02 UTC),
+        });
+        let before = request(1, Kind::Push, 1);
+        assert_eq!(s.admit(&before), Admission::Queue { behind: None });
+        s.queue(&before);
+        assert_eq!(
+            s.admit(&request(1, Kind::Push, 1)),
+            Admission::Skip(SkipReason::AlreadyQueued)
+        );
+        assert_eq!(
+            s.admit(&request(2, Kind::Push, 0)),
+            Admission::Skip(SkipReason::OlderThanQueued)
+        );
+        assert!(matches!(
+            s.admit(&request(3, Kind::Push, 3)),
+            Admission::Skip(SkipReason::Frozen(_))
+        ));
+        // A person still deploys what they name, now.
+        assert_eq!(s.admit(&request(1, Kind::Manual, 4)), Admission::Start);
+        let d = started(&mut s, request(4, Kind::Manual, 0));
+        assert_eq!(
+            s.admit(&request(5, Kind::Push, 1)),
+            Admission::Queue { behind: Some(d.id) },
+            "behind what runs, then still waiting for the unfreeze"
+        );
     }
 
     #[test]

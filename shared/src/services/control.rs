@@ -373,6 +373,24 @@ impl Control {
             async |_| {
                 let mut state = self.core.store.env_state(app, env).await?;
                 let now = self.core.clock.now();
+                let decided = |at, changed| Decided {
+                    app: app.clone(),
+                    environment: env.clone(),
+                    digest: digest.clone(),
+                    decision: if rejection.is_none() {
+                        "approved".into()
+                    } else {
+                        "rejected".into()
+                    },
+                    by: by.to_owned(),
+                    at,
+                    changed,
+                };
+                // The same person's same decision again (their first answer was lost) is
+                // the first one.
+                if let Some(at) = state.same_decision(digest, by, rejection.is_none()) {
+                    return Ok(decided(at, false));
+                }
                 let pending = state.pending_for(digest, now)?;
                 let snapshot: Pending;
                 let kind = match &rejection {
@@ -416,18 +434,7 @@ impl Control {
                     .await?;
                 info!(%app, %env, %digest, %by, event = %kind, "promotion decided");
                 self.core.announce(outbox).await;
-                Ok(Decided {
-                    app: app.clone(),
-                    environment: env.clone(),
-                    digest: digest.clone(),
-                    decision: if rejection.is_none() {
-                        "approved".into()
-                    } else {
-                        "rejected".into()
-                    },
-                    by: by.to_owned(),
-                    at: now,
-                })
+                Ok(decided(now, true))
             },
         )
         .await
@@ -490,6 +497,8 @@ pub struct Decided {
     pub by: String,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// False when this person had made this decision already; `at` is when.
+    pub changed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -327,7 +327,10 @@ impl Deployer {
                             EventType::RolloutQueued,
                             app,
                             env,
-                            Some(format!("waiting for deployment {behind}")),
+                            Some(match &behind {
+                                Some(behind) => format!("waiting for deployment {behind}"),
+                                None => "waiting for the environment to be unfrozen (pushed before the freeze)".into(),
+                            }),
                             now,
                         )
                         .with_image(&request.image, request.tag.as_ref(), request.kind);
@@ -342,7 +345,7 @@ impl Deployer {
                             }
                             other => other?,
                         }
-                        info!(app = %app, env = %env, behind = %behind, digest = %request.image.digest, "queued");
+                        info!(app = %app, env = %env, behind = ?behind, digest = %request.image.digest, "queued");
                         self.core.announce(outbox).await;
                         Ok(result(EnvOutcome::Queued {
                             behind,

@@ -9,7 +9,9 @@ use tracing::{info, warn};
 
 use super::deploy::{unknown_app, unknown_env};
 use super::error::Names;
-use super::rollout::{advance, end_without_rollback, launch, rollback_failed};
+use super::rollout::{
+    advance, due_to_start, end_without_rollback, launch, resume, rollback_failed,
+};
 use super::{Core, Refusal, ServiceError, retry_on_conflict};
 use crate::domain::environment::{Freeze, VerifiedDigest};
 use crate::domain::{
@@ -323,6 +325,12 @@ impl Rollback {
             .env_state(&request.app, &request.environment)
             .await?;
         if let Some(holder) = state.holder() {
+            // The same person asking again for the rollback they started (their first answer
+            // was lost, or its function stopped): that rollback is the answer, resumed if its
+            // start did not take.
+            if let Some(outcome) = self.repeated(request, env_config, holder).await? {
+                return Ok(outcome);
+            }
             return Err(Refusal::InFlight {
                 app: request.app.clone(),
                 env: request.environment.clone(),
@@ -426,6 +434,39 @@ impl Rollback {
             rollback_of: rollback.rollback_of,
             image,
         })
+    }
+}
+
+impl Rollback {
+    async fn repeated(
+        &self,
+        request: &ManualRollback,
+        env_config: &crate::domain::EnvConfig,
+        holder: &DeploymentId,
+    ) -> Result<Option<RollbackOutcome>, ServiceError> {
+        if request.requested_by.is_none() {
+            return Ok(None);
+        }
+        let mut dep = self
+            .core
+            .store
+            .deployment(&request.app, &request.environment, holder)
+            .await?;
+        let same = dep.kind == Kind::Rollback
+            && dep.requested_by == request.requested_by
+            && request.digest.as_ref().is_none_or(|d| d == dep.digest());
+        if !same {
+            return Ok(None);
+        }
+        info!(deployment_id = %dep.id, "this rollback was already requested");
+        if due_to_start(&dep, self.core.clock.now()) {
+            resume(&self.core, self.target.as_ref(), env_config, &mut dep).await?;
+        }
+        Ok(Some(RollbackOutcome::Started {
+            image: dep.image.to_string(),
+            deployment_id: dep.id,
+            rollback_of: dep.rollback_of,
+        }))
     }
 }
 
@@ -589,8 +630,20 @@ mod tests {
             .find(|d| d.kind == Kind::Rollback)
             .unwrap();
         assert_eq!(rollback.requested_by.as_deref(), Some("alice"));
-        // Another, while it rolls out, is refused.
-        let err = w.rollback().manual(&request).await.unwrap_err();
+        // The same request again (its answer was lost) is answered with the same rollback,
+        // started once.
+        let again = w.rollback().manual(&request).await.unwrap();
+        assert!(
+            matches!(&again, RollbackOutcome::Started { deployment_id, .. } if *deployment_id == rollback.id),
+            "{again:?}"
+        );
+        assert_eq!(w.target.started().len(), 1, "the rollback started once");
+        // Another person's, while it rolls out, is refused.
+        let bob = ManualRollback {
+            requested_by: Some("bob".into()),
+            ..request.clone()
+        };
+        let err = w.rollback().manual(&bob).await.unwrap_err();
         assert_eq!(err.error_type(), "NonRetryable.Conflict");
         let never = ManualRollback {
             environment: env_name("production"),

@@ -23,8 +23,11 @@ pub enum EnvOutcome {
         deployment_id: DeploymentId,
         image: String,
     },
+    /// Waits behind the deployment in flight, or, when `behind` is absent, for the
+    /// environment to be unfrozen (it was pushed before the freeze).
     Queued {
-        behind: DeploymentId,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        behind: Option<DeploymentId>,
         image: String,
     },
     Skipped {
@@ -198,6 +201,10 @@ async fn record_started(
             if dep.phase != Phase::Requested {
                 return Ok(false);
             }
+            // Aborted while it was being started: nothing may run for it.
+            if dep.aborted.is_some() {
+                return Ok(false);
+            }
             dep.target_ref = Some(target_ref.to_string());
             dep.target_before = before.clone();
             dep.apply(Step::RolloutStarted, core.clock.now(), None)
@@ -222,6 +229,14 @@ async fn record_started(
         info!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, digest = %dep.digest(),
               target_ref = %target_ref, kind = ?dep.kind, "rollout started");
         target.tidy(&started, &env.target).await;
+    } else if dep.target_ref.as_deref() != Some(target_ref.as_str()) {
+        // The deployment ended (aborted, or given up) while its action was starting: the
+        // action is stopped. Should that fail, the tracker finds it when it releases the
+        // aborted deployment.
+        warn!(deployment_id = %dep.id, %target_ref, phase = ?dep.phase, "the deployment ended while its rollout started; cancelling the rollout");
+        if let Err(e) = target.cancel(&target_ref).await {
+            warn!(deployment_id = %dep.id, error = %e, "could not cancel the rollout of an ended deployment");
+        }
     }
     Ok(())
 }
@@ -392,6 +407,17 @@ pub(crate) async fn rollback_failed(
             state.release(&rollback.id);
             if let Some(o) = &original {
                 state.release(&o.id);
+            }
+            // A rollback the target failed left what ran before it running (the failed
+            // image); one that rolled out and failed its checks runs the rollback's image.
+            let rolled_out = rollback.history.iter().any(|h| h.phase == Phase::RolledOut);
+            if !rolled_out
+                && state
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.deployment_id == rollback.id)
+            {
+                state.current = rollback.previous.clone();
             }
             let freeze_reason =
                 crate::domain::deployment::bounded(&format!("automatic rollouts paused: {note}"));

@@ -390,11 +390,49 @@ impl Tracker {
         if dep.aborted.is_none() {
             return Ok(None);
         }
-        if let Some(target_ref) = dep.target_ref.as_deref().and_then(TargetRef::parse)
-            && !matches!(dep.history.last().map(|h| h.phase), Some(Phase::Verified))
-            && let Err(e) = self.target.cancel(&target_ref).await
-        {
-            warn!(deployment_id = %dep.id, error = %e, "could not cancel the aborted rollout");
+        let state = self.core.store.env_state(app, env).await?;
+        if !state.is_held_by(&dep.id) {
+            return Ok(Some(format!(
+                "aborted deployment {id} was already released"
+            )));
+        }
+        // The action to stop: the one recorded, or one the target runs for it though nobody
+        // recorded it (its start took effect, and the answer was lost).
+        let action = match dep.target_ref.as_deref().and_then(TargetRef::parse) {
+            Some(target_ref) => Some(target_ref),
+            None => {
+                let config = self.core.config.load().await?;
+                match config.env(app, env) {
+                    Some(env_config) => self
+                        .target
+                        .find(&dep, &env_config.target)
+                        .await?
+                        .map(|started| started.target_ref),
+                    None => None,
+                }
+            }
+        };
+        // Whether the rollout reached its end on the target before it could be stopped:
+        // then the environment runs its image.
+        let mut ran_to_its_end = false;
+        if let Some(target_ref) = &action {
+            match self.target.cancel(target_ref).await {
+                Ok(()) => {}
+                // Held up for now: the environment stays held until it can be stopped.
+                Err(e) if e.is_retryable() => return Err(e.into()),
+                // The action has ended already; what it left is read below.
+                Err(e) => {
+                    warn!(deployment_id = %dep.id, error = %e, "the aborted rollout could not be cancelled")
+                }
+            }
+            ran_to_its_end = match self.target.status(target_ref).await {
+                Ok(status) => status == RolloutStatus::Succeeded,
+                Err(e) if e.is_retryable() => return Err(e.into()),
+                Err(_) => false,
+            };
+        }
+        if ran_to_its_end {
+            return self.roll_back_aborted(&dep).await;
         }
         let released = super::retry_on_conflict(
             || format!("releasing {app}/{env} from aborted deployment {id}"),
@@ -403,7 +441,8 @@ impl Tracker {
                 if !state.release(&dep.id) {
                     return Ok(false);
                 }
-                let rolled_out = dep.history.iter().any(|h| h.phase == Phase::RolledOut);
+                let rolled_out =
+                    ran_to_its_end || dep.history.iter().any(|h| h.phase == Phase::RolledOut);
                 if !rolled_out
                     && state
                         .current
@@ -425,6 +464,45 @@ impl Tracker {
                 r.outcome
             ),
             (true, None) => format!("released {app}/{env} from aborted deployment {id}"),
+        }))
+    }
+
+    /// An aborted rollout that reached its end before it could be stopped left the
+    /// environment on an image nobody verified: it is handed to the rollback as a failed
+    /// rollout is, the environment held until the rollback has put back the last verified
+    /// image.
+    async fn roll_back_aborted(&self, dep: &Deployment) -> Result<Option<String>, ServiceError> {
+        let (app, env, id) = (&dep.app, &dep.environment, &dep.id);
+        let handed = super::retry_on_conflict(
+            || format!("handing aborted deployment {id} to the rollback"),
+            async |_| {
+                let mut state = self.core.store.env_state(app, env).await?;
+                if !state.is_held_by(id) {
+                    return Ok(None);
+                }
+                let outbox = self
+                    .core
+                    .outbox(vec![LifecycleEvent::of(EventType::RolloutFailed, dep)]);
+                self.core
+                    .store
+                    .commit(Commit {
+                        outbox: outbox.clone(),
+                        ..Commit::env(&mut state)
+                    })
+                    .await?;
+                Ok(Some(outbox))
+            },
+        )
+        .await?;
+        Ok(Some(match handed {
+            Some(outbox) => {
+                warn!(deployment_id = %id, "the aborted rollout reached its end before it could be stopped; rolling back");
+                self.core.announce(outbox).await;
+                format!(
+                    "the rollout of aborted deployment {id} reached its end before it could be stopped; rolling back"
+                )
+            }
+            None => format!("aborted deployment {id} was already released"),
         }))
     }
 
@@ -752,5 +830,52 @@ mod tests {
                 &crate::fakes::env_name("staging"),
             )
             .await;
+    }
+
+    #[tokio::test]
+    async fn an_aborted_rollout_that_reached_its_end_first_is_rolled_back() {
+        use crate::domain::DeploymentId;
+        use crate::domain::environment::VerifiedDigest;
+        use crate::fakes::{app, env_name};
+        let w = World::sample();
+        let mut state = w.state("staging");
+        state.verified.push(VerifiedDigest {
+            digest: w.image('a').digest,
+            tag: None,
+            deployment_id: DeploymentId::new(w.clock.now()),
+            at: w.clock.now(),
+        });
+        w.store.commit(Commit::env(&mut state)).await.unwrap();
+        w.registry.push("acme/web", None, &w.image('a').digest);
+        let dep = rolling_out(&w, w.image('b')).await;
+        let (a, e) = (app("web"), env_name("staging"));
+        w.control()
+            .abort(&a, &e, "alice", "wrong build")
+            .await
+            .unwrap();
+        // The target finished before the tracker could stop it: the hosts run `b`.
+        w.target.set_status(
+            &TargetRef::parse("fake:cmd-1").unwrap(),
+            RolloutStatus::Succeeded,
+        );
+        let said = w.tracker().on_aborted(&a, &e, &dep.id).await.unwrap();
+        assert!(said.unwrap().contains("rolling back"));
+        assert!(
+            w.state("staging").is_held_by(&dep.id),
+            "held for the rollback"
+        );
+        assert_eq!(
+            w.events.types(),
+            vec!["Deployment Aborted", "Rollout Failed"]
+        );
+        let out = w.rollback().on_failure(&a, &e, &dep.id).await.unwrap();
+        assert!(
+            matches!(
+                out,
+                crate::services::rollback::RollbackOutcome::Started { .. }
+            ),
+            "{out:?}"
+        );
+        assert_eq!(w.target.last().image, w.image('a').to_string());
     }
 }

@@ -65,6 +65,14 @@ impl Verifier {
         id: &DeploymentId,
     ) -> Result<VerifyOutcome, ServiceError> {
         let mut dep = self.core.store.deployment(app, env, id).await?;
+        // A repeated or late hand-off of a deployment that has moved on (verified, failed,
+        // rolled back) changes nothing.
+        if !matches!(dep.phase, Phase::RolledOut | Phase::Verifying) {
+            return Ok(VerifyOutcome::AlreadyHandled {
+                deployment_id: dep.id,
+                phase: dep.phase,
+            });
+        }
         let config = self.core.config.load().await?;
         let started = advance(
             &self.core,
