@@ -1266,7 +1266,7 @@ async fn a_fault_at_any_port_call_of_any_scenario_ends_in_the_right_state() {
                     converged += 1;
                 } else {
                     failures.push(format!(
-                        "scenario {n} \"{}\", call {k} ({what}), {fault:?} — replay with PUSHDEPLOY_FAULT={n}:{k}:{fault:?}\n    {}",
+                        "scenario {n} \"{}\", call {k} ({what}), {fault:?} — replay with PUSHDEPLOY_FAULT={n}:{k}:{fault:?} cargo nextest run -E 'test(/faults::/)' --no-capture\n    {}",
                         scenario.name,
                         broken.join("\n    ")
                     ));

@@ -198,10 +198,15 @@ pub const MAX_NOTE: usize = 2_000;
 
 /// `text`, cut to `MAX_NOTE` characters when longer, saying so.
 pub fn bounded(text: &str) -> String {
+    bounded_to(text, MAX_NOTE)
+}
+
+/// `text`, cut to `max` characters when longer, saying so.
+pub fn bounded_to(text: &str, max: usize) -> String {
     let length = text.chars().count();
-    if length <= MAX_NOTE {
+    if length <= max {
         return text.to_owned();
     }
-    let kept: String = text.chars().take(MAX_NOTE).collect();
+    let kept: String = text.chars().take(max).collect();
     format!("{kept}… (cut from {length} characters)")
 }

@@ -22,6 +22,9 @@ pub const KEEP_VERIFIED: usize = 10;
 /// rollouts fail.
 pub const KEEP_QUARANTINED: usize = 100;
 
+/// How much of a failure's reason its quarantine repeats.
+const QUARANTINE_REASON: usize = 500;
+
 /// The image an environment runs, or is rolling out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Current {
@@ -344,7 +347,8 @@ impl EnvState {
         self.quarantined.insert(
             deployment.image.digest.as_str().to_owned(),
             Quarantine {
-                reason: super::deployment::bounded(reason),
+                // The whole reason stays on the deployment's own record.
+                reason: super::deployment::bounded_to(reason, QUARANTINE_REASON),
                 deployment_id: deployment.id.clone(),
                 at,
             },
@@ -640,6 +644,37 @@ mod tests {
             "deploying by hand lifts the quarantine"
         );
         assert!(s.is_held_by(&manual.id));
+    }
+
+    #[test]
+    fn ten_thousand_failures_leave_the_environment_record_far_under_dynamodbs_item_limit() {
+        let mut s = state();
+        let reason = "x".repeat(100_000);
+        for i in 0..10_000u32 {
+            let mut req = request(1, Kind::Push, 0);
+            req.image.digest = Digest::parse(&format!("sha256:{i:064x}")).unwrap();
+            req.pushed_at += time::Duration::seconds(i64::from(i));
+            let d = started(&mut s, req);
+            s.quarantine(
+                &d,
+                &reason,
+                d.created_at + time::Duration::seconds(i64::from(i)),
+            );
+            assert!(s.release(&d.id));
+        }
+        let body = serde_json::to_string(&s).unwrap();
+        println!(
+            "after 10,000 failures: {} quarantined, the record is {} bytes",
+            s.quarantined.len(),
+            body.len()
+        );
+        assert_eq!(s.quarantined.len(), KEEP_QUARANTINED);
+        assert!(
+            s.quarantined
+                .contains_key(&format!("sha256:{:064x}", 9_999)),
+            "the newest failures are the ones kept"
+        );
+        assert!(body.len() < 400_000, "{} bytes", body.len());
     }
 
     #[test]

@@ -783,6 +783,14 @@ mod tests {
             "{err}"
         );
         assert_eq!(w.store.commits(), commits);
+        // Alice approving again (her first answer was lost) gets her approval back.
+        let again = control(&w)
+            .approve(&app, &env, &digest, "alice")
+            .await
+            .unwrap();
+        assert!(!again.changed);
+        assert_eq!(again.at, datetime!(2026-11-20 10:00 UTC));
+        assert_eq!(w.store.commits(), commits);
         // The approval event delivered again starts nothing more.
         handle(&w.deployer, event(&delivered(&approved, "approved-1")))
             .await

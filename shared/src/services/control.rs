@@ -641,9 +641,18 @@ mod tests {
         assert!(!again.changed);
         assert_eq!(again.aborted.by, "alice");
         assert_eq!(w.events.types().len(), 1);
-        // The tracker takes the event: cancels, releases, starts the queued image.
+        // The tracker takes the event: cancels the command and hands what it may have
+        // changed to the rollback, which (nothing verified here) ends the deployment; the
+        // freed environment starts its queued image.
         w.tracker().on_aborted(&a, &e, &dep.id).await.unwrap();
         assert_eq!(w.target.cancelled(), vec!["fake:cmd-9".to_owned()]);
+        assert!(w.state("staging").is_held_by(&dep.id));
+        w.rollback().on_failure(&a, &e, &dep.id).await.unwrap();
+        assert_eq!(
+            w.events.types(),
+            vec!["Deployment Aborted", "Rollout Failed", "Deployment Failed"]
+        );
+        w.deployer().on_environment_free(&a, &e).await.unwrap();
         assert_eq!(w.target.last().image, w.image('b').to_string());
         let stored = w
             .deployments("staging")
@@ -652,7 +661,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             stored.reason.as_deref(),
-            Some("aborted by alice: wrong schema")
+            Some("aborted by alice: wrong schema; nothing verified to roll back to")
         );
         assert!(
             !w.state("staging")

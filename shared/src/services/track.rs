@@ -412,26 +412,19 @@ impl Tracker {
                 }
             }
         };
-        // Whether the rollout reached its end on the target before it could be stopped:
-        // then the environment runs its image.
-        let mut ran_to_its_end = false;
+        // An action on the target is stopped where the target can stop it; whatever it
+        // changed (hosts half updated, a service rolling on) is put back by the rollback,
+        // as after a failed rollout.
         if let Some(target_ref) = &action {
             match self.target.cancel(target_ref).await {
                 Ok(()) => {}
                 // Held up for now: the environment stays held until it can be stopped.
                 Err(e) if e.is_retryable() => return Err(e.into()),
-                // The action has ended already; what it left is read below.
+                // The action has ended already; the rollback puts back what it left.
                 Err(e) => {
                     warn!(deployment_id = %dep.id, error = %e, "the aborted rollout could not be cancelled")
                 }
             }
-            ran_to_its_end = match self.target.status(target_ref).await {
-                Ok(status) => status == RolloutStatus::Succeeded,
-                Err(e) if e.is_retryable() => return Err(e.into()),
-                Err(_) => false,
-            };
-        }
-        if ran_to_its_end {
             return self.roll_back_aborted(&dep).await;
         }
         let released = super::retry_on_conflict(
@@ -441,13 +434,10 @@ impl Tracker {
                 if !state.release(&dep.id) {
                     return Ok(false);
                 }
-                let rolled_out =
-                    ran_to_its_end || dep.history.iter().any(|h| h.phase == Phase::RolledOut);
-                if !rolled_out
-                    && state
-                        .current
-                        .as_ref()
-                        .is_some_and(|c| c.deployment_id == dep.id)
+                if state
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.deployment_id == dep.id)
                 {
                     state.current = dep.previous.clone();
                 }
@@ -467,10 +457,10 @@ impl Tracker {
         }))
     }
 
-    /// An aborted rollout that reached its end before it could be stopped left the
-    /// environment on an image nobody verified: it is handed to the rollback as a failed
-    /// rollout is, the environment held until the rollback has put back the last verified
-    /// image.
+    /// An aborted rollout that touched its target may have left it on an image nobody
+    /// verified, or halfway: it is handed to the rollback as a failed rollout is, the
+    /// environment held until the rollback has put back the last verified image (or, with
+    /// none, ended the deployment).
     async fn roll_back_aborted(&self, dep: &Deployment) -> Result<Option<String>, ServiceError> {
         let (app, env, id) = (&dep.app, &dep.environment, &dep.id);
         let handed = super::retry_on_conflict(
