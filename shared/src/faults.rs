@@ -882,6 +882,9 @@ impl<'a> Sim<'a> {
                 if d.target_ref.is_some() {
                     implied.push(EventType::RolloutStarted);
                 }
+                if d.aborted.is_some() {
+                    implied.push(EventType::DeploymentAborted);
+                }
                 match d.phase {
                     Phase::Verified => implied.push(EventType::DeploymentVerified),
                     Phase::RolledBack => implied.push(EventType::RollbackSucceeded),
@@ -997,79 +1000,93 @@ const SSM: &str =
 const ECS: &str = r#"{ ecs: { cluster: prod, service: web, container: web } }"#;
 const CODEDEPLOY: &str = r#"{ codedeploy: { application: web, deployment_group: web-group, ec2: { container: web, ports: ["80:8000"] } } }"#;
 
+impl Scenario {
+    /// On SSM: `healthy` digests pass their smoke tests, every rollout succeeds.
+    fn ssm(
+        name: &'static str,
+        healthy: &'static [char],
+        stimuli: Vec<(When, Stimulus)>,
+        expect: Vec<(&'static str, Option<char>, bool)>,
+    ) -> Self {
+        Scenario {
+            name,
+            config: config(SSM),
+            healthy,
+            fail_on_target: &[],
+            rollbacks_fail: false,
+            stimuli,
+            expect,
+        }
+    }
+
+    fn on(self, target: &str) -> Self {
+        Scenario {
+            config: config(target),
+            ..self
+        }
+    }
+}
+
 fn scenarios() -> Vec<Scenario> {
     use Stimulus::{Console, Push};
     use When::{AtOnce, Settled};
-    let verified = |name, target: &str| Scenario {
-        name,
-        config: config(target),
-        healthy: &['a'],
-        fail_on_target: &[],
-        rollbacks_fail: false,
-        stimuli: vec![(Settled, Push('a', "v1"))],
-        expect: vec![("staging", Some('a'), false), ("production", None, false)],
+    let control = |payload| Console(Function::Control, payload);
+    let verified = |name| {
+        Scenario::ssm(
+            name,
+            &['a'],
+            vec![(Settled, Push('a', "v1"))],
+            vec![("staging", Some('a'), false), ("production", None, false)],
+        )
     };
-    let rolled_back = |name, target: &str| Scenario {
-        name,
-        config: config(target),
-        healthy: &['a'],
-        fail_on_target: &[],
-        rollbacks_fail: false,
-        stimuli: vec![(Settled, Push('a', "v1")), (Settled, Push('b', "v2"))],
-        expect: vec![("staging", Some('a'), false)],
+    let rolled_back = |name| {
+        Scenario::ssm(
+            name,
+            &['a'],
+            vec![(Settled, Push('a', "v1")), (Settled, Push('b', "v2"))],
+            vec![("staging", Some('a'), false)],
+        )
     };
     vec![
-        verified("push → verified (SSM)", SSM),
-        rolled_back("push → smoke test fails → rollback → verified (SSM)", SSM),
+        verified("push → verified (SSM)"),
+        rolled_back("push → smoke test fails → rollback → verified (SSM)"),
         Scenario {
-            name: "rollback fails → freeze (SSM)",
-            config: config(SSM),
-            healthy: &['a'],
-            fail_on_target: &[],
             rollbacks_fail: true,
-            stimuli: vec![(Settled, Push('a', "v1")), (Settled, Push('b', "v2"))],
-            expect: vec![("staging", Some('b'), true)],
+            ..Scenario::ssm(
+                "rollback fails → freeze (SSM)",
+                &['a'],
+                vec![(Settled, Push('a', "v1")), (Settled, Push('b', "v2"))],
+                vec![("staging", Some('b'), true)],
+            )
         },
-        Scenario {
-            name: "a push queued behind a rollout (SSM)",
-            config: config(SSM),
-            healthy: &['a', 'b'],
-            fail_on_target: &[],
-            rollbacks_fail: false,
-            stimuli: vec![(Settled, Push('a', "v1")), (AtOnce, Push('b', "v2"))],
-            expect: vec![("staging", Some('b'), false)],
-        },
-        Scenario {
-            name: "staging → production with an approval",
-            config: config(SSM),
-            healthy: &['a'],
-            fail_on_target: &[],
-            rollbacks_fail: false,
-            stimuli: vec![
+        Scenario::ssm(
+            "a push queued behind a rollout (SSM)",
+            &['a', 'b'],
+            vec![(Settled, Push('a', "v1")), (AtOnce, Push('b', "v2"))],
+            vec![("staging", Some('b'), false)],
+        ),
+        Scenario::ssm(
+            "staging → production with an approval",
+            &['a'],
+            vec![
                 (Settled, Push('a', "v1")),
                 (
                     Settled,
-                    Console(
-                        Function::Control,
-                        json!({
-                            "action": "approve", "app": "web", "environment": "production",
-                            "digest": format!("sha256:{}", "a".repeat(64)), "by": "alice"
-                        }),
-                    ),
+                    control(json!({
+                        "action": "approve", "app": "web", "environment": "production",
+                        "digest": format!("sha256:{}", "a".repeat(64)), "by": "alice"
+                    })),
                 ),
             ],
-            expect: vec![
+            vec![
                 ("staging", Some('a'), false),
                 ("production", Some('a'), false),
             ],
-        },
-        Scenario {
-            name: "a deploy by hand",
-            config: config(SSM),
-            healthy: &['a', 'c'],
-            fail_on_target: &[],
-            rollbacks_fail: false,
-            stimuli: vec![
+        ),
+        Scenario::ssm(
+            "a deploy by hand",
+            &['a', 'c'],
+            vec![
                 (Settled, Push('a', "v1")),
                 (Settled, Push('c', "build-3")),
                 (
@@ -1080,24 +1097,16 @@ fn scenarios() -> Vec<Scenario> {
                     ),
                 ),
             ],
-            expect: vec![("staging", Some('c'), false)],
-        },
+            vec![("staging", Some('c'), false)],
+        ),
         Scenario {
-            name: "a rollout the target fails → rollback (SSM)",
-            config: config(SSM),
-            healthy: &['a'],
             fail_on_target: &['b'],
-            rollbacks_fail: false,
-            stimuli: vec![(Settled, Push('a', "v1")), (Settled, Push('b', "v2"))],
-            expect: vec![("staging", Some('a'), false)],
+            ..rolled_back("a rollout the target fails → rollback (SSM)")
         },
-        Scenario {
-            name: "a rollback by hand",
-            config: config(SSM),
-            healthy: &['a', 'c'],
-            fail_on_target: &[],
-            rollbacks_fail: false,
-            stimuli: vec![
+        Scenario::ssm(
+            "a rollback by hand",
+            &['a', 'c'],
+            vec![
                 (Settled, Push('a', "v1")),
                 (Settled, Push('c', "v3")),
                 (
@@ -1108,61 +1117,49 @@ fn scenarios() -> Vec<Scenario> {
                     ),
                 ),
             ],
-            expect: vec![("staging", Some('a'), false)],
-        },
-        Scenario {
-            name: "an abort while the rollout runs",
-            config: config(SSM),
-            healthy: &['a', 'b'],
-            fail_on_target: &[],
-            rollbacks_fail: false,
-            stimuli: vec![
+            vec![("staging", Some('a'), false)],
+        ),
+        Scenario::ssm(
+            "an abort while the rollout runs",
+            &['a', 'b'],
+            vec![
                 (Settled, Push('a', "v1")),
                 (Settled, Push('b', "v2")),
                 (
                     AtOnce,
-                    Console(
-                        Function::Control,
+                    control(
                         json!({ "action": "abort", "app": "web", "environment": "staging", "reason": "wrong build", "by": "alice" }),
                     ),
                 ),
             ],
-            expect: vec![("staging", Some('a'), false)],
-        },
-        Scenario {
-            name: "frozen with an image queued; a push skipped; unfrozen",
-            config: config(SSM),
-            healthy: &['a', 'b'],
-            fail_on_target: &[],
-            rollbacks_fail: false,
-            stimuli: vec![
+            vec![("staging", Some('a'), false)],
+        ),
+        Scenario::ssm(
+            "frozen with an image queued; a push skipped; unfrozen",
+            &['a', 'b'],
+            vec![
                 (Settled, Push('a', "v1")),
                 (AtOnce, Push('b', "v2")),
                 (
                     AtOnce,
-                    Console(
-                        Function::Control,
+                    control(
                         json!({ "action": "freeze", "app": "web", "environment": "staging", "reason": "holidays", "requested_by": "alice" }),
                     ),
                 ),
                 (Settled, Push('c', "v3")),
                 (
                     Settled,
-                    Console(
-                        Function::Control,
+                    control(
                         json!({ "action": "unfreeze", "app": "web", "environment": "staging", "requested_by": "alice" }),
                     ),
                 ),
             ],
-            expect: vec![("staging", Some('b'), false)],
-        },
-        Scenario {
-            name: "a promotion by hand",
-            config: config(SSM),
-            healthy: &['a'],
-            fail_on_target: &[],
-            rollbacks_fail: false,
-            stimuli: vec![
+            vec![("staging", Some('b'), false)],
+        ),
+        Scenario::ssm(
+            "a promotion by hand",
+            &['a'],
+            vec![
                 (Settled, Push('a', "v1")),
                 (
                     Settled,
@@ -1172,18 +1169,15 @@ fn scenarios() -> Vec<Scenario> {
                     ),
                 ),
             ],
-            expect: vec![
+            vec![
                 ("staging", Some('a'), false),
                 ("production", Some('a'), false),
             ],
-        },
-        verified("push → verified (ECS)", ECS),
-        rolled_back("push → smoke test fails → rollback → verified (ECS)", ECS),
-        verified("push → verified (CodeDeploy)", CODEDEPLOY),
-        rolled_back(
-            "push → smoke test fails → rollback → verified (CodeDeploy)",
-            CODEDEPLOY,
         ),
+        verified("push → verified (ECS)").on(ECS),
+        rolled_back("push → smoke test fails → rollback → verified (ECS)").on(ECS),
+        verified("push → verified (CodeDeploy)").on(CODEDEPLOY),
+        rolled_back("push → smoke test fails → rollback → verified (CodeDeploy)").on(CODEDEPLOY),
     ]
 }
 
