@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tracing::info;
 
-use super::deploy::{unknown_app, unknown_env};
+use super::deploy::{configured_env, unknown_app, unknown_env};
 use super::{Core, InputError, Refusal, ServiceError, retry_on_conflict};
 use crate::domain::approval::{Approved, Outcome, Pending, Waiting};
 use crate::domain::deployment::Aborted;
@@ -191,12 +191,7 @@ impl Control {
         by: &str,
     ) -> Result<FreezeResult, ServiceError> {
         let config = self.core.config.load().await?;
-        if config.env(app, env).is_none() {
-            return Err(match config.app(app) {
-                Some(_) => unknown_env(&config, app, env),
-                None => unknown_app(&config, app),
-            });
-        }
+        configured_env(&config, app, env)?;
         retry_on_conflict(
             || format!("changing the freeze of {app}/{env}"),
             async |_| {
@@ -260,12 +255,7 @@ impl Control {
         reason: &str,
     ) -> Result<AbortResult, ServiceError> {
         let config = self.core.config.load().await?;
-        if config.env(app, env).is_none() {
-            return Err(match config.app(app) {
-                Some(_) => unknown_env(&config, app, env),
-                None => unknown_app(&config, app),
-            });
-        }
+        configured_env(&config, app, env)?;
         retry_on_conflict(
             || format!("aborting the deployment in flight on {app}/{env}"),
             async |_| {
@@ -362,12 +352,7 @@ impl Control {
         rejection: Option<Option<String>>,
     ) -> Result<Decided, ServiceError> {
         let config = self.core.config.load().await?;
-        if config.env(app, env).is_none() {
-            return Err(match config.app(app) {
-                Some(_) => unknown_env(&config, app, env),
-                None => unknown_app(&config, app),
-            });
-        }
+        configured_env(&config, app, env)?;
         retry_on_conflict(
             || format!("deciding the promotion of {digest} to {app}/{env}"),
             async |_| {

@@ -521,6 +521,18 @@ pub(crate) fn unknown_app(config: &Config, app: &AppName) -> ServiceError {
     .into()
 }
 
+/// The configuration of `app`'s environment `env`, or the refusal naming what is configured.
+pub(crate) fn configured_env<'a>(
+    config: &'a Config,
+    app: &AppName,
+    env: &EnvName,
+) -> Result<&'a crate::domain::EnvConfig, ServiceError> {
+    config.env(app, env).ok_or_else(|| match config.app(app) {
+        Some(_) => unknown_env(config, app, env),
+        None => unknown_app(config, app),
+    })
+}
+
 pub(crate) fn unknown_env(config: &Config, app: &AppName, env: &EnvName) -> ServiceError {
     Refusal::UnknownEnv {
         app: app.clone(),

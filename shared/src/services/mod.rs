@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use crate::domain::{AppName, EnvName, LifecycleEvent};
+use crate::domain::{AppName, Deployment, EnvName, LifecycleEvent};
 use crate::metrics::Meter;
 use crate::ports::{Clock, ConfigSource, EventPublisher, OutboxEntry, StateStore, StoreError};
 
@@ -46,6 +46,15 @@ pub struct Core {
 pub const DELIVERY_GRACE: Duration = Duration::from_secs(30);
 
 impl Core {
+    /// Reads `dep` again, as stored: another writer changed it since it was read.
+    pub(crate) async fn reread(&self, dep: &mut Deployment) -> Result<(), ServiceError> {
+        *dep = self
+            .store
+            .deployment(&dep.app, &dep.environment, &dep.id)
+            .await?;
+        Ok(())
+    }
+
     /// Outbox entries for events about environments, to commit with the change they
     /// announce and `announce` after it.
     pub(crate) fn outbox(&self, events: Vec<LifecycleEvent>) -> Vec<OutboxEntry> {

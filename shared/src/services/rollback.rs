@@ -101,11 +101,7 @@ impl Rollback {
             || format!("starting the rollback of {id}"),
             async |attempt| {
                 if attempt > 0 {
-                    failed = self
-                        .core
-                        .store
-                        .deployment(&failed.app, &failed.environment, &failed.id)
-                        .await?;
+                    self.core.reread(&mut failed).await?;
                     if failed.phase != Phase::Failed {
                         return Ok(RollbackOutcome::AlreadyHandled {
                             deployment_id: failed.id.clone(),

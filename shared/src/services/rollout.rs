@@ -76,10 +76,7 @@ pub(crate) async fn advance(
         || format!("recording {step:?} for {id}"),
         async |attempt| {
             if attempt > 0 {
-                *dep = core
-                    .store
-                    .deployment(&dep.app, &dep.environment, &dep.id)
-                    .await?;
+                core.reread(dep).await?;
             }
             match dep.apply(step, core.clock.now(), note.clone()) {
                 Ok(Outcome::Changed(_)) => {}
@@ -137,10 +134,7 @@ pub(crate) async fn launch(
                 || format!("marking {id} to start again"),
                 async |attempt| {
                     if attempt > 0 {
-                        *dep = core
-                            .store
-                            .deployment(&dep.app, &dep.environment, &dep.id)
-                            .await?;
+                        core.reread(dep).await?;
                     }
                     if dep.phase != Phase::Requested {
                         return Ok(());
@@ -193,10 +187,7 @@ async fn record_started(
         || format!("recording RolloutStarted for {id}"),
         async |attempt| {
             if attempt > 0 {
-                *dep = core
-                    .store
-                    .deployment(&dep.app, &dep.environment, &dep.id)
-                    .await?;
+                core.reread(dep).await?;
             }
             if dep.phase != Phase::Requested {
                 return Ok(false);
@@ -326,10 +317,7 @@ pub(crate) async fn end_without_rollback(
         || format!("ending failed deployment {id}"),
         async |attempt| {
             if attempt > 0 {
-                *dep = core
-                    .store
-                    .deployment(&dep.app, &dep.environment, &dep.id)
-                    .await?;
+                core.reread(dep).await?;
             }
             let mut state = core.store.env_state(&dep.app, &dep.environment).await?;
             if !state.release(&dep.id) {
@@ -373,10 +361,7 @@ pub(crate) async fn rollback_failed(
         || format!("recording the failure of rollback {id}"),
         async |attempt| {
             if attempt > 0 {
-                *rollback = core
-                    .store
-                    .deployment(&rollback.app, &rollback.environment, &rollback.id)
-                    .await?;
+                core.reread(rollback).await?;
             }
             let now = core.clock.now();
             let mut state = core

@@ -129,11 +129,7 @@ impl Verifier {
             || format!("recording the verification of {id}"),
             async |attempt| {
                 if attempt > 0 {
-                    *dep = self
-                        .core
-                        .store
-                        .deployment(&dep.app, &dep.environment, &dep.id)
-                        .await?;
+                    self.core.reread(dep).await?;
                 }
                 let now = self.core.clock.now();
                 let step = dep.apply(Step::VerificationPassed, now, None);
