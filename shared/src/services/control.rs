@@ -577,6 +577,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn aborting_with_nothing_in_flight_is_not_found_and_writes_nothing() {
+        let w = World::sample();
+        let err = w
+            .control()
+            .abort(&app("web"), &env_name("staging"), "alice", "wrong build")
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type(), "NonRetryable.NotFound");
+        assert_eq!(
+            err.to_string(),
+            "nothing is in flight on web/staging: there is no deployment to abort"
+        );
+        assert_eq!(w.store.commits(), 0);
+        assert!(w.events.events().is_empty());
+    }
+
+    #[tokio::test]
     async fn an_aborted_rollout_is_cancelled_and_frees_its_environment_for_the_queue() {
         use crate::domain::{Kind, Phase, Request};
         use crate::ports::{Clock, Commit, StateStore};
