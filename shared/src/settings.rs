@@ -43,6 +43,10 @@ pub struct Settings {
     /// `PUSHDEPLOY_JANITOR_DRY_RUN`: whether the janitor's scheduled runs only report
     /// (`true` or `false`, default `false`).
     pub janitor_dry_run: bool,
+    /// `PUSHDEPLOY_AWS_ENDPOINT_URL`: one endpoint for every AWS API, for local runs against
+    /// an emulator (`sam local invoke --env-vars` can set it, since the template declares it
+    /// empty). Empty or unset: the SDK's own endpoints (and `AWS_ENDPOINT_URL`, if set).
+    pub endpoint_url: Option<String>,
 }
 
 impl Settings {
@@ -87,6 +91,18 @@ impl Settings {
                     return Err(SettingsError::Invalid {
                         name: "PUSHDEPLOY_JANITOR_DRY_RUN",
                         message: format!("{other:?}; set it to \"true\" or \"false\""),
+                    });
+                }
+            },
+            endpoint_url: match value("PUSHDEPLOY_AWS_ENDPOINT_URL").map(|v| v.trim().to_owned()) {
+                None => None,
+                Some(url) if url.starts_with("http://") || url.starts_with("https://") => Some(url),
+                Some(other) => {
+                    return Err(SettingsError::Invalid {
+                        name: "PUSHDEPLOY_AWS_ENDPOINT_URL",
+                        message: format!(
+                            "{other:?} is not an http:// or https:// URL (e.g. http://host.containers.internal:5000), or leave it empty"
+                        ),
                     });
                 }
             },
@@ -144,6 +160,33 @@ mod tests {
         assert_eq!(
             with("yes").unwrap_err().to_string(),
             "environment variable PUSHDEPLOY_JANITOR_DRY_RUN is invalid: \"yes\"; set it to \"true\" or \"false\""
+        );
+    }
+
+    #[test]
+    fn an_empty_endpoint_is_the_sdks_own_and_a_bad_one_is_named() {
+        let base = [
+            ("PUSHDEPLOY_TABLE", "t"),
+            ("PUSHDEPLOY_EVENT_BUS", "b"),
+            ("PUSHDEPLOY_CONFIG_PARAMETER", "/p"),
+        ];
+        let with = |v| {
+            let mut vars = base.to_vec();
+            vars.push(("PUSHDEPLOY_AWS_ENDPOINT_URL", v));
+            from(&vars)
+        };
+        assert_eq!(from(&base).unwrap().endpoint_url, None);
+        assert_eq!(with("").unwrap().endpoint_url, None);
+        assert_eq!(
+            with(" http://10.88.0.1:5000 ")
+                .unwrap()
+                .endpoint_url
+                .as_deref(),
+            Some("http://10.88.0.1:5000")
+        );
+        assert_eq!(
+            with("localhost:5000").unwrap_err().to_string(),
+            "environment variable PUSHDEPLOY_AWS_ENDPOINT_URL is invalid: \"localhost:5000\" is not an http:// or https:// URL (e.g. http://host.containers.internal:5000), or leave it empty"
         );
     }
 

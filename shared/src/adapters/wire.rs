@@ -21,10 +21,15 @@ use crate::services::{Control, Core, Tracker};
 use crate::services::{Deployer, Janitor, Rollback};
 use crate::settings::{ConfigLocation, Settings, SettingsError};
 
-/// The SDK configuration from the environment: region, credentials, and `AWS_ENDPOINT_URL`
-/// (how local runs reach the emulator).
-pub async fn sdk_config() -> SdkConfig {
-    aws_config::load_defaults(BehaviorVersion::latest()).await
+/// The SDK configuration from the environment: region, credentials, and the endpoint local
+/// runs reach an emulator at (`PUSHDEPLOY_AWS_ENDPOINT_URL`, else the SDK's own
+/// `AWS_ENDPOINT_URL`).
+pub async fn sdk_config(endpoint_url: Option<&str>) -> SdkConfig {
+    let loader = aws_config::defaults(BehaviorVersion::latest());
+    match endpoint_url {
+        Some(url) => loader.endpoint_url(url).load().await,
+        None => loader.load().await,
+    }
 }
 
 /// What every function does first: JSON logs, its settings (failing fast with the name of a
@@ -32,7 +37,8 @@ pub async fn sdk_config() -> SdkConfig {
 pub async fn start() -> Result<(Settings, SdkConfig), SettingsError> {
     lambda_runtime::tracing::init_default_subscriber();
     let settings = Settings::from_env()?;
-    Ok((settings, sdk_config().await))
+    let sdk = sdk_config(settings.endpoint_url.as_deref()).await;
+    Ok((settings, sdk))
 }
 
 /// The deployer's use case.
