@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 export CARGO_TERM_COLOR ?= auto
 
-.PHONY: demo test setup build lint unit sam-build bench up clean
+.PHONY: demo test setup build lint unit sam-build sam-local sam-local-tier bench up clean
 
 ## Installs Debian packages and the Python tools (moto, cargo-lambda, SAM CLI, cfn-lint).
 setup:
@@ -17,17 +17,19 @@ demo: setup
 	cargo build --workspace --bins
 	target/debug/pushdeploy-local demo
 
-## Keeps a local stack running for trying things by hand.
+## Keeps a local stack running for trying things by hand; `make up CONFIG=my.yaml` runs it
+## with your configuration, merged with what only the local stack knows.
 up: setup
 	cargo build --workspace --bins
-	target/debug/pushdeploy-local up
+	target/debug/pushdeploy-local up $(if $(CONFIG),--config $(CONFIG))
 
-## The whole test suite: formatting, lints, every test tier, the template checks, and
-## a `sam build` of every function.
+## The whole test suite: formatting, lints, every test tier, the template checks, a
+## `sam build` of every function, and the `sam local` tier on what it built.
 test: setup lint
 	cargo build --workspace --all-targets
 	cargo nextest run --workspace --no-fail-fast
 	scripts/sam-build.sh
+	$(MAKE) --no-print-directory sam-local-tier
 
 lint:
 	cargo fmt --all --check
@@ -40,6 +42,15 @@ unit:
 
 sam-build: setup
 	scripts/sam-build.sh
+
+## `sam local invoke` and `sam local start-lambda` of every function `sam build` made, in the
+## stand-in Lambda image on podman (scripts/sam-local-podman.sh), against moto.
+sam-local: setup
+	scripts/sam-build.sh
+	$(MAKE) --no-print-directory sam-local-tier
+
+sam-local-tier:
+	cargo nextest run -p pushdeploy-tests --test sam_local --run-ignored only --no-fail-fast
 
 ## Measures the performance budget of the release binaries (see README).
 bench: setup

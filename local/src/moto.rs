@@ -48,8 +48,15 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Moto {
-    /// Starts a fresh server and waits until it answers. Its output goes to `log`.
+    /// Starts a fresh server on loopback and waits until it answers. Its output goes to
+    /// `log`.
     pub fn start(log: &Path) -> anyhow::Result<Self> {
+        Self::start_on(log, "127.0.0.1")
+    }
+
+    /// Like `start`, listening on `host`: `0.0.0.0` lets containers reach the server through
+    /// their gateway (`host.containers.internal`), as `sam local invoke` needs.
+    pub fn start_on(log: &Path, host: &str) -> anyhow::Result<Self> {
         let port = free_port()?;
         let program = venv_tool("moto_server");
         let out =
@@ -58,7 +65,7 @@ impl Moto {
         // it goes beside the log instead of into the working directory.
         let recording = log.with_extension("recording.jsonl");
         let child = Command::new(&program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-H", host, "-p", &port.to_string()])
             .env("MOTO_RECORDER_FILEPATH", &recording)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -132,6 +139,11 @@ impl Moto {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(moto)
+    }
+
+    /// A server another process runs (a running `up`), on `port`; never stopped by this value.
+    pub fn attach(port: u16) -> Self {
+        Self { child: None, port }
     }
 
     /// Where the local host agent reports Run Command invocations (see `start_for_hosts`).

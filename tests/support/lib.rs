@@ -42,7 +42,7 @@ pub const BUNDLES: &str = "pushdeploy-bundles";
 /// A moto server with pushdeploy's resources, and every function's use case wired to it
 /// with the real adapters.
 pub struct World {
-    _moto: Moto,
+    pub moto: Moto,
     _dir: TempDir,
     pub sdk: SdkConfig,
     pub deployer: Deployer,
@@ -61,8 +61,13 @@ impl World {
     /// Starts moto and provisions the table (keys from `template.yaml`), the bus, the
     /// repository, the SSM document (content from `template.yaml`) and the configuration.
     pub async fn start(config_yaml: &str) -> anyhow::Result<Self> {
+        Self::start_on(config_yaml, "127.0.0.1").await
+    }
+
+    /// Like `start`, with moto listening on `host` (`0.0.0.0`: reachable from containers).
+    pub async fn start_on(config_yaml: &str, host: &str) -> anyhow::Result<Self> {
         let dir = TempDir::new("pushdeploy-it")?;
-        let moto = Moto::start(&dir.0.join("moto.log"))?;
+        let moto = Moto::start_on(&dir.0.join("moto.log"), host)?;
         let sdk = moto.sdk_config().await;
         provision(&sdk).await?;
         let endpoint = SmokeEndpoint::start().await?;
@@ -135,7 +140,7 @@ impl World {
             published,
             endpoint,
             sdk,
-            _moto: moto,
+            moto,
             _dir: dir,
             pushes: Mutex::new(0),
         })
