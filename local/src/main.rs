@@ -1,13 +1,11 @@
 //! `pushdeploy-local`: pushdeploy on this machine, with no AWS account — `demo` tells the
 //! story of a rollout, a failed smoke test and a rollback on real containers; `up` keeps a
-//! stack running to try things by hand.
+//! stack running to try things by hand, and `push` pushes to it from another terminal.
 
 use std::process::ExitCode;
 
-use pushdeploy_local::app::{Behaviour, SampleApp};
 use pushdeploy_local::lambdas::BUILD_COMMAND;
-use pushdeploy_local::stack::{Stack, StackOptions};
-use pushdeploy_local::{demo, signals};
+use pushdeploy_local::{demo, signals, up};
 
 const USAGE: &str = "usage: pushdeploy-local <command>
 
@@ -15,8 +13,15 @@ commands:
   demo   start a local stack, push v1 (rolled out and verified) and v2 (rolled out, fails its
          smoke test, rolled back), print the timeline and a verdict; exit 0 only if the story
          happened exactly so. Everything started is stopped at the end.
-  up     start a local stack with the sample app configured and its images v1 and v2 in the
-         registry (not deployed), print endpoints and example commands, run until Ctrl-C.
+  up [--config FILE]
+         start a local stack with the sample app configured (or FILE, merged with what only
+         the local stack knows) and the sample's images v1 and v2 in the registry (not
+         deployed); print the configuration, endpoints and commands to try; run until Ctrl-C.
+         The logs are kept after it stops.
+  push TAG [--fails-smoke-test | --unhealthy | --from IMAGE] [--repository REPO]
+         with `up` running: build version TAG of the sample app (or take IMAGE from podman's
+         storage), upload it to the local registry, record it in ECR and publish the push
+         event, as a CI job's push does.
 
 The function binaries must be built first: `BUILD`.
 Environment: PUSHDEPLOY_TEMPLATE (default template.yaml), PUSHDEPLOY_BIN_DIR (default
@@ -25,7 +30,8 @@ PUSHDEPLOY_LOCAL_INSTANCES (execution environments per function, default 2).";
 
 fn main() -> ExitCode {
     let interrupted = signals::take_interrupts();
-    let command = std::env::args().nth(1).unwrap_or_default();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = args.first().cloned().unwrap_or_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -42,7 +48,8 @@ fn main() -> ExitCode {
         let work = async {
             match command.as_str() {
                 "demo" => demo_command().await,
-                "up" => up_command(interrupted.clone()).await,
+                "up" => up::command(&args[1..], interrupted.clone()).await,
+                "push" => up::push_command(&args[1..]).await,
                 "help" | "--help" | "-h" => {
                     println!("{usage}");
                     Ok(ExitCode::SUCCESS)
@@ -53,6 +60,8 @@ fn main() -> ExitCode {
                 }
             }
         };
+        // `up` waits for the interrupt itself, to stop in order and say where its logs are.
+        let handles_interrupts = command == "up";
         tokio::select! {
             result = work => match result {
                 Ok(code) => code,
@@ -61,7 +70,7 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
-            _ = interrupted.notified() => ExitCode::from(130),
+            _ = interrupted.notified(), if !handles_interrupts => ExitCode::from(130),
         }
     })
 }
@@ -82,29 +91,4 @@ async fn demo_command() -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::FAILURE)
     }
-}
-
-async fn up_command(interrupted: std::sync::Arc<tokio::sync::Notify>) -> anyhow::Result<ExitCode> {
-    let app = SampleApp::new()?;
-    let mut options = StackOptions::from_env().for_app(&app);
-    options.print_timeline = true;
-    println!("starting the local stack…");
-    let stack = Stack::start(options).await?;
-    stack
-        .put_config(&app.config(&stack.registry.host()))
-        .await?;
-    for (label, behaviour) in [("v1", Behaviour::Good), ("v2", Behaviour::FailsSmokeTest)] {
-        let image = stack
-            .build(&app.repository, &app.version(label, behaviour))
-            .await?;
-        stack.upload(&image, &app.repository, label).await?;
-    }
-    println!("\n{}", stack.describe(&app));
-    println!(
-        "v1 and v2 are in the registry and in ECR; deploy one by hand with the deployer command above.\n\
-         Press Ctrl-C to stop everything.\n"
-    );
-    interrupted.notified().await;
-    drop(stack);
-    Ok(ExitCode::SUCCESS)
 }

@@ -69,6 +69,16 @@ impl LocalRegistry {
         })
     }
 
+    /// A registry another process runs (a running `up`), on `port`.
+    pub fn attach(port: u16) -> anyhow::Result<Self> {
+        Ok(Self {
+            port,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        })
+    }
+
     /// How images name this registry: `localhost:<port>`.
     pub fn host(&self) -> String {
         format!("localhost:{}", self.port)

@@ -19,6 +19,7 @@ use crate::host::Host;
 use crate::images::{AppVersion, Builder, BuiltImage};
 use crate::lambdas::{Lambdas, LocalFunction, bin_dir, check_binaries};
 use crate::moto::{ACCOUNT, Moto, REGION};
+use crate::push::{ensure_repository, publish_push_event, record_in_ecr};
 use crate::registry::LocalRegistry;
 use crate::router::{Router, RouterConfig, RuleSpec, Schedule, rate};
 use crate::run::Run;
@@ -433,22 +434,7 @@ impl Stack {
         let ecr = aws_sdk_ecr::Client::new(&self.sdk);
         ensure_repository(&ecr, repository).await?;
         let digest = self.builder.push(image, repository, tag, &ecr).await?;
-        let manifest = self.registry.manifest(repository, &digest).await?;
-        if manifest.digest != digest {
-            bail!(
-                "the registry serves {} for the pushed digest {digest}",
-                manifest.digest
-            );
-        }
-        ecr.put_image()
-            .repository_name(repository)
-            .image_manifest(&manifest.body)
-            .image_manifest_media_type(&manifest.media_type)
-            .image_digest(&digest)
-            .image_tag(tag)
-            .send()
-            .await
-            .context("PutImage")?;
+        record_in_ecr(&self.sdk, &self.registry, repository, tag, &digest).await?;
         Ok(Pushed {
             tag: tag.to_owned(),
             image: format!("{}/{repository}@{digest}", self.registry.host()),
@@ -490,34 +476,9 @@ impl Stack {
         label: &str,
     ) -> anyhow::Result<Pushed> {
         let n = self.pushes.fetch_add(1, Ordering::SeqCst) + 1;
-        let detail = json!({
-            "result": "SUCCESS",
-            "repository-name": repository,
-            "image-digest": digest,
-            "action-type": "PUSH",
-            "image-tag": tag,
-        });
-        let out = aws_sdk_eventbridge::Client::new(&self.sdk)
-            .put_events()
-            .entries(
-                aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
-                    .source("aws.ecr")
-                    .detail_type("ECR Image Action")
-                    .detail(detail.to_string())
-                    .build(),
-            )
-            .send()
-            .await
-            .context("PutEvents (ECR push)")?;
-        let event_id = out
-            .entries()
-            .first()
-            .and_then(|e| e.event_id())
-            .map(str::to_owned)
+        let event_id = publish_push_event(&self.sdk, repository, tag, digest)
+            .await?
             .unwrap_or_else(|| format!("push-{n}"));
-        if out.failed_entry_count() > 0 {
-            bail!("PutEvents refused the ECR push event: {:?}", out.entries());
-        }
         let image = format!("{}/{repository}@{digest}", self.registry.host());
         self.timeline.note(
             Source::Harness,
@@ -554,42 +515,6 @@ impl Stack {
             .get(0)
             .cloned()
             .ok_or_else(|| anyhow!("control returned no status: {out}"))
-    }
-
-    /// Prints where everything is and how to talk to it.
-    pub fn describe(&self, app: &SampleApp) -> String {
-        let moto = self.moto.endpoint();
-        let port = self.lambdas.port;
-        format!(
-            "local stack {run}\n\
-             \x20 AWS (moto):         {moto}   (region {REGION}, account {ACCOUNT})\n\
-             \x20 functions:          http://127.0.0.1:{port}  (cargo lambda watch --only-lambda-apis)\n\
-             \x20 registry:           {registry}  (user AWS, password from `aws ecr get-login-password`)\n\
-             \x20 host:               instance {instance}, {app_url}\n\
-             \x20 logs:               {logs}\n\
-             \x20 table {table}, bus {bus}, document {document}, parameter {parameter}\n\
-             \n\
-             try:\n\
-             \x20 cargo lambda invoke --invoke-port {port} control --data-ascii '{{\"action\":\"status\",\"app\":\"{a}\",\"environment\":\"{e}\"}}'\n\
-             \x20 cargo lambda invoke --invoke-port {port} deployer --data-ascii '{{\"app\":\"{a}\",\"environment\":\"{e}\",\"tag\":\"v1\"}}'\n\
-             \x20 cargo lambda invoke --invoke-port {port} rollback --data-ascii '{{\"app\":\"{a}\",\"environment\":\"{e}\"}}'\n\
-             \x20 curl {app_url}\n\
-             \x20 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws --endpoint-url {moto} --region {REGION} ssm list-commands\n\
-             \x20 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws --endpoint-url {moto} --region {REGION} dynamodb scan --table-name {table}\n\
-             \x20 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws --endpoint-url {moto} --region {REGION} ecr describe-images --repository-name {repo}\n",
-            run = self.run.id,
-            registry = self.registry.host(),
-            instance = self.host.instance_id,
-            app_url = app.url("/"),
-            logs = self.run.dir.join("logs").display(),
-            table = self.names.table,
-            bus = self.names.bus,
-            document = self.names.document,
-            parameter = self.names.parameter,
-            a = app.app,
-            e = app.environment,
-            repo = app.repository,
-        )
     }
 
     /// Keeps the run directory (logs) after the stack stops.
@@ -701,24 +626,6 @@ async fn dead_letter_queue_url(sdk: &SdkConfig, names: &Names) -> Option<String>
         .ok()?
         .queue_url()
         .map(str::to_owned)
-}
-
-async fn ensure_repository(ecr: &aws_sdk_ecr::Client, repository: &str) -> anyhow::Result<()> {
-    match ecr
-        .create_repository()
-        .repository_name(repository)
-        .send()
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_repository_already_exists_exception()) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(anyhow!(e).context(format!("CreateRepository {repository}"))),
-    }
 }
 
 /// Hex digits that differ between calls (digests of images that do not exist).
