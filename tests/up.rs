@@ -22,7 +22,9 @@ const STEP: Duration = Duration::from_secs(120);
 /// A running `pushdeploy-local up` and what it printed.
 struct Up {
     child: Child,
-    stdout: BufReader<ChildStdout>,
+    /// What `up` prints after its banner (the timeline), read as it comes so that `up` never
+    /// blocks on a full pipe.
+    rest: Option<std::thread::JoinHandle<String>>,
     banner: Vec<String>,
     tmp: TempDir,
 }
@@ -59,9 +61,10 @@ impl Up {
             }
             assert!(Instant::now() < deadline, "`up` was not ready in 180 s");
         }
+        let rest = std::thread::spawn(move || drain(stdout));
         Self {
             child,
-            stdout,
+            rest: Some(rest),
             banner,
             tmp,
         }
@@ -151,9 +154,12 @@ impl Up {
     fn interrupt(&mut self) -> PathBuf {
         // SAFETY: sending a signal to the child we started.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut self.stdout, &mut rest).unwrap();
         let status = self.child.wait().unwrap();
+        let rest = self
+            .rest
+            .take()
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default();
         assert!(
             status.success(),
             "`up` ended with {status} after Ctrl-C:\n{rest}"
@@ -180,6 +186,17 @@ impl Drop for Up {
             let _ = self.child.wait();
         }
     }
+}
+
+fn drain(mut stdout: BufReader<ChildStdout>) -> String {
+    let mut all = String::new();
+    let mut line = String::new();
+    while stdout.read_line(&mut line).is_ok_and(|n| n > 0) {
+        print!("up | {line}");
+        all.push_str(&line);
+        line.clear();
+    }
+    all
 }
 
 fn tag_of(v: &Value) -> Option<&str> {

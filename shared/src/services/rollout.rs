@@ -42,6 +42,32 @@ pub enum EnvOutcome {
     },
 }
 
+/// As a person reads it in a summary: `started 01J… (…/acme/web@sha256:…)`.
+impl std::fmt::Display for EnvOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EnvOutcome::Started {
+                deployment_id,
+                image,
+            } => write!(f, "started {deployment_id} ({image})"),
+            EnvOutcome::Queued {
+                behind: Some(behind),
+                image,
+            } => write!(f, "queued {image} behind {behind}"),
+            EnvOutcome::Queued {
+                behind: None,
+                image,
+            } => write!(f, "queued {image} until the environment is unfrozen"),
+            EnvOutcome::Skipped { reason, image } => write!(f, "skipped {image}: {reason}"),
+            EnvOutcome::Pending {
+                waiting_for,
+                reason,
+                image,
+            } => write!(f, "{image} waits for {waiting_for}: {reason}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnvResult {
     pub app: AppName,

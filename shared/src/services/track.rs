@@ -40,6 +40,32 @@ pub enum TrackOutcome {
     },
 }
 
+/// How a reconciliation pass reports what it found: `succeeded: deployment 01J…`.
+impl std::fmt::Display for TrackOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrackOutcome::Ignored { reason } => write!(f, "ignored: {reason}"),
+            TrackOutcome::InProgress { deployment_id } => {
+                write!(f, "in progress: deployment {deployment_id}")
+            }
+            TrackOutcome::Succeeded { deployment_id } => {
+                write!(f, "succeeded: deployment {deployment_id}")
+            }
+            TrackOutcome::Failed {
+                deployment_id,
+                reason,
+            } => write!(f, "failed: deployment {deployment_id}: {reason}"),
+            TrackOutcome::AlreadyRecorded {
+                deployment_id,
+                phase,
+            } => write!(
+                f,
+                "already recorded: deployment {deployment_id} is {phase:?}"
+            ),
+        }
+    }
+}
+
 /// What one reconciliation pass did, environment by environment.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ReconcileReport {
@@ -243,7 +269,7 @@ impl Tracker {
         let Some(lease) = state.lease.clone() else {
             if state.queued.is_some() && state.frozen.is_none() {
                 let started = start_queued(&self.core, self.target.as_ref(), app, env).await?;
-                return Ok(started.map(|r: EnvResult| format!("queued image: {:?}", r.outcome)));
+                return Ok(started.map(|r: EnvResult| format!("queued image: {}", r.outcome)));
             }
             return Ok(None);
         };
@@ -314,7 +340,13 @@ impl Tracker {
                             "the target cannot tell how rollout {target_ref} went: {error}; check that it still exists and that pushdeploy may read it"
                         );
                         let outcome = self.fail(&mut dep, reason).await?;
-                        return Ok(Some(format!("{outcome:?}")));
+                        return Ok(Some(match outcome {
+                            Some(o) => o.to_string(),
+                            None => format!(
+                                "already recorded: deployment {} is {:?}",
+                                dep.id, dep.phase
+                            ),
+                        }));
                     }
                     Err(e) => return Err(e.into()),
                 };
@@ -327,11 +359,16 @@ impl Tracker {
                         env_config.rollout_timeout.as_secs()
                     );
                     let outcome = self.fail(&mut dep, reason).await?;
-                    return Ok(Some(format!("{outcome:?}")));
+                    return Ok(Some(match outcome {
+                        Some(o) => o.to_string(),
+                        None => {
+                            format!("already recorded: deployment {} is {:?}", dep.id, dep.phase)
+                        }
+                    }));
                 }
                 match self.record(dep, status).await? {
                     TrackOutcome::InProgress { .. } => Ok(None),
-                    outcome => Ok(Some(format!("{outcome:?}"))),
+                    outcome => Ok(Some(outcome.to_string())),
                 }
             }
             // The verifier did not take the hand-off, or stopped before its checks ended:
@@ -450,7 +487,7 @@ impl Tracker {
         Ok(Some(match (released, started) {
             (false, _) => format!("aborted deployment {id} was already released"),
             (true, Some(r)) => format!(
-                "released {app}/{env} from aborted deployment {id}; queued image: {:?}",
+                "released {app}/{env} from aborted deployment {id}; queued image: {}",
                 r.outcome
             ),
             (true, None) => format!("released {app}/{env} from aborted deployment {id}"),
@@ -593,6 +630,7 @@ mod tests {
     use crate::domain::{Kind, PinnedImage, Request};
     use crate::fakes::World;
     use crate::ports::{Clock, RolloutStatus, StateStore};
+    use crate::services::rollout::EnvOutcome;
     use std::time::Duration;
 
     /// A push of `image` rolling out on web/staging under `fake:cmd-1`.
@@ -661,6 +699,40 @@ mod tests {
         assert_eq!(w.deployments("staging")[0].phase, Phase::RollingOut);
         assert!(w.events.types().is_empty());
         let _ = dep;
+    }
+
+    #[test]
+    fn a_reconcile_summary_reads_as_text_not_as_code() {
+        let id = DeploymentId::new(World::START);
+        let said = |o: TrackOutcome| o.to_string();
+        assert_eq!(
+            said(TrackOutcome::Succeeded {
+                deployment_id: id.clone()
+            }),
+            format!("succeeded: deployment {id}")
+        );
+        assert_eq!(
+            said(TrackOutcome::Failed {
+                deployment_id: id.clone(),
+                reason: "exit 1 on i-1".into()
+            }),
+            format!("failed: deployment {id}: exit 1 on i-1")
+        );
+        assert_eq!(
+            said(TrackOutcome::AlreadyRecorded {
+                deployment_id: id.clone(),
+                phase: Phase::Verified
+            }),
+            format!("already recorded: deployment {id} is Verified")
+        );
+        let queued = EnvOutcome::Queued {
+            behind: Some(id.clone()),
+            image: "r/acme/web@sha256:aa".into(),
+        };
+        assert_eq!(
+            queued.to_string(),
+            format!("queued r/acme/web@sha256:aa behind {id}")
+        );
     }
 
     #[tokio::test]
