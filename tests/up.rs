@@ -188,6 +188,68 @@ impl Drop for Up {
     }
 }
 
+/// An image in the user's own podman storage, as `podman build` leaves it; removed when
+/// dropped.
+struct OwnImage {
+    name: String,
+    _context: TempDir,
+}
+
+impl OwnImage {
+    /// A busybox web server whose `/` says `my own <label>: all systems go`, healthy on
+    /// `/health`, listening where the sample app does.
+    fn build(label: &str) -> Self {
+        let context = TempDir::new("pushdeploy-own-image").unwrap();
+        let www = context.0.join("www");
+        std::fs::create_dir_all(&www).unwrap();
+        std::fs::write(
+            www.join("index.html"),
+            format!("my own {label}: {}\n", pushdeploy_local::app::SMOKE_TEXT),
+        )
+        .unwrap();
+        std::fs::write(www.join("health"), "ok\n").unwrap();
+        std::fs::write(www.join("version"), format!("{label}\n")).unwrap();
+        std::fs::copy("/bin/busybox", context.0.join("busybox")).unwrap();
+        std::fs::write(
+            context.0.join("Containerfile"),
+            format!(
+                "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\n\
+                 ENTRYPOINT [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"{}\", \"-h\", \"/www\"]\n",
+                pushdeploy_local::images::APP_PORT
+            ),
+        )
+        .unwrap();
+        let name = format!(
+            "localhost/pushdeploy-test-own-app-{}:{label}",
+            std::process::id()
+        );
+        let out = Command::new("podman")
+            .args(pushdeploy_local::podman::GLOBAL_FLAGS)
+            .args(["build", "--quiet", "-t", &name])
+            .arg(&context.0)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podman build: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            name,
+            _context: context,
+        }
+    }
+}
+
+impl Drop for OwnImage {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(pushdeploy_local::podman::GLOBAL_FLAGS)
+            .args(["rmi", "--force", &self.name])
+            .output();
+    }
+}
+
 fn drain(mut stdout: BufReader<ChildStdout>) -> String {
     let mut all = String::new();
     let mut line = String::new();
@@ -235,6 +297,16 @@ fn every_command_up_prints_works_as_printed() {
 
     let (ok, text) = up.run(&up.command(" push v3 "));
     assert!(ok && text.contains("ECR push event"), "{text}");
+    // What `push` prints to follow the rollout works as printed too.
+    let follow = text
+        .lines()
+        .find_map(|l| l.strip_prefix("follow it: "))
+        .unwrap_or_else(|| panic!("push printed no command to follow it: {text}"));
+    let followed = up.json(follow);
+    assert_eq!(
+        followed["environments"][0]["environment"], "staging",
+        "{followed}"
+    );
     up.wait_for("v3 verified", |e| tag_of(&e["last_verified"]) == Some("v3"));
     let (ok, body) = up.run(&up.command("curl "));
     assert!(ok && body.contains("web v3"), "the host serves v3: {body}");
@@ -255,6 +327,23 @@ fn every_command_up_prints_works_as_printed() {
     up.wait_for("rolled back to v1", |e| {
         e["in_flight"].is_null() && tag_of(&e["current"]) == Some("v1")
     });
+
+    // `push --from`: a user's own image, from podman's storage.
+    let own = OwnImage::build("v5");
+    let (ok, text) = up.run(&format!(
+        "{} push v5 --from {}",
+        bin_dir().join("pushdeploy-local").display(),
+        own.name
+    ));
+    assert!(ok, "{text}");
+    up.wait_for("the user's own image verified", |e| {
+        tag_of(&e["last_verified"]) == Some("v5")
+    });
+    let (ok, body) = up.run(&up.command("curl "));
+    assert!(
+        ok && body.contains("my own v5"),
+        "the host serves the user's image: {body}"
+    );
 
     let reconciled = up.json(&up.command("tracker --data-file"));
     assert!(reconciled.is_object(), "{reconciled}");
