@@ -284,6 +284,16 @@ fn every_command_up_prints_works_as_printed() {
             .any(|l| l.trim_start().starts_with("| apps:")),
         "the banner prints the configuration installed"
     );
+    for value in [
+        "  registry: localhost:",
+        "  instances: { tag: { Role: web-staging } }",
+        "  web/staging's host port: ",
+    ] {
+        assert!(
+            up.banner.iter().any(|l| l.starts_with(value)),
+            "the banner gives the value a user copies: {value:?}"
+        );
+    }
 
     let status = up.json(&up.command("\"action\":\"status\""));
     assert_eq!(

@@ -152,6 +152,22 @@ pub fn banner(stack: &Stack, merged: &Merged, config_file: Option<&Path>) -> Str
     for line in merged.yaml.lines() {
         out.push_str(&format!("  | {line}\n"));
     }
+    out.push_str(
+        "values only this stack knows (to try your own configuration here, use them, or `make up CONFIG=my.yaml`):\n",
+    );
+    out.push_str(&format!("  registry: {}\n", stack.registry.host()));
+    let tag: Vec<String> = merged
+        .host_tags
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    out.push_str(&format!(
+        "  instances: {{ tag: {{ {} }} }}\n",
+        tag.join(", ")
+    ));
+    if let Some(p) = app_port {
+        out.push_str(&format!("  {app}/{env}'s host port: {p}\n"));
+    }
     out.push_str("what the local stack set (in your own configuration, use your values):\n");
     for change in &merged.changes {
         out.push_str(&format!("  - {change}\n"));
