@@ -56,11 +56,16 @@ loader_name() {
 build_image() {
   local wanted
   wanted=$(script_hash)
+  # One build at a time: two callers at once would otherwise both import, and one would
+  # remove the derived image the other's SAM is using.
+  exec 9>"${TMPDIR:-/tmp}/pushdeploy-standin.lock"
+  flock 9
   if podman "${flags[@]}" image exists "$image" 2>/dev/null; then
     local have
     have=$(podman "${flags[@]}" image inspect --format '{{index .Labels "io.pushdeploy.standin.script"}}' "$image" 2>/dev/null || true)
     if [ "$have" = "$wanted" ]; then
       echo "sam-local-podman: $image is up to date" >&2
+      exec 9>&-
       return 0
     fi
   fi
@@ -106,6 +111,7 @@ build_image() {
     - "$image" >/dev/null
   rm -rf "$root"
   echo "sam-local-podman: built $image" >&2
+  exec 9>&-
 }
 
 write_conf() {
