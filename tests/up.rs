@@ -349,6 +349,13 @@ fn every_command_up_prints_works_as_printed() {
     up.wait_for("the user's own image verified", |e| {
         tag_of(&e["last_verified"]) == Some("v5")
     });
+    // The same push again (a CI job retried): ECR has the image already; nothing fails.
+    let (ok, text) = up.run(&format!(
+        "{} push v5 --from {}",
+        bin_dir().join("pushdeploy-local").display(),
+        own.name
+    ));
+    assert!(ok && text.contains("ECR push event"), "a repeated push: {text}");
     let (ok, body) = up.run(&up.command("curl "));
     assert!(
         ok && body.contains("my own v5"),

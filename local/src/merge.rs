@@ -45,9 +45,7 @@ pub fn merge(user: &str, registry_host: &str) -> anyhow::Result<Merged> {
     let mut containers: BTreeMap<String, String> = BTreeMap::new();
     for (app_key, app) in apps.iter_mut() {
         let app_name = key(app_key)?;
-        let app_map = app
-            .as_mapping_mut()
-            .ok_or_else(|| anyhow!("apps.{app_name} is not a mapping"))?;
+        let app_map = mapping(app, &format!("apps.{app_name}"))?;
         let repository = app_map
             .get("repository")
             .and_then(Yaml::as_str)
@@ -71,9 +69,7 @@ pub fn merge(user: &str, registry_host: &str) -> anyhow::Result<Merged> {
         for (env_key, env) in envs.iter_mut() {
             let env_name = key(env_key)?;
             let path = format!("apps.{app_name}.environments.{env_name}");
-            let env_map = env
-                .as_mapping_mut()
-                .ok_or_else(|| anyhow!("{path} is not a mapping"))?;
+            let env_map = mapping(env, &path)?;
             let target = env_map
                 .get_mut("target")
                 .and_then(Yaml::as_mapping_mut)
@@ -91,20 +87,22 @@ pub fn merge(user: &str, registry_host: &str) -> anyhow::Result<Merged> {
                 .and_then(Yaml::as_mapping_mut)
                 .ok_or_else(|| anyhow!("{path}.target.ssm is missing"))?;
             select_host(ssm, &path, &mut host_tags, &mut changes)?;
-            let container = ssm
+            // A missing name is left for pushdeploy to refuse, naming the field.
+            if let Some(container) = ssm
                 .get("container")
                 .and_then(Yaml::as_str)
-                .unwrap_or("app")
-                .to_owned();
-            if let Some(owner) = containers.get(&container) {
-                let unique = format!("{container}-{app_name}-{env_name}");
-                ssm.insert("container".into(), unique.clone().into());
-                changes.push(format!(
-                    "{path}.target.ssm.container: {unique} (was {container}, also {owner}'s, on the one local host)"
-                ));
-                containers.insert(unique, path.clone());
-            } else {
-                containers.insert(container, path.clone());
+                .map(str::to_owned)
+            {
+                if let Some(owner) = containers.get(&container) {
+                    let unique = format!("{container}-{app_name}-{env_name}");
+                    ssm.insert("container".into(), unique.clone().into());
+                    changes.push(format!(
+                        "{path}.target.ssm.container: {unique} (was {container}, also {owner}'s, on the one local host)"
+                    ));
+                    containers.insert(unique, path.clone());
+                } else {
+                    containers.insert(container, path.clone());
+                }
             }
             let port = publish_ports(ssm, &path, &mut changes)?;
             if let Some(port) = port {
@@ -128,6 +126,12 @@ pub fn merge(user: &str, registry_host: &str) -> anyhow::Result<Merged> {
 /// Reads a configuration file given to `up`.
 pub fn read_config(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn mapping<'a>(value: &'a mut Yaml, path: &str) -> anyhow::Result<&'a mut Mapping> {
+    value
+        .as_mapping_mut()
+        .ok_or_else(|| anyhow!("{path} is not a mapping"))
 }
 
 fn key(k: &Yaml) -> anyhow::Result<String> {

@@ -33,7 +33,8 @@ pub async fn ensure_repository(ecr: &aws_sdk_ecr::Client, repository: &str) -> a
 }
 
 /// Records in ECR (moto) the image the registry holds under `digest`, tagged `tag`: the
-/// manifest is the registry's own, so ECR's digest and the registry's agree.
+/// manifest is the registry's own, so ECR's digest and the registry's agree. Recording the
+/// same image under the same tag again (a push repeated) is done already, as in ECR.
 pub async fn record_in_ecr(
     sdk: &SdkConfig,
     registry: &LocalRegistry,
@@ -48,7 +49,7 @@ pub async fn record_in_ecr(
             manifest.digest
         );
     }
-    aws_sdk_ecr::Client::new(sdk)
+    let put = aws_sdk_ecr::Client::new(sdk)
         .put_image()
         .repository_name(repository)
         .image_manifest(&manifest.body)
@@ -56,9 +57,17 @@ pub async fn record_in_ecr(
         .image_digest(digest)
         .image_tag(tag)
         .send()
-        .await
-        .context("PutImage")?;
-    Ok(())
+        .await;
+    match put {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_image_already_exists_exception()) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(anyhow!(e).context("PutImage")),
+    }
 }
 
 /// Publishes the `ECR Image Action` event ECR sends for a successful push; returns its id.

@@ -20,8 +20,12 @@ use crate::registry::{LocalRegistry, ecr_password};
 use crate::run::Run;
 use crate::stack::{Stack, StackOptions};
 
-/// How `up` names ECR's registry in the sample configuration it starts from.
-const ECR_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+/// The command that shows one environment's status, as `up` and `push` print it.
+fn status_command(functions_port: u16, app: &str, env: &str) -> String {
+    format!(
+        "cargo lambda invoke --invoke-address 127.0.0.1 --invoke-port {functions_port} control --data-ascii '{{\"action\":\"status\",\"app\":\"{app}\",\"environment\":\"{env}\"}}'"
+    )
+}
 
 /// `up [--config FILE]`.
 pub async fn command(args: &[String], interrupted: Arc<Notify>) -> anyhow::Result<ExitCode> {
@@ -34,7 +38,11 @@ pub async fn command(args: &[String], interrupted: Arc<Notify>) -> anyhow::Resul
     // The sample as a user would write it for AWS; the merge makes it local, like any file.
     let user = match &config_file {
         Some(path) => read_config(path)?,
-        None => app.config(ECR_HOST),
+        // How the sample names ECR's registry in AWS, before the merge makes it local.
+        None => app.config(&format!(
+            "{}.dkr.ecr.{REGION}.amazonaws.com",
+            crate::moto::ACCOUNT
+        )),
     };
     // The host's tags come from the configuration, before the registry's address is known.
     let mut options = StackOptions::from_env();
@@ -124,6 +132,7 @@ pub fn banner(stack: &Stack, merged: &Merged, config_file: Option<&Path>) -> Str
     );
     let invoke = format!("cargo lambda invoke --invoke-address 127.0.0.1 --invoke-port {port}");
     let push = push_program();
+    let status = status_command(port, app, env);
     let mut out = format!(
         "local stack {run}\n\
          \x20 AWS (moto):   {moto}   (region {REGION}, account {account})\n\
@@ -175,7 +184,7 @@ pub fn banner(stack: &Stack, merged: &Merged, config_file: Option<&Path>) -> Str
     out.push_str(&format!(
         "\ntry, from the repository's root:\n\
          \x20 export PATH=\"$PWD/.venv/bin:$PATH\"   # cargo-lambda and aws, as `make setup` installed them\n\
-         \x20 {invoke} control --data-ascii '{{\"action\":\"status\",\"app\":\"{app}\",\"environment\":\"{env}\"}}'\n\
+         \x20 {status}\n\
          \x20 {invoke} deployer --data-ascii '{{\"app\":\"{app}\",\"environment\":\"{env}\",\"tag\":\"v1\",\"requested_by\":\"you\"}}'\n\
          \x20 {push} push v3                      # build v3, upload it, record it in ECR, publish the push event\n\
          \x20 {push} push v4 --fails-smoke-test   # a version whose smoke test fails: rolled back\n\
@@ -252,10 +261,8 @@ pub async fn push_command(args: &[String]) -> anyhow::Result<ExitCode> {
         event = event.as_deref().unwrap_or("-"),
     );
     println!(
-        "follow it: cargo lambda invoke --invoke-address 127.0.0.1 --invoke-port {port} control --data-ascii '{{\"action\":\"status\",\"app\":\"{app}\",\"environment\":\"{env}\"}}'",
-        port = state.functions_port,
-        app = state.app,
-        env = state.environment,
+        "follow it: {}",
+        status_command(state.functions_port, &state.app, &state.environment)
     );
     Ok(ExitCode::SUCCESS)
 }

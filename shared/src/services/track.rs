@@ -169,7 +169,7 @@ impl Tracker {
                     }
                 })
             }),
-            RolloutStatus::Failed(reason) => self.fail(&mut dep, reason).await,
+            RolloutStatus::Failed(reason) => self.fail(&mut dep, reason).await.map(Some),
         };
         match recorded {
             Ok(Some(outcome)) => Ok(outcome),
@@ -190,12 +190,13 @@ impl Tracker {
         }
     }
 
-    /// A failed rollout quarantines its digest here and hands over to the rollback.
+    /// A failed rollout quarantines its digest here and hands over to the rollback; one
+    /// already recorded (a concurrent writer got there first) is `AlreadyRecorded`.
     async fn fail(
         &self,
         dep: &mut Deployment,
         reason: String,
-    ) -> Result<Option<TrackOutcome>, ServiceError> {
+    ) -> Result<TrackOutcome, ServiceError> {
         let now = self.core.clock.now();
         let why = reason.clone();
         let mut quarantine = |state: &mut EnvState, d: &Deployment| state.quarantine(d, &why, now);
@@ -209,13 +210,16 @@ impl Tracker {
         )
         .await?;
         if !changed {
-            return Ok(None);
+            return Ok(TrackOutcome::AlreadyRecorded {
+                deployment_id: dep.id.clone(),
+                phase: dep.phase,
+            });
         }
         warn!(deployment_id = %dep.id, app = %dep.app, env = %dep.environment, digest = %dep.digest(), %reason, "rollout failed");
-        Ok(Some(TrackOutcome::Failed {
+        Ok(TrackOutcome::Failed {
             deployment_id: dep.id.clone(),
             reason: dep.reason.clone().unwrap_or(reason),
-        }))
+        })
     }
 
     /// Re-reads every environment: undelivered events are delivered, in-flight rollouts are
@@ -339,14 +343,7 @@ impl Tracker {
                         let reason = format!(
                             "the target cannot tell how rollout {target_ref} went: {error}; check that it still exists and that pushdeploy may read it"
                         );
-                        let outcome = self.fail(&mut dep, reason).await?;
-                        return Ok(Some(match outcome {
-                            Some(o) => o.to_string(),
-                            None => format!(
-                                "already recorded: deployment {} is {:?}",
-                                dep.id, dep.phase
-                            ),
-                        }));
+                        return Ok(Some(self.fail(&mut dep, reason).await?.to_string()));
                     }
                     Err(e) => return Err(e.into()),
                 };
@@ -358,13 +355,7 @@ impl Tracker {
                         "timed out after {} seconds",
                         env_config.rollout_timeout.as_secs()
                     );
-                    let outcome = self.fail(&mut dep, reason).await?;
-                    return Ok(Some(match outcome {
-                        Some(o) => o.to_string(),
-                        None => {
-                            format!("already recorded: deployment {} is {:?}", dep.id, dep.phase)
-                        }
-                    }));
+                    return Ok(Some(self.fail(&mut dep, reason).await?.to_string()));
                 }
                 match self.record(dep, status).await? {
                     TrackOutcome::InProgress { .. } => Ok(None),
