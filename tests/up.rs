@@ -355,7 +355,10 @@ fn every_command_up_prints_works_as_printed() {
         bin_dir().join("pushdeploy-local").display(),
         own.name
     ));
-    assert!(ok && text.contains("ECR push event"), "a repeated push: {text}");
+    assert!(
+        ok && text.contains("ECR push event"),
+        "a repeated push: {text}"
+    );
     let (ok, body) = up.run(&up.command("curl "));
     assert!(
         ok && body.contains("my own v5"),
