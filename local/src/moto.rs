@@ -59,13 +59,32 @@ impl Moto {
     pub fn start_on(log: &Path, host: &str) -> anyhow::Result<Self> {
         let port = free_port()?;
         let program = venv_tool("moto_server");
+        let mut command = Command::new(&program);
+        command.args(["-H", host, "-p", &port.to_string()]);
+        Self::spawn(command, port, log)
+    }
+
+    /// A server that applies every request atomically, as DynamoDB applies a conditional
+    /// write or a transaction (moto's own server does not: see `local/moto/atomic.py`), and
+    /// appends one line per request to `requests`: `<unix seconds> <operation> <status>`.
+    pub fn start_atomic(log: &Path, requests: &Path) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let mut command = Command::new(venv_tool("python3"));
+        command
+            .arg(workspace_root().join("local/moto/moto_atomic.py"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("PUSHDEPLOY_MOTO_REQUEST_LOG", requests);
+        Self::spawn(command, port, log)
+    }
+
+    fn spawn(mut command: Command, port: u16, log: &Path) -> anyhow::Result<Self> {
+        let program = command.get_program().to_owned();
         let out =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         // Recording stays off unless started through the API (see `Moto::record`); when on,
         // it goes beside the log instead of into the working directory.
         let recording = log.with_extension("recording.jsonl");
-        let child = Command::new(&program)
-            .args(["-H", host, "-p", &port.to_string()])
+        let child = command
             .env("MOTO_RECORDER_FILEPATH", &recording)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -74,7 +93,7 @@ impl Moto {
             .with_context(|| {
                 format!(
                     "starting {} (run `make setup` to install moto into .venv)",
-                    program.display()
+                    program.to_string_lossy()
                 )
             })?;
         let mut moto = Self {

@@ -1,0 +1,107 @@
+"""moto's server with every request applied atomically, and a log of every request.
+
+DynamoDB applies a conditional write or a transaction as one step: concurrent requests
+never see half of one, and a transaction that is cancelled changes nothing. moto 5.2's
+server does not: it serves requests on threads with no lock around a backend's state, and
+its TransactWriteItems checks and writes item by item, then, when one condition fails,
+puts back a deep copy of the whole table taken when it began -- erasing every write other
+requests acknowledged in between (and failing with "dictionary changed size during
+iteration" when one lands during the copy). `tests/emulator.rs` races both servers.
+
+`install()` changes two things and nothing else:
+  * one lock around each request, held until its answer is complete, so every request --
+    a conditional write, a transaction, a query -- is applied alone, as DynamoDB isolates
+    them;
+  * a cancelled transaction restores the items it touched instead of a whole-table copy
+    (equivalent once requests are serialised, and its cost no longer grows with the table).
+With PUSHDEPLOY_MOTO_REQUEST_LOG set to a file, each request appends one line to it:
+`<unix seconds> <operation> <HTTP status>`, the operation being `X-Amz-Target` for JSON
+services (`DynamoDB_20120810.TransactWriteItems`) or the method and path otherwise.
+"""
+
+import copy
+import os
+import threading
+import time
+
+from moto import server
+from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.models.table import Table
+
+_requests = threading.Lock()
+_original_transact = DynamoDBBackend.transact_write_items
+
+
+def _key_of(table, op_type, op):
+    attrs = op["Item"] if op_type == "Put" else op["Key"]
+    hash_key = DynamoType(attrs[table.hash_key_attr])
+    range_key = DynamoType(attrs[table.range_key_attr]) if table.range_key_attr else None
+    return hash_key, range_key
+
+
+def _restore(table, hash_key, range_key, item):
+    if range_key is None:
+        if item is None:
+            table.items.pop(hash_key, None)
+        else:
+            table.items[hash_key] = item
+    elif item is None:
+        table.items.get(hash_key, {}).pop(range_key, None)
+    else:
+        table.items[hash_key][range_key] = item
+
+
+def _transact_write_items(self, transact_items):
+    saved = []
+    for entry in transact_items:
+        try:
+            op_type, op = next(iter(entry.items()))
+            table = self.get_table(op["TableName"])
+            hash_key, range_key = _key_of(table, op_type, op)
+            before = table.get_item(hash_key, range_key)
+        except Exception:
+            continue  # moto's own code reports what is wrong with this entry
+        saved.append((table, hash_key, range_key, copy.deepcopy(before)))
+    # moto's whole-table copy becomes the table itself (its restore a no-op); the items
+    # saved above are put back instead.
+    Table.__deepcopy__ = lambda table, memo: table
+    try:
+        _original_transact(self, transact_items)
+    except BaseException:
+        for table, hash_key, range_key, item in reversed(saved):
+            _restore(table, hash_key, range_key, item)
+        raise
+    finally:
+        del Table.__deepcopy__
+
+
+def _operation(environ):
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    if target:
+        return target
+    return f"{environ.get('REQUEST_METHOD', '?')}:{environ.get('PATH_INFO', '/')}"
+
+
+def install():
+    """Wraps the server's application (whatever it is now) and moto's transactions."""
+    DynamoDBBackend.transact_write_items = _transact_write_items
+    log_path = os.environ.get("PUSHDEPLOY_MOTO_REQUEST_LOG")
+    log = open(log_path, "a", buffering=1) if log_path else None
+    base = server.DomainDispatcherApplication
+
+    class Atomic(base):
+        def __call__(self, environ, start_response):
+            status = []
+
+            def recording(code, headers, exc_info=None):
+                status.append(code.split(" ", 1)[0])
+                return start_response(code, headers, exc_info)
+
+            with _requests:
+                answer = b"".join(super().__call__(environ, recording))
+                if log is not None:
+                    log.write(f"{time.time():.6f} {_operation(environ)} {status[0]}\n")
+            return [answer]
+
+    server.DomainDispatcherApplication = Atomic
