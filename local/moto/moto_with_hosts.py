@@ -11,8 +11,7 @@ This launcher starts the ordinary moto server with three changes:
     (status, exit code, output), and the command's status follows from its invocations;
   * CancelCommand (unimplemented in moto) marks pending invocations Cancelled and running
     ones Cancelling, which the agent turns into a killed script and a Cancelled invocation.
-Every request is applied atomically, as in AWS (atomic.py). Everything else is moto,
-untouched. Arguments are moto_server's.
+Everything else is moto, untouched. Arguments are moto_server's.
 """
 
 import datetime
@@ -25,8 +24,6 @@ from moto.core.responses import EmptyResult
 from moto.moto_server import werkzeug_app
 from moto.ssm import models as ssm
 from moto.ssm import responses as ssm_responses
-
-import atomic
 
 REPORT_PATH = "/_pushdeploy_local/ssm/invocation"
 TERMINAL = {"Success", "Failed", "TimedOut", "Cancelled", "Undeliverable", "Terminated"}
@@ -147,5 +144,4 @@ class _App(werkzeug_app.DomainDispatcherApplication):
 server.DomainDispatcherApplication = _App
 
 if __name__ == "__main__":
-    atomic.install()
     server.main(sys.argv[1:])

@@ -68,6 +68,23 @@ impl World {
     pub async fn start_on(config_yaml: &str, host: &str) -> anyhow::Result<Self> {
         let dir = TempDir::new("pushdeploy-it")?;
         let moto = Moto::start_on(&dir.0.join("moto.log"), host)?;
+        Self::start_with(config_yaml, moto, dir).await
+    }
+
+    /// Like `start`, on a moto that applies every request atomically, as DynamoDB does
+    /// (`Moto::start_atomic`), logging each request to `requests_log()`.
+    pub async fn start_atomic(config_yaml: &str) -> anyhow::Result<Self> {
+        let dir = TempDir::new("pushdeploy-it")?;
+        let moto = Moto::start_atomic(&dir.0.join("moto.log"), &dir.0.join("requests.log"))?;
+        Self::start_with(config_yaml, moto, dir).await
+    }
+
+    /// Where an atomic moto (`start_atomic`) logs its requests.
+    pub fn requests_log(&self) -> PathBuf {
+        self._dir.0.join("requests.log")
+    }
+
+    async fn start_with(config_yaml: &str, moto: Moto, dir: TempDir) -> anyhow::Result<Self> {
         let sdk = moto.sdk_config().await;
         provision(&sdk).await?;
         let endpoint = SmokeEndpoint::start().await?;
