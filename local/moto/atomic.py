@@ -15,8 +15,9 @@ iteration" when one lands during the copy). `tests/emulator.rs` races both serve
   * a cancelled transaction restores the items it touched instead of a whole-table copy
     (equivalent once requests are serialised, and its cost no longer grows with the table).
 With PUSHDEPLOY_MOTO_REQUEST_LOG set to a file, each request appends one line to it:
-`<unix seconds> <operation> <HTTP status>`, the operation being `X-Amz-Target` for JSON
-services (`DynamoDB_20120810.TransactWriteItems`) or the method and path otherwise.
+`<unix seconds> <operation> <HTTP status> <milliseconds>`, the operation being
+`X-Amz-Target` for JSON services (`DynamoDB_20120810.TransactWriteItems`) or the method
+and path otherwise, the milliseconds those the request held the lock.
 """
 
 import copy
@@ -99,9 +100,11 @@ def install():
                 return start_response(code, headers, exc_info)
 
             with _requests:
+                began = time.perf_counter()
                 answer = b"".join(super().__call__(environ, recording))
                 if log is not None:
-                    log.write(f"{time.time():.6f} {_operation(environ)} {status[0]}\n")
+                    held = (time.perf_counter() - began) * 1e3
+                    log.write(f"{time.time():.6f} {_operation(environ)} {status[0]} {held:.2f}\n")
             return [answer]
 
     server.DomainDispatcherApplication = Atomic

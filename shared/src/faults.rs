@@ -38,6 +38,8 @@ use crate::ports::{
 };
 use crate::services::{Control, Core, Deployer, Rollback, ServiceError, Tracker, Verifier};
 
+mod interleavings;
+
 /// What goes wrong at the armed call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
@@ -79,15 +81,70 @@ impl Fault {
     }
 }
 
+/// A small deterministic generator (xorshift64*), so a seed replays the same run.
+struct Rng(u64);
+
+impl Rng {
+    /// Any seed, mixed (splitmix64) so that near seeds make unrelated sequences.
+    fn new(seed: u64) -> Self {
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
 /// Counts port calls and fails the armed one.
 #[derive(Default)]
 struct Faults {
     calls: Mutex<Vec<&'static str>>,
     armed: Mutex<Option<(usize, Fault)>>,
     killed: AtomicBool,
+    /// When set, every port call first gives way a seeded number of times (0 to 2), so
+    /// invocations running at once interleave at their AWS requests (`interleavings`).
+    pace: Mutex<Option<Rng>>,
+}
+
+/// A future that is pending once, asking to be polled again: a point where another
+/// invocation may run.
+struct GiveWay(bool);
+
+impl Future for GiveWay {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }
 
 impl Faults {
+    /// Gives way before a port call, as many times as the pace says.
+    async fn pace(&self) {
+        let times = self.pace.lock().unwrap().as_mut().map_or(0, |r| r.below(3));
+        for _ in 0..times {
+            GiveWay(false).await;
+        }
+    }
+
     /// The fault of this call, if it is the armed one.
     fn call(&self, what: &'static str) -> Option<Fault> {
         let mut calls = self.calls.lock().unwrap();
@@ -117,6 +174,7 @@ impl Faults {
         effect: impl std::future::Future<Output = Result<T, E>>,
         error: impl FnOnce() -> E,
     ) -> Result<T, E> {
+        self.pace().await;
         match self.call(what) {
             None => effect.await,
             Some(Fault::Before) => Err(error()),
@@ -192,6 +250,7 @@ impl StateStore for FaultyStore {
     }
 
     async fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError> {
+        self.faults.pace().await;
         match self.faults.call("StateStore::commit") {
             None => self.inner.commit(commit).await,
             Some(Fault::Before) => Err(StoreError::Transient(lost("TransactWriteItems"))),
@@ -728,21 +787,8 @@ impl<'a> Sim<'a> {
     /// the function was).
     async fn invoke(&mut self, function: Function, payload: Value) -> Result<Value, String> {
         self.faults.killed.store(false, Ordering::SeqCst);
-        let event =
-            lambda_runtime::LambdaEvent::new(payload.clone(), lambda_runtime::Context::default());
         let faults = self.faults.clone();
-        let call = async {
-            match function {
-                Function::Deployer => entrypoints::deployer::handle(&self.deployer, event).await,
-                Function::Tracker => {
-                    entrypoints::tracker::handle(&self.tracker, DOCUMENT, event).await
-                }
-                Function::Verifier => entrypoints::verifier::handle(&self.verifier, event).await,
-                Function::Rollback => entrypoints::rollback::handle(&self.rollback, event).await,
-                Function::Control => entrypoints::control::handle(&self.control, event).await,
-                Function::Janitor | Function::Notifier => Ok(Value::Null),
-            }
-        };
+        let call = self.handle(function, payload.clone());
         // A killed function's invocation never returns: it is dropped at its next poll.
         let mut call = std::pin::pin!(call);
         let result: Option<Result<Value, ServiceError>> =
@@ -772,16 +818,34 @@ impl<'a> Sim<'a> {
         result
     }
 
+    /// `function`'s entrypoint, given `payload` as Lambda gives it.
+    async fn handle(&self, function: Function, payload: Value) -> Result<Value, ServiceError> {
+        let event = lambda_runtime::LambdaEvent::new(payload, lambda_runtime::Context::default());
+        match function {
+            Function::Deployer => entrypoints::deployer::handle(&self.deployer, event).await,
+            Function::Tracker => entrypoints::tracker::handle(&self.tracker, DOCUMENT, event).await,
+            Function::Verifier => entrypoints::verifier::handle(&self.verifier, event).await,
+            Function::Rollback => entrypoints::rollback::handle(&self.rollback, event).await,
+            Function::Control => entrypoints::control::handle(&self.control, event).await,
+            Function::Janitor | Function::Notifier => Ok(Value::Null),
+        }
+    }
+
     /// The targets finish every rollout in progress, as the scenario says they go, and say
     /// so in their status events. Whether any did.
     fn finish_rollouts(&mut self) -> bool {
+        self.finish_rollouts_where(|| true)
+    }
+
+    /// The targets finish the rollouts in progress that `now` picks. Whether any did.
+    fn finish_rollouts_where(&mut self, mut now: impl FnMut() -> bool) -> bool {
         let mut finished = false;
         for s in self.target.started() {
             let in_progress = matches!(
                 futures::executor::block_on(self.target.status(&s.target_ref)),
                 Ok(RolloutStatus::InProgress)
             );
-            if !in_progress {
+            if !in_progress || !now() {
                 continue;
             }
             finished = true;

@@ -10,8 +10,8 @@ use tracing::{error, info, warn};
 use super::rollout::{EnvResult, advance, due_to_start, fail_unstarted, resume, start_queued};
 use super::{Core, ServiceError};
 use crate::domain::{
-    AppName, Deployment, DeploymentId, EnvConfig, EnvName, EnvState, EventType, LifecycleEvent,
-    Phase, Step,
+    AppName, Deployment, DeploymentId, EnvConfig, EnvName, EnvState, EventType, Kind,
+    LifecycleEvent, Phase, Step,
 };
 use crate::ports::{Commit, RolloutStatus, StoreError, Target, TargetError, TargetRef};
 
@@ -453,8 +453,33 @@ impl Tracker {
                     warn!(deployment_id = %dep.id, error = %e, "the aborted rollout could not be cancelled")
                 }
             }
+            // An action that reached its end before it could be stopped runs its image. A
+            // rollback's is a verified one, and with nothing verified to go back to there
+            // is nothing to undo: either way that image is what the environment runs.
+            let nothing_to_undo = dep.kind == Kind::Rollback
+                || state.rollback_candidates(dep.digest()).next().is_none();
+            if nothing_to_undo
+                && matches!(
+                    self.target.status(target_ref).await,
+                    Ok(RolloutStatus::Succeeded)
+                )
+            {
+                warn!(deployment_id = %id, "the aborted rollout reached its end before it could be stopped; its image runs");
+                return self.release_aborted(&dep, true).await;
+            }
             return self.roll_back_aborted(&dep).await;
         }
+        self.release_aborted(&dep, false).await
+    }
+
+    /// Frees the environment from an aborted deployment, which runs what ran before it
+    /// unless `ran` (it reached the target and runs), then starts the queued image.
+    async fn release_aborted(
+        &self,
+        dep: &Deployment,
+        ran: bool,
+    ) -> Result<Option<String>, ServiceError> {
+        let (app, env, id) = (&dep.app, &dep.environment, &dep.id);
         let released = super::retry_on_conflict(
             || format!("releasing {app}/{env} from aborted deployment {id}"),
             async |_| {
@@ -462,10 +487,11 @@ impl Tracker {
                 if !state.release(&dep.id) {
                     return Ok(false);
                 }
-                if state
-                    .current
-                    .as_ref()
-                    .is_some_and(|c| c.deployment_id == dep.id)
+                if !ran
+                    && state
+                        .current
+                        .as_ref()
+                        .is_some_and(|c| c.deployment_id == dep.id)
                 {
                     state.current = dep.previous.clone();
                 }
@@ -475,13 +501,18 @@ impl Tracker {
         )
         .await?;
         let started = self.start_queued(app, env).await?;
+        let runs = if ran {
+            format!(" (it reached its end first: {} runs)", dep.image.digest)
+        } else {
+            String::new()
+        };
         Ok(Some(match (released, started) {
             (false, _) => format!("aborted deployment {id} was already released"),
             (true, Some(r)) => format!(
-                "released {app}/{env} from aborted deployment {id}; queued image: {}",
+                "released {app}/{env} from aborted deployment {id}{runs}; queued image: {}",
                 r.outcome
             ),
-            (true, None) => format!("released {app}/{env} from aborted deployment {id}"),
+            (true, None) => format!("released {app}/{env} from aborted deployment {id}{runs}"),
         }))
     }
 
@@ -626,6 +657,10 @@ mod tests {
 
     /// A push of `image` rolling out on web/staging under `fake:cmd-1`.
     async fn rolling_out(w: &World, image: PinnedImage) -> Deployment {
+        rolling_out_as(w, image, Kind::Push).await
+    }
+
+    async fn rolling_out_as(w: &World, image: PinnedImage, kind: Kind) -> Deployment {
         let mut state = w.state("staging");
         let mut dep = Deployment::new(
             state.app.clone(),
@@ -633,7 +668,7 @@ mod tests {
             Request {
                 image,
                 tag: None,
-                kind: Kind::Push,
+                kind,
                 pushed_at: World::START,
                 requested_by: None,
                 reason: None,
@@ -930,5 +965,48 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(w.target.last().image, w.image('a').to_string());
+    }
+
+    /// What the tracker does with an abort of a rollout the target finished first, when
+    /// there is nothing to roll back: the environment is freed and says what runs.
+    async fn abort_after_the_end(w: &World, dep: &Deployment) -> String {
+        use crate::fakes::{app, env_name};
+        let (a, e) = (app("web"), env_name("staging"));
+        w.control()
+            .abort(&a, &e, "alice", "wrong build")
+            .await
+            .unwrap();
+        w.target.set_status(
+            &TargetRef::parse("fake:cmd-1").unwrap(),
+            RolloutStatus::Succeeded,
+        );
+        let said = w.tracker().on_aborted(&a, &e, &dep.id).await.unwrap();
+        let state = w.state("staging");
+        assert!(state.lease.is_none(), "{said:?}");
+        assert!(state.frozen.is_none(), "{said:?}");
+        assert_eq!(
+            state.current.map(|c| c.digest),
+            Some(dep.image.digest.clone()),
+            "status says what the hosts run"
+        );
+        assert_eq!(w.events.types(), vec!["Deployment Aborted"]);
+        said.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_aborted_rollback_that_reached_its_end_first_leaves_its_verified_image_running() {
+        let w = World::sample();
+        let dep = rolling_out_as(&w, w.image('a'), Kind::Rollback).await;
+        let said = abort_after_the_end(&w, &dep).await;
+        assert!(said.contains("it reached its end first"), "{said}");
+    }
+
+    #[tokio::test]
+    async fn an_aborted_first_rollout_that_reached_its_end_first_is_what_runs() {
+        // Nothing was verified here before: there is nothing to roll back to.
+        let w = World::sample();
+        let dep = rolling_out(&w, w.image('b')).await;
+        let said = abort_after_the_end(&w, &dep).await;
+        assert!(said.contains("it reached its end first"), "{said}");
     }
 }
