@@ -8,12 +8,15 @@ puts back a deep copy of the whole table taken when it began -- erasing every wr
 requests acknowledged in between (and failing with "dictionary changed size during
 iteration" when one lands during the copy). `tests/emulator.rs` races both servers.
 
-`install()` changes two things and nothing else:
+`install()` changes three things and nothing else:
   * one lock around each request, held until its answer is complete, so every request --
     a conditional write, a transaction, a query -- is applied alone, as DynamoDB isolates
     them;
   * a cancelled transaction restores the items it touched instead of a whole-table copy
-    (equivalent once requests are serialised, and its cost no longer grows with the table).
+    (equivalent once requests are serialised, and its cost no longer grows with the table);
+  * a Query on a table's key reads the items of its partition key, as DynamoDB does,
+    instead of sorting and filtering every item of the table (~35 ms a query at 20,000
+    items).
 With PUSHDEPLOY_MOTO_REQUEST_LOG set to a file, each request appends one line to it:
 `<unix seconds> <operation> <HTTP status> <milliseconds>`, the operation being
 `X-Amz-Target` for JSON services (`DynamoDB_20120810.TransactWriteItems`) or the method
@@ -77,6 +80,22 @@ def _transact_write_items(self, transact_items):
         del Table.__deepcopy__
 
 
+_original_query = Table.query
+
+
+def _query(self, hash_key, *args, **kwargs):
+    index_name = kwargs.get("index_name", args[6] if len(args) > 6 else None)
+    if index_name or self.range_key_attr is None:
+        return _original_query(self, hash_key, *args, **kwargs)
+    partition = self.items.get(hash_key, {})
+    # moto's query filters all_items() by hash key: give it the partition alone.
+    self.all_items = lambda: sorted(partition.values(), key=lambda item: item.range_key)
+    try:
+        return _original_query(self, hash_key, *args, **kwargs)
+    finally:
+        del self.all_items
+
+
 def _operation(environ):
     target = environ.get("HTTP_X_AMZ_TARGET")
     if target:
@@ -87,6 +106,7 @@ def _operation(environ):
 def install():
     """Wraps the server's application (whatever it is now) and moto's transactions."""
     DynamoDBBackend.transact_write_items = _transact_write_items
+    Table.query = _query
     log_path = os.environ.get("PUSHDEPLOY_MOTO_REQUEST_LOG")
     log = open(log_path, "a", buffering=1) if log_path else None
     base = server.DomainDispatcherApplication
