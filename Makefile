@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 export CARGO_TERM_COLOR ?= auto
 
-.PHONY: demo test setup build lint unit sam-build sam-local sam-local-tier bench up clean
+.PHONY: demo test setup build lint unit sam-build sam-local sam-local-tier bench profile up clean
 
 ## Installs Debian packages and the Python tools (moto, cargo-lambda, SAM CLI, cfn-lint).
 setup:
@@ -52,10 +52,18 @@ sam-local: setup
 sam-local-tier:
 	cargo nextest run -p pushdeploy-tests --test sam_local --run-ignored only --no-fail-fast
 
-## Measures the performance budget of the release binaries (see README).
+## Measures the performance budget of the release binaries, then the load figures: latency
+## alone and in a burst, a throughput ladder, failure to rollback, requests and cost per
+## deployment (see README, Performance).
 bench: setup
 	cargo build --release -p deployer -p tracker -p verifier -p rollback -p control -p janitor -p notifier
 	cargo run -q -p pushdeploy-tests --bin budget
+
+## Where a warm deployer invocation spends its CPU: its release build with symbols, under
+## callgrind (valgrind), one cold and 20 warm pushes (see README, Performance).
+profile: setup
+	cargo build --profile profiling -p deployer
+	cargo run -q -p pushdeploy-tests --bin budget -- profile
 
 clean:
 	cargo clean

@@ -7,7 +7,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv="${PUSHDEPLOY_VENV:-$here/.venv}"
 
-debian_packages=(podman runc docker-registry shellcheck bats busybox-static jq curl)
+debian_packages=(podman runc docker-registry shellcheck bats busybox-static jq curl valgrind)
 # python packages, pinned so a release cannot break the suite overnight
 python_packages=(
   "moto[server]==5.2.1"

@@ -18,12 +18,17 @@ iteration" when one lands during the copy). `tests/emulator.rs` races both serve
     instead of sorting and filtering every item of the table (~35 ms a query at 20,000
     items).
 With PUSHDEPLOY_MOTO_REQUEST_LOG set to a file, each request appends one line to it:
-`<unix seconds> <operation> <HTTP status> <milliseconds>`, the operation being
-`X-Amz-Target` for JSON services (`DynamoDB_20120810.TransactWriteItems`) or the method
-and path otherwise, the milliseconds those the request held the lock.
+`<unix seconds> <operation> <HTTP status> <milliseconds> <request bytes> <answer bytes>
+<entries>`, the operation being `X-Amz-Target` for JSON services
+(`DynamoDB_20120810.TransactWriteItems`) or the method and path otherwise, the
+milliseconds those the request held the lock, and the entries the items of a
+TransactWriteItems or the events of a PutEvents (0 otherwise): what a request costs is
+computed from them.
 """
 
 import copy
+import io
+import json
 import os
 import threading
 import time
@@ -96,6 +101,20 @@ def _query(self, hash_key, *args, **kwargs):
         del self.all_items
 
 
+def _entries(operation, body):
+    """The items of a transaction, the events of a PutEvents."""
+    field = {
+        "DynamoDB_20120810.TransactWriteItems": "TransactItems",
+        "AWSEvents.PutEvents": "Entries",
+    }.get(operation)
+    if field is None:
+        return 0
+    try:
+        return len(json.loads(body).get(field, []))
+    except ValueError:
+        return 0
+
+
 def _operation(environ):
     target = environ.get("HTTP_X_AMZ_TARGET")
     if target:
@@ -119,12 +138,21 @@ def install():
                 status.append(code.split(" ", 1)[0])
                 return start_response(code, headers, exc_info)
 
+            operation = _operation(environ)
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = b""
+            if length > 0:
+                body = environ["wsgi.input"].read(length)
+                environ["wsgi.input"] = io.BytesIO(body)
             with _requests:
                 began = time.perf_counter()
                 answer = b"".join(super().__call__(environ, recording))
                 if log is not None:
                     held = (time.perf_counter() - began) * 1e3
-                    log.write(f"{time.time():.6f} {_operation(environ)} {status[0]} {held:.2f}\n")
+                    log.write(
+                        f"{time.time():.6f} {operation} {status[0]} {held:.2f} "
+                        f"{len(body)} {len(answer)} {_entries(operation, body)}\n"
+                    )
             return [answer]
 
     server.DomainDispatcherApplication = Atomic

@@ -2,7 +2,12 @@
 //! README — cold-start init time, peak memory, zip size, AWS calls and CPU time per
 //! invocation — running each binary against a minimal Lambda runtime API and moto.
 //!
+//! Then the load figures (`load.rs`): latency alone and in a burst, a throughput ladder,
+//! failure to rollback, and the requests and cost of one deployment.
+//!
 //! Run with `make bench` (it builds the release binaries first).
+
+mod load;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -227,12 +232,31 @@ fn run_function(
     binary: &Path,
     events: Vec<(&str, Value)>,
 ) -> anyhow::Result<Measured> {
+    run_function_under(moto, dir, binary, events, &[])
+}
+
+/// `run_function`, the binary started by the command `under` (a profiler) when given.
+fn run_function_under(
+    moto: &Moto,
+    dir: &Path,
+    binary: &Path,
+    events: Vec<(&str, Value)>,
+    under: &[String],
+) -> anyhow::Result<Measured> {
     let function = binary.file_name().unwrap().to_string_lossy().into_owned();
     let api = RuntimeApi::start()?;
     let log_path = dir.join(format!("{function}.log"));
     let log = std::fs::File::create(&log_path)?;
     let started = Instant::now();
-    let mut child: Child = Command::new(binary)
+    let mut command = match under.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
+    let mut child: Child = command
         .envs(moto.env())
         .env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{}", api.port))
         .env("AWS_LAMBDA_FUNCTION_NAME", &function)
@@ -295,7 +319,12 @@ fn run_function(
             invocations,
         })
     })();
-    let _ = child.kill();
+    if under.is_empty() {
+        let _ = child.kill();
+    } else {
+        // A profiler writes its profile when the process ends by a signal it can see.
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
     let _ = child.wait();
     result
 }
@@ -338,6 +367,14 @@ fn main() -> anyhow::Result<()> {
     let bin_dir = std::env::var_os("PUSHDEPLOY_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target/release"));
+    // `budget load`: the load half alone, billed at the durations it measures in-process.
+    if std::env::args().nth(1).as_deref() == Some("load") {
+        return load::report(None);
+    }
+    // `budget profile`: where a warm deployer invocation spends its CPU (`make profile`).
+    if std::env::args().nth(1).as_deref() == Some("profile") {
+        return profile();
+    }
     let dir = TempDir::new("pushdeploy-bench")?;
     let moto = Moto::start(&dir.0.join("moto.log"))?;
     tokio::runtime::Runtime::new()?.block_on(async {
@@ -463,6 +500,78 @@ fn main() -> anyhow::Result<()> {
                 calls.join(", ")
             );
         }
+    }
+    // What Lambda would bill for an invocation: a warm one where there is one.
+    let billed: BTreeMap<String, Duration> = results
+        .iter()
+        .filter_map(|m| {
+            let warm = m.invocations.iter().find(|i| i.name.contains("warm"));
+            warm.or(m.invocations.first())
+                .map(|i| (m.function.clone(), i.wall))
+        })
+        .collect();
+    load::report(Some(&billed))
+}
+
+/// Runs the deployer's profiling build (`cargo build --profile profiling -p deployer`)
+/// under callgrind for one cold and `WARM` warm pushes, each starting an SSM rollout on a
+/// free environment, and prints where the instructions went.
+fn profile() -> anyhow::Result<()> {
+    const WARM: usize = 20;
+    let binary = workspace_root().join("target/profiling/deployer");
+    if !binary.exists() {
+        bail!(
+            "{} is missing: run `cargo build --profile profiling -p deployer` (or `make profile`)",
+            binary.display()
+        );
+    }
+    let dir = TempDir::new("pushdeploy-profile")?;
+    let moto = Moto::start(&dir.0.join("moto.log"))?;
+    let mut config = String::from("apps:\n  web:\n    repository: acme/web\n    environments:\n");
+    for n in 0..=WARM {
+        config.push_str(&format!(
+            "      e{n}:\n        deploy_on_push: {{ tags: [\"e{n}-*\"] }}\n        target: {{ ssm: {{ instances: {{ tag: {{ Role: web-e{n} }} }}, container: web, ports: [\"80:8000\"] }} }}\n"
+        ));
+    }
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let sdk = moto.sdk_config().await;
+        provision(&sdk).await?;
+        put_config(&sdk, &config).await
+    })?;
+    let out = dir.0.join("callgrind.out");
+    let under = [
+        "valgrind".to_owned(),
+        "--tool=callgrind".to_owned(),
+        format!("--callgrind-out-file={}", out.display()),
+    ];
+    let names: Vec<String> = (0..=WARM).map(|n| format!("push e{n}")).collect();
+    let events = (0..=WARM)
+        .map(|n| {
+            let hex = char::from_digit((n % 16) as u32, 16).unwrap();
+            (names[n].as_str(), ecr_push(&format!("e{n}-1"), hex))
+        })
+        .collect();
+    let measured = run_function_under(&moto, &dir.0, &binary, events, &under)?;
+    let failed = measured.invocations.iter().filter(|i| i.error).count();
+    anyhow::ensure!(failed == 0, "{failed} pushes failed under callgrind");
+    // The process must end for callgrind to write its profile.
+    for _ in 0..100 {
+        if out.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let annotate = Command::new("callgrind_annotate")
+        .args(["--inclusive=yes", "--threshold=60"])
+        .arg(&out)
+        .output()
+        .context("running callgrind_annotate")?;
+    println!(
+        "callgrind: the deployer, 1 cold and {WARM} warm pushes each starting an SSM rollout \
+         (inclusive instructions, the top functions):"
+    );
+    for line in String::from_utf8_lossy(&annotate.stdout).lines().take(70) {
+        println!("{line}");
     }
     Ok(())
 }

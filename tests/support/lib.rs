@@ -32,6 +32,8 @@ use pushdeploy_local::template::Template;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub mod burst;
+
 pub const TABLE: &str = "pushdeploy-test";
 pub const BUS: &str = "pushdeploy-test";
 pub const DOCUMENT: &str = "pushdeploy-deploy";
