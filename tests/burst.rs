@@ -33,7 +33,7 @@ async fn a_burst_of_pushes_ends_with_every_environment_on_its_newest_digest_and_
         unhealthy_one_in: 0,
         disorder: true,
         seed,
-        settle_within: Duration::from_secs(120),
+        settle_within: Duration::from_secs(60),
         reconcile_every: Some(Duration::from_secs(2)),
     };
     let report = burst::run(&plan)

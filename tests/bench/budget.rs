@@ -501,13 +501,14 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    // What Lambda would bill for an invocation: a warm one where there is one.
+    // The CPU of an invocation, a warm one where there is one: what Lambda bills is that
+    // and the time its AWS requests take (added in `load`).
     let billed: BTreeMap<String, Duration> = results
         .iter()
         .filter_map(|m| {
             let warm = m.invocations.iter().find(|i| i.name.contains("warm"));
             warm.or(m.invocations.first())
-                .map(|i| (m.function.clone(), i.wall))
+                .map(|i| (m.function.clone(), i.cpu))
         })
         .collect();
     load::report(Some(&billed))
@@ -538,7 +539,9 @@ fn profile() -> anyhow::Result<()> {
         provision(&sdk).await?;
         put_config(&sdk, &config).await
     })?;
-    let out = dir.0.join("callgrind.out");
+    // Kept for `callgrind_annotate` and kcachegrind.
+    let out = workspace_root().join("target/profiling/callgrind.deployer.out");
+    let _ = std::fs::remove_file(&out);
     let under = [
         "valgrind".to_owned(),
         "--tool=callgrind".to_owned(),
@@ -561,17 +564,31 @@ fn profile() -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let annotate = Command::new("callgrind_annotate")
-        .args(["--inclusive=yes", "--threshold=60"])
-        .arg(&out)
-        .output()
-        .context("running callgrind_annotate")?;
     println!(
-        "callgrind: the deployer, 1 cold and {WARM} warm pushes each starting an SSM rollout \
-         (inclusive instructions, the top functions):"
+        "callgrind: the deployer, 1 cold and {WARM} warm pushes each starting an SSM rollout; \
+         the profile is {}",
+        out.display()
     );
-    for line in String::from_utf8_lossy(&annotate.stdout).lines().take(70) {
-        println!("{line}");
+    for (what, inclusive) in [("itself", "no"), ("with what it calls", "yes")] {
+        let annotate = Command::new("callgrind_annotate")
+            .args([
+                &format!("--inclusive={inclusive}"),
+                "--threshold=90",
+                "--auto=no",
+            ])
+            .arg(&out)
+            .output()
+            .context("running callgrind_annotate")?;
+        println!("\nInstructions by function, {what}:");
+        let text = String::from_utf8_lossy(&annotate.stdout);
+        let lines = text
+            .lines()
+            .skip_while(|l| !l.contains("PROGRAM TOTALS"))
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("--"))
+            .take(40);
+        for line in lines {
+            println!("{line}");
+        }
     }
     Ok(())
 }

@@ -47,7 +47,8 @@ pub struct Plan {
     /// A tenth of the pushes are delivered out of order, and a tenth twice.
     pub disorder: bool,
     pub seed: u64,
-    /// The run fails when it has not settled this long after the last push.
+    /// The run fails when, before it settled, no environment changed for this long (a
+    /// wedge, not a slow machine), or after ten times this long in all.
     pub settle_within: Duration,
     /// How often the reconcile schedule runs (template.yaml: every minute); `None`: never,
     /// so that what a deployment costs is counted alone.
@@ -784,7 +785,8 @@ async fn run_here(plan: &Plan) -> anyhow::Result<Report> {
     let emitted = start.elapsed();
 
     // Until nothing moves: no delivery waiting, and every environment idle.
-    let deadline = Instant::now() + plan.settle_within;
+    let cap = Instant::now() + plan.settle_within * 10;
+    let mut last_move = (String::new(), Instant::now());
     let mut quiet_since: Option<Instant> = None;
     let mut broken = Vec::new();
     let statuses = loop {
@@ -794,6 +796,22 @@ async fn run_here(plan: &Plan) -> anyhow::Result<Report> {
         let settled = statuses
             .iter()
             .all(|s| s.in_flight.is_none() && s.queued.is_none());
+        let now: String = statuses
+            .iter()
+            .map(|s| {
+                format!(
+                    "{:?}{:?}{:?};",
+                    s.current.as_ref().map(|c| c.deployment_id.to_string()),
+                    s.in_flight
+                        .as_ref()
+                        .map(|h| (h.deployment_id.to_string(), h.phase)),
+                    s.queued.as_ref().map(|q| q.image.digest.to_string())
+                )
+            })
+            .collect();
+        if now != last_move.0 {
+            last_move = (now, Instant::now());
+        }
         if idle && settled {
             let since = *quiet_since.get_or_insert_with(Instant::now);
             // Long enough for the schedule to run twice more on a quiet application.
@@ -803,11 +821,14 @@ async fn run_here(plan: &Plan) -> anyhow::Result<Report> {
         } else {
             quiet_since = None;
         }
-        if Instant::now() >= deadline {
+        let stalled = !(idle && settled) && last_move.1.elapsed() >= plan.settle_within;
+        if stalled || Instant::now() >= cap {
             broken.push(format!(
-                "seed {}: not settled {} s after the last push; {} deliveries pending, {} in flight",
+                "seed {}: not settled {:.0} s after the last push, no environment changed for {:.0} s; \
+                 {} deliveries pending, {} in flight",
                 plan.seed,
-                plan.settle_within.as_secs(),
+                start.elapsed().saturating_sub(emitted).as_secs_f64(),
+                last_move.1.elapsed().as_secs_f64(),
                 functions.pending.load(Ordering::SeqCst),
                 functions.in_flight.load(Ordering::SeqCst),
             ));
@@ -895,9 +916,12 @@ async fn run_here(plan: &Plan) -> anyhow::Result<Report> {
                     ));
                 }
             }
-            // The newest push failed its smoke tests: a verified image runs instead.
+            // The newest push failed its smoke tests: a verified image runs instead, where
+            // the environment had verified one to go back to.
             _ => {
-                if host.as_ref().is_some_and(|h| hosts.unhealthy.contains(h)) {
+                if status.last_verified.is_some()
+                    && host.as_ref().is_some_and(|h| hosts.unhealthy.contains(h))
+                {
                     broken.push(format!("{place}: the host runs {host:?}, which failed"));
                 }
             }
