@@ -937,16 +937,8 @@ mod tests {
         w.registry.push("acme/web", None, &w.image('a').digest);
         let dep = rolling_out(&w, w.image('b')).await;
         let (a, e) = (app("web"), env_name("staging"));
-        w.control()
-            .abort(&a, &e, "alice", "wrong build")
-            .await
-            .unwrap();
         // The target finished before the tracker could stop it: the hosts run `b`.
-        w.target.set_status(
-            &TargetRef::parse("fake:cmd-1").unwrap(),
-            RolloutStatus::Succeeded,
-        );
-        let said = w.tracker().on_aborted(&a, &e, &dep.id).await.unwrap();
+        let said = abort_finished(&w, &dep).await;
         assert!(said.unwrap().contains("rolling back"));
         assert!(
             w.state("staging").is_held_by(&dep.id),
@@ -967,9 +959,9 @@ mod tests {
         assert_eq!(w.target.last().image, w.image('a').to_string());
     }
 
-    /// What the tracker does with an abort of a rollout the target finished first, when
-    /// there is nothing to roll back: the environment is freed and says what runs.
-    async fn abort_after_the_end(w: &World, dep: &Deployment) -> String {
+    /// A person aborts `dep`, which the target had finished before the tracker could stop
+    /// it; what the tracker says of it.
+    async fn abort_finished(w: &World, dep: &Deployment) -> Option<String> {
         use crate::fakes::{app, env_name};
         let (a, e) = (app("web"), env_name("staging"));
         w.control()
@@ -980,7 +972,13 @@ mod tests {
             &TargetRef::parse("fake:cmd-1").unwrap(),
             RolloutStatus::Succeeded,
         );
-        let said = w.tracker().on_aborted(&a, &e, &dep.id).await.unwrap();
+        w.tracker().on_aborted(&a, &e, &dep.id).await.unwrap()
+    }
+
+    /// What the tracker does with an abort of a rollout the target finished first, when
+    /// there is nothing to roll back: the environment is freed and says what runs.
+    async fn abort_after_the_end(w: &World, dep: &Deployment) -> String {
+        let said = abort_finished(w, dep).await;
         let state = w.state("staging");
         assert!(state.lease.is_none(), "{said:?}");
         assert!(state.frozen.is_none(), "{said:?}");
