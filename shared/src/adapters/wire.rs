@@ -41,23 +41,57 @@ pub async fn start() -> Result<(Settings, SdkConfig), SettingsError> {
     Ok((settings, sdk))
 }
 
+/// The SDK clients of one function, each made once and shared by every port that uses it:
+/// making a client builds its HTTP connector, about as much work as a few requests.
+struct Clients<'a> {
+    sdk: &'a SdkConfig,
+    ssm: std::cell::OnceCell<aws_sdk_ssm::Client>,
+    #[cfg(any(feature = "ecs", feature = "codedeploy"))]
+    ecs: std::cell::OnceCell<aws_sdk_ecs::Client>,
+}
+
+impl<'a> Clients<'a> {
+    fn new(sdk: &'a SdkConfig) -> Self {
+        Self {
+            sdk,
+            ssm: Default::default(),
+            #[cfg(any(feature = "ecs", feature = "codedeploy"))]
+            ecs: Default::default(),
+        }
+    }
+
+    fn ssm(&self) -> aws_sdk_ssm::Client {
+        self.ssm
+            .get_or_init(|| aws_sdk_ssm::Client::new(self.sdk))
+            .clone()
+    }
+
+    #[cfg(any(feature = "ecs", feature = "codedeploy"))]
+    fn ecs(&self) -> aws_sdk_ecs::Client {
+        self.ecs
+            .get_or_init(|| aws_sdk_ecs::Client::new(self.sdk))
+            .clone()
+    }
+}
+
 /// The deployer's use case.
 #[cfg(feature = "ecr")]
 pub fn deployer(sdk: &SdkConfig, settings: &Settings) -> Result<Deployer, SettingsError> {
-    let ecr = ecr(sdk);
+    let (ecr, clients) = (ecr(sdk), Clients::new(sdk));
     Ok(Deployer {
-        core: core(sdk, settings),
+        core: core_of(&clients, settings),
         registry: ecr.clone(),
-        target: target(sdk, settings)?,
+        target: target_of(&clients, settings)?,
         tags: ecr,
     })
 }
 
 /// The tracker's use case.
 pub fn tracker(sdk: &SdkConfig, settings: &Settings) -> Result<Tracker, SettingsError> {
+    let clients = Clients::new(sdk);
     Ok(Tracker {
-        core: core(sdk, settings),
-        target: target(sdk, settings)?,
+        core: core_of(&clients, settings),
+        target: target_of(&clients, settings)?,
     })
 }
 
@@ -73,10 +107,11 @@ pub fn verifier(sdk: &SdkConfig, settings: &Settings) -> Result<Verifier, reqwes
 /// The rollback function's use case.
 #[cfg(feature = "ecr")]
 pub fn rollback(sdk: &SdkConfig, settings: &Settings) -> Result<Rollback, SettingsError> {
+    let clients = Clients::new(sdk);
     Ok(Rollback {
-        core: core(sdk, settings),
+        core: core_of(&clients, settings),
         registry: ecr(sdk),
-        target: target(sdk, settings)?,
+        target: target_of(&clients, settings)?,
     })
 }
 
@@ -113,10 +148,15 @@ pub fn notifier(sdk: &SdkConfig, settings: &Settings) -> Result<Notifier, reqwes
 
 /// The ports every function uses.
 pub fn core(sdk: &SdkConfig, settings: &Settings) -> Core {
+    core_of(&Clients::new(sdk), settings)
+}
+
+fn core_of(clients: &Clients, settings: &Settings) -> Core {
+    let sdk = clients.sdk;
     let config: Arc<dyn ConfigSource> = match &settings.config {
         ConfigLocation::File(path) => Arc::new(FileConfig::new(path)),
         ConfigLocation::Parameter(name) => Arc::new(ParameterConfig::new(
-            aws_sdk_ssm::Client::new(sdk),
+            clients.ssm(),
             name,
             settings.config_ttl,
         )),
@@ -139,23 +179,27 @@ pub fn core(sdk: &SdkConfig, settings: &Settings) -> Core {
 /// The rollout targets: SSM Run Command with pushdeploy's document, ECS services and
 /// CodeDeploy deployment groups when the function is built with them.
 pub fn target(sdk: &SdkConfig, settings: &Settings) -> Result<Arc<dyn Target>, SettingsError> {
+    target_of(&Clients::new(sdk), settings)
+}
+
+fn target_of(clients: &Clients, settings: &Settings) -> Result<Arc<dyn Target>, SettingsError> {
     let document = settings.require_document()?;
     let targets = Targets::default().with(
         super::ssm::KIND,
-        Arc::new(SsmRunCommand::new(aws_sdk_ssm::Client::new(sdk), document)),
+        Arc::new(SsmRunCommand::new(clients.ssm(), document)),
     );
     #[cfg(feature = "ecs")]
     let targets = targets.with(
         super::ecs::KIND,
-        Arc::new(super::ecs::EcsService::new(aws_sdk_ecs::Client::new(sdk))),
+        Arc::new(super::ecs::EcsService::new(clients.ecs())),
     );
     #[cfg(feature = "codedeploy")]
     let targets = targets.with(
         super::codedeploy::KIND,
         Arc::new(super::codedeploy::CodeDeploy::new(
-            aws_sdk_codedeploy::Client::new(sdk),
-            aws_sdk_s3::Client::new(sdk),
-            aws_sdk_ecs::Client::new(sdk),
+            aws_sdk_codedeploy::Client::new(clients.sdk),
+            aws_sdk_s3::Client::new(clients.sdk),
+            clients.ecs(),
             settings.bundle_bucket.clone(),
         )),
     );
