@@ -49,7 +49,9 @@ fn plan(pushes: usize, window: Duration, seed: u64) -> Plan {
     }
 }
 
-fn checked(name: &str, report: Report) -> anyhow::Result<Report> {
+/// Runs `plan`; its report, when it kept every promise.
+async fn checked(name: &str, plan: Plan) -> anyhow::Result<Report> {
+    let report = burst::run(&plan).await?;
     anyhow::ensure!(
         report.broken.is_empty(),
         "{name} broke a promise:\n{}",
@@ -85,20 +87,20 @@ async fn report_async(billed: Option<&BTreeMap<String, Duration>>) -> anyhow::Re
     // deployment costs (no reconcile schedule, so only the deployment is counted).
     let alone = checked(
         "pushes alone",
-        burst::run(&Plan {
+        Plan {
             reconcile_every: None,
             ..plan(20, Duration::from_secs(20), 11)
-        })
-        .await?,
-    )?;
+        },
+    )
+    .await?;
     let burst = checked(
         "the burst",
-        burst::run(&Plan {
+        Plan {
             disorder: true,
             ..plan(1000, Duration::from_secs(10), 12)
-        })
-        .await?,
-    )?;
+        },
+    )
+    .await?;
     println!("| | push → Run Command sent | settled after | invocations | refused writes |");
     println!("|---|---|---:|---:|---:|");
     for (name, r, pushes) in [
@@ -133,8 +135,9 @@ async fn report_async(billed: Option<&BTreeMap<String, Duration>>) -> anyhow::Re
     for (i, rate) in [50usize, 100, 200, 400, 800].into_iter().enumerate() {
         let r = checked(
             &format!("{rate} pushes/s"),
-            burst::run(&plan(rate * 2, Duration::from_secs(2), 20 + i as u64)).await?,
-        )?;
+            plan(rate * 2, Duration::from_secs(2), 20 + i as u64),
+        )
+        .await?;
         let retried = conflict_retries(&r);
         calm &= retried == 0;
         if calm {
@@ -159,12 +162,12 @@ async fn report_async(billed: Option<&BTreeMap<String, Duration>>) -> anyhow::Re
 
     let failing = checked(
         "failing images",
-        burst::run(&Plan {
+        Plan {
             unhealthy_one_in: 3,
             ..plan(60, Duration::from_secs(20), 13)
-        })
-        .await?,
-    )?;
+        },
+    )
+    .await?;
     println!();
     println!(
         "Failure verdict → rollback Run Command sent (60 pushes in 20 s, a third failing their \

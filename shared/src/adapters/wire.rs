@@ -178,10 +178,6 @@ fn core_of(clients: &Clients, settings: &Settings) -> Core {
 
 /// The rollout targets: SSM Run Command with pushdeploy's document, ECS services and
 /// CodeDeploy deployment groups when the function is built with them.
-pub fn target(sdk: &SdkConfig, settings: &Settings) -> Result<Arc<dyn Target>, SettingsError> {
-    target_of(&Clients::new(sdk), settings)
-}
-
 fn target_of(clients: &Clients, settings: &Settings) -> Result<Arc<dyn Target>, SettingsError> {
     let document = settings.require_document()?;
     let targets = Targets::default().with(

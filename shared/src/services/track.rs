@@ -458,12 +458,15 @@ impl Tracker {
             // is nothing to undo: either way that image is what the environment runs.
             let nothing_to_undo = dep.kind == Kind::Rollback
                 || state.rollback_candidates(dep.digest()).next().is_none();
-            if nothing_to_undo
-                && matches!(
-                    self.target.status(target_ref).await,
-                    Ok(RolloutStatus::Succeeded)
-                )
-            {
+            let finished = nothing_to_undo
+                && match self.target.status(target_ref).await {
+                    Ok(status) => status == RolloutStatus::Succeeded,
+                    // Asked again later, as the cancel is: an unanswered question is no
+                    // reason to undo a rollout that may have finished.
+                    Err(e) if e.is_retryable() => return Err(e.into()),
+                    Err(_) => false,
+                };
+            if finished {
                 warn!(deployment_id = %id, "the aborted rollout reached its end before it could be stopped; its image runs");
                 return self.release_aborted(&dep, true).await;
             }
