@@ -29,6 +29,14 @@ impl Scene {
     }
 
     async fn start_with(adjust: impl FnOnce(&mut StackOptions)) -> Self {
+        Self::start_configured(adjust, |config| config).await
+    }
+
+    /// A stack whose configuration is the sample app's, changed by `edit`.
+    async fn start_configured(
+        adjust: impl FnOnce(&mut StackOptions),
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
         let app = SampleApp::new().expect("a free port for the sample app");
         let mut options = StackOptions::from_env().for_app(&app);
         options.instances_per_function = 1;
@@ -37,7 +45,7 @@ impl Scene {
             .await
             .expect("the local stack starts (run `make setup` first)");
         stack
-            .put_config(&app.config(&stack.registry.host()))
+            .put_config(&edit(app.config(&stack.registry.host())))
             .await
             .expect("the configuration is stored");
         Self { stack, app }
@@ -441,4 +449,59 @@ async fn a_dropped_status_event_is_completed_by_the_trackers_reconciliation() {
     s.event("Rollout Succeeded", &id).await;
     s.event("Deployment Verified", &id).await;
     assert!(s.serving().await.starts_with("web v1:"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_semver_policy_and_only_newer_a_lower_hotfix_pushed_after_1_4_0_deploys_nothing() {
+    let s = Scene::start_configured(
+        |_| {},
+        |config| {
+            let edited = config.replace(
+                "        deploy_on_push: { tags: [\"v*\"] }\n",
+                "        deploy_on_push: { semver: \">=1.3, <2\" }\n        only_newer: true\n",
+            );
+            assert_ne!(
+                edited, config,
+                "the sample configuration has a deploy_on_push to replace"
+            );
+            edited
+        },
+    )
+    .await;
+    let newer = s.image("1.4.0", Behaviour::Good).await;
+    let hotfix = s.image("1.3.9", Behaviour::Good).await;
+    let pushed_newer = s.push(&newer, "v1.4.0").await;
+    let first = s.started(&pushed_newer.digest, "push").await;
+    s.event("Deployment Verified", &first).await;
+    assert!(s.serving().await.starts_with("web 1.4.0:"));
+
+    let pushed_hotfix = s.push(&hotfix, "1.3.9").await;
+    let skipped = s
+        .stack
+        .timeline
+        .wait_for("the hotfix skipped", STEP, |entries| {
+            entries
+                .iter()
+                .find(|e| {
+                    e.is_event("Deployment Skipped")
+                        && e.field("digest") == Some(pushed_hotfix.digest.as_str())
+                })
+                .cloned()
+        })
+        .await
+        .unwrap_or_else(|e| s.fail(e));
+    let reason = skipped.field("reason").unwrap_or_default().to_owned();
+    assert!(
+        reason.contains("1.3.9 is lower than v1.4.0") && reason.contains("only_newer"),
+        "{skipped:?}"
+    );
+    assert!(s.serving().await.starts_with("web 1.4.0:"));
+    assert_eq!(s.stack.host.ran().len(), 1, "only 1.4.0 ran on the host");
+    assert!(s.events("Rollout Started").len() == 1);
+    let running = s.running().await;
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert!(running[0].1.ends_with(&pushed_newer.digest), "{running:?}");
+    let status = s.stack.status("web", "staging").await.unwrap();
+    assert_eq!(status["current"]["tag"], "v1.4.0", "{status}");
+    assert!(s.stack.router.dead_letters().is_empty());
 }

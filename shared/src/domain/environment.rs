@@ -13,6 +13,7 @@ use super::deployment::{Deployment, DeploymentId, Request};
 use super::image::{Digest, PinnedImage, Tag};
 use super::lifecycle::Kind;
 use super::names::{AppName, EnvName};
+use super::policy::version_of;
 
 /// How many verified digests an environment remembers as rollback candidates.
 pub const KEEP_VERIFIED: usize = 10;
@@ -137,6 +138,11 @@ pub enum SkipReason {
     AlreadyQueued,
     OlderThanCurrent,
     OlderThanQueued,
+    /// `only_newer`: the request's version is lower than one here already.
+    LowerVersion {
+        version: String,
+        here: String,
+    },
 }
 
 impl fmt::Display for SkipReason {
@@ -161,6 +167,10 @@ impl fmt::Display for SkipReason {
             SkipReason::AlreadyQueued => write!(f, "the digest is already queued"),
             SkipReason::OlderThanCurrent => write!(f, "a newer image is already deployed here"),
             SkipReason::OlderThanQueued => write!(f, "a newer image is already queued"),
+            SkipReason::LowerVersion { version, here } => write!(
+                f,
+                "version {version} is lower than {here}, which this environment runs or has queued, and only_newer is set; deploy it by hand to go back"
+            ),
         }
     }
 }
@@ -182,10 +192,10 @@ impl EnvState {
         }
     }
 
-    /// Decides what `request` does here. Pushes respect freezes, quarantines and push
-    /// order (latest wins, never out of order); a request by hand overrides freeze and
-    /// quarantine, because it is how a person takes control.
-    pub fn admit(&self, request: &Request) -> Admission {
+    /// Decides what `request` does here. Pushes respect freezes, quarantines, push order
+    /// (latest wins, never out of order) and, with `only_newer`, version order; a request
+    /// by hand overrides them, because it is how a person takes control.
+    pub fn admit(&self, request: &Request, only_newer: bool) -> Admission {
         // Pushes and promotions nobody asked for by hand are automatic.
         let automatic = request.kind == Kind::Push
             || (request.kind == Kind::Promotion && request.requested_by.is_none());
@@ -202,6 +212,9 @@ impl EnvState {
             }
             if let Some(q) = self.quarantined.get(digest.as_str()) {
                 return Admission::Skip(SkipReason::Quarantined(q.reason.clone()));
+            }
+            if only_newer && let Some(skip) = self.lower_version(request) {
+                return Admission::Skip(skip);
             }
         }
         let current_is_newer = self
@@ -256,6 +269,24 @@ impl EnvState {
                 Admission::Start
             }
         }
+    }
+
+    /// The highest version this environment runs or has queued, when the request's tag
+    /// names a lower one. Tags that name no version are not compared.
+    fn lower_version(&self, request: &Request) -> Option<SkipReason> {
+        let version = request.tag.as_ref().and_then(version_of)?;
+        let here = [
+            self.current.as_ref().and_then(|c| c.tag.as_ref()),
+            self.queued.as_ref().and_then(|q| q.tag.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|t| version_of(t).map(|v| (v, t)))
+        .max_by(|a, b| a.0.cmp(&b.0))?;
+        (version < here.0).then(|| SkipReason::LowerVersion {
+            version: request.tag.as_ref().map(Tag::to_string).unwrap_or_default(),
+            here: here.1.to_string(),
+        })
     }
 
     /// Hands the environment to `deployment`, remembering in it what ran before.
@@ -575,9 +606,84 @@ mod tests {
         d
     }
 
+    fn versioned(n: u8, tag: &str, kind: Kind, minute: u8) -> Request {
+        Request {
+            tag: Some(Tag::parse(tag).unwrap()),
+            ..request(n, kind, minute)
+        }
+    }
+
+    #[test]
+    fn with_only_newer_a_lower_version_pushed_later_is_skipped_saying_why() {
+        let mut s = state();
+        let d = started(&mut s, versioned(1, "1.4.0", Kind::Push, 0));
+        s.release(&d.id);
+        let hotfix = versioned(2, "1.3.9", Kind::Push, 5);
+        let Admission::Skip(reason) = s.admit(&hotfix, true) else {
+            panic!("1.3.9 after 1.4.0 must be skipped");
+        };
+        assert_eq!(
+            reason,
+            SkipReason::LowerVersion {
+                version: "1.3.9".into(),
+                here: "1.4.0".into()
+            }
+        );
+        let said = reason.to_string();
+        assert!(
+            said.contains("1.3.9")
+                && said.contains("1.4.0")
+                && said.contains("only_newer")
+                && said.contains("by hand"),
+            "{said}"
+        );
+        // Without only_newer it is the latest push, and it deploys.
+        assert_eq!(s.admit(&hotfix, false), Admission::Start);
+        // By hand it still may.
+        assert_eq!(
+            s.admit(&versioned(2, "1.3.9", Kind::Manual, 5), true),
+            Admission::Start
+        );
+        // Newer and equal versions (a rebuild of 1.4.0) go on; versions order by semver.
+        assert_eq!(
+            s.admit(&versioned(3, "v1.10.0", Kind::Push, 6), true),
+            Admission::Start
+        );
+        assert_eq!(
+            s.admit(&versioned(4, "1.4.0", Kind::Push, 7), true),
+            Admission::Start
+        );
+        // A tag that names no version is not compared.
+        assert_eq!(
+            s.admit(&versioned(5, "main-abc", Kind::Push, 8), true),
+            Admission::Start
+        );
+    }
+
+    #[test]
+    fn with_only_newer_a_lower_version_than_the_queued_one_is_skipped() {
+        let mut s = state();
+        started(&mut s, versioned(1, "1.2.0", Kind::Push, 0));
+        s.queue(&versioned(2, "1.5.0", Kind::Push, 1));
+        assert_eq!(
+            s.admit(&versioned(3, "1.4.0", Kind::Push, 2), true),
+            Admission::Skip(SkipReason::LowerVersion {
+                version: "1.4.0".into(),
+                here: "1.5.0".into()
+            })
+        );
+        assert!(matches!(
+            s.admit(&versioned(3, "1.6.0", Kind::Push, 2), true),
+            Admission::Queue { .. }
+        ));
+    }
+
     #[test]
     fn a_free_environment_starts_a_push() {
-        assert_eq!(state().admit(&request(1, Kind::Push, 0)), Admission::Start);
+        assert_eq!(
+            state().admit(&request(1, Kind::Push, 0), false),
+            Admission::Start
+        );
     }
 
     #[test]
@@ -585,7 +691,7 @@ mod tests {
         let mut s = state();
         let d = started(&mut s, request(1, Kind::Push, 0));
         assert_eq!(
-            s.admit(&request(2, Kind::Push, 1)),
+            s.admit(&request(2, Kind::Push, 1), false),
             Admission::Queue { behind: Some(d.id) }
         );
     }
@@ -595,12 +701,12 @@ mod tests {
         let mut s = state();
         let d = started(&mut s, request(1, Kind::Push, 0));
         assert_eq!(
-            s.admit(&request(1, Kind::Push, 1)),
+            s.admit(&request(1, Kind::Push, 1), false),
             Admission::Skip(SkipReason::AlreadyInFlight(d.id.clone()))
         );
         s.release(&d.id);
         assert_eq!(
-            s.admit(&request(1, Kind::Push, 2)),
+            s.admit(&request(1, Kind::Push, 2), false),
             Admission::Skip(SkipReason::AlreadyCurrent(d.id))
         );
     }
@@ -611,7 +717,7 @@ mod tests {
         started(&mut s, request(1, Kind::Push, 0));
         s.queue(&request(3, Kind::Push, 3));
         assert_eq!(
-            s.admit(&request(2, Kind::Push, 2)),
+            s.admit(&request(2, Kind::Push, 2), false),
             Admission::Skip(SkipReason::OlderThanQueued)
         );
     }
@@ -625,17 +731,20 @@ mod tests {
             at: datetime!(2026-01-01 0:00 UTC),
         });
         assert!(matches!(
-            s.admit(&request(1, Kind::Push, 0)),
+            s.admit(&request(1, Kind::Push, 0), false),
             Admission::Skip(SkipReason::Frozen(_))
         ));
-        assert_eq!(s.admit(&request(1, Kind::Manual, 0)), Admission::Start);
+        assert_eq!(
+            s.admit(&request(1, Kind::Manual, 0), false),
+            Admission::Start
+        );
         s.frozen = None;
         let d = started(&mut s, request(1, Kind::Push, 0));
         s.quarantine(&d, "smoke test failed", d.created_at);
         s.release(&d.id);
         s.current = None;
         assert!(matches!(
-            s.admit(&request(1, Kind::Push, 5)),
+            s.admit(&request(1, Kind::Push, 5), false),
             Admission::Skip(SkipReason::Quarantined(_))
         ));
         let manual = started(&mut s, request(1, Kind::Manual, 6));
@@ -686,25 +795,28 @@ mod tests {
             at: datetime!(2026-01-01 10:02 UTC),
         });
         let before = request(1, Kind::Push, 1);
-        assert_eq!(s.admit(&before), Admission::Queue { behind: None });
+        assert_eq!(s.admit(&before, false), Admission::Queue { behind: None });
         s.queue(&before);
         assert_eq!(
-            s.admit(&request(1, Kind::Push, 1)),
+            s.admit(&request(1, Kind::Push, 1), false),
             Admission::Skip(SkipReason::AlreadyQueued)
         );
         assert_eq!(
-            s.admit(&request(2, Kind::Push, 0)),
+            s.admit(&request(2, Kind::Push, 0), false),
             Admission::Skip(SkipReason::OlderThanQueued)
         );
         assert!(matches!(
-            s.admit(&request(3, Kind::Push, 3)),
+            s.admit(&request(3, Kind::Push, 3), false),
             Admission::Skip(SkipReason::Frozen(_))
         ));
         // A person still deploys what they name, now.
-        assert_eq!(s.admit(&request(1, Kind::Manual, 4)), Admission::Start);
+        assert_eq!(
+            s.admit(&request(1, Kind::Manual, 4), false),
+            Admission::Start
+        );
         let d = started(&mut s, request(4, Kind::Manual, 0));
         assert_eq!(
-            s.admit(&request(5, Kind::Push, 1)),
+            s.admit(&request(5, Kind::Push, 1), false),
             Admission::Queue { behind: Some(d.id) },
             "behind what runs, then still waiting for the unfreeze"
         );
@@ -760,7 +872,7 @@ mod tests {
             started(&mut s, request(1, Kind::Push, 1));
             for n in &order {
                 let req = request(*n, Kind::Push, *n);
-                if let Admission::Queue { .. } = s.admit(&req) {
+                if let Admission::Queue { .. } = s.admit(&req, false) {
                     s.queue(&req);
                 }
             }

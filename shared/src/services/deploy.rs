@@ -298,7 +298,7 @@ impl Deployer {
                 if request.kind == Kind::Push {
                     self.order_pushes_in_one_second(&mut state, &mut request).await?;
                 }
-                match state.admit(&request) {
+                match state.admit(&request, env_config.only_newer) {
                     Admission::Skip(reason) => {
                         info!(app = %app, env = %env, %reason, "deploying nothing");
                         let now = self.core.clock.now();
@@ -736,5 +736,67 @@ mod tests {
         assert_eq!(err.error_type(), "NonRetryable.InvalidInput");
         assert!(err.to_string().contains("\"account\""), "{err}");
         assert_eq!(w.store.commits(), 0);
+    }
+
+    #[tokio::test]
+    async fn with_a_semver_policy_and_only_newer_a_lower_hotfix_pushed_later_deploys_nothing() {
+        let w = World::new(&World::SAMPLE_CONFIG.replace(
+            "        deploy_on_push: { tags: [\"main-*\", \"v*\"] }\n",
+            "        deploy_on_push: { semver: \">=1.3, <2\" }\n        only_newer: true\n",
+        ));
+        let d = w.deployer();
+        let first = d.on_push(&push(&w, 'a', "v1.4.0", 0, "e1")).await.unwrap();
+        assert!(
+            matches!(first[0].outcome, EnvOutcome::Started { .. }),
+            "{first:?}"
+        );
+        // Outside the range: no environment is named at all.
+        assert!(
+            d.on_push(&push(&w, 'b', "2.0.0", 5, "e2"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            d.on_push(&push(&w, 'b', "1.5.0-rc.1", 6, "e3"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            d.on_push(&push(&w, 'b', "main-abc", 7, "e4"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        let hotfix = d.on_push(&push(&w, 'c', "1.3.9", 10, "e5")).await.unwrap();
+        let EnvOutcome::Skipped { reason, .. } = &hotfix[0].outcome else {
+            panic!("{hotfix:?}");
+        };
+        assert!(reason.contains("1.3.9 is lower than v1.4.0"), "{reason}");
+        assert_eq!(w.target.started().len(), 1, "only 1.4.0 ran");
+        assert!(w.state("staging").queued.is_none());
+        let skipped = w.events.events().pop().unwrap();
+        assert_eq!(skipped.detail_type.as_str(), "Deployment Skipped");
+        let detail = serde_json::to_value(&skipped.detail).unwrap();
+        assert_eq!(detail["tag"], "1.3.9");
+        assert!(
+            detail["reason"].as_str().unwrap().contains("only_newer"),
+            "{detail}"
+        );
+
+        // A person may still go back.
+        w.registry
+            .push("acme/web", Some("1.3.9"), &w.image('c').digest);
+        let manual = ManualDeploy {
+            app: app("web"),
+            environment: env_name("staging"),
+            wanted: Wanted::Tag(Tag::parse("1.3.9").unwrap()),
+            requested_by: Some("alice".into()),
+            reason: Some("hotfix".into()),
+        };
+        let out = w.deployer().manual(&manual).await.unwrap();
+        assert!(matches!(out.outcome, EnvOutcome::Queued { .. }), "{out:?}");
     }
 }

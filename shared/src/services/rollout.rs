@@ -484,7 +484,7 @@ pub(crate) async fn start_queued(
             };
             let request = queued.into_request();
             let image = request.image.to_string();
-            let (outcome, mut dep) = match state.admit(&request) {
+            let (outcome, mut dep) = match state.admit(&request, env_config.only_newer) {
                 Admission::Start => {
                     let mut dep =
                         Deployment::new(app.clone(), env.clone(), request, core.clock.now());

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::environment::KEEP_VERIFIED;
 use super::image::{Registry, Repository, Tag};
 use super::names::{AppName, EnvName};
-use super::policy::TagPattern;
+use super::policy::{TagPattern, VersionRange};
 use super::retention::RetentionRule;
 
 /// Every problem found in a configuration document.
@@ -149,6 +149,9 @@ pub struct EnvConfig {
     pub ecr_tag: Option<Tag>,
     /// Only digests verified in this environment come here, and how.
     pub promotion: Option<Promotion>,
+    /// An automatic deploy of a version lower than the one this environment runs (or has
+    /// queued) is skipped; a deploy by hand still may go back.
+    pub only_newer: bool,
 }
 
 /// Where an environment's images come from, and who lets them in.
@@ -170,6 +173,8 @@ pub enum Approval {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PushPolicy {
     pub tags: Vec<TagPattern>,
+    /// Tags naming a version in this range deploy too.
+    pub semver: Option<VersionRange>,
     /// Also deploy pushes that carry no tag (by default they are the per-platform
     /// manifests of a multi-platform push, and are ignored).
     pub untagged: bool,
@@ -178,7 +183,10 @@ pub struct PushPolicy {
 impl PushPolicy {
     pub fn admits(&self, tag: Option<&Tag>) -> bool {
         match tag {
-            Some(tag) => self.tags.iter().any(|p| p.matches(tag)),
+            Some(tag) => {
+                self.tags.iter().any(|p| p.matches(tag))
+                    || self.semver.as_ref().is_some_and(|r| r.matches(tag))
+            }
             None => self.untagged,
         }
     }
@@ -424,6 +432,43 @@ apps:
             "apps.web.environments.staging.deploy_on_push.tagz"
         );
         assert!(found[0].1.contains("unknown field `tagz`"), "{found:?}");
+    }
+
+    #[test]
+    fn a_bad_semver_range_or_only_newer_is_named_with_its_path() {
+        let yaml = GOOD.replace(
+            "deploy_on_push: { tags:",
+            "only_newer: true\n        deploy_on_push: { semver: \">=1.4 <2\", tags:",
+        );
+        let found = problems(&yaml);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            found[0].0,
+            "apps.web.environments.staging.deploy_on_push.semver"
+        );
+        assert!(found[0].1.contains("\">=1.4, <2\""), "{found:?}");
+        let yaml = GOOD.replace(
+            "deploy_on_push: { tags:",
+            "only_newer: yes please\n        deploy_on_push: { tags:",
+        );
+        assert_eq!(
+            problems(&yaml)[0].0,
+            "apps.web.environments.staging.only_newer"
+        );
+        let yaml = GOOD.replace(
+            "deploy_on_push: { tags:",
+            "only_newer: true\n        deploy_on_push: { semver: \"^1.4\", tags:",
+        );
+        let config = Config::from_yaml(&yaml).unwrap();
+        let staging = config
+            .env(
+                &AppName::parse("web").unwrap(),
+                &EnvName::parse("staging").unwrap(),
+            )
+            .unwrap();
+        assert!(staging.only_newer);
+        let policy = staging.deploy_on_push.as_ref().unwrap();
+        assert!(policy.admits(Some(&Tag::parse("v1.9.0").unwrap())));
     }
 
     #[test]

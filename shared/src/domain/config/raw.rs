@@ -68,6 +68,8 @@ pub struct Env {
     pub promote_from: Option<String>,
     pub approval: Option<String>,
     pub approval_expires_after_hours: Option<u64>,
+    #[serde(default)]
+    pub only_newer: bool,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +77,7 @@ pub struct Env {
 pub struct Push {
     #[serde(default)]
     pub tags: Vec<String>,
+    pub semver: Option<String>,
     #[serde(default)]
     pub untagged: bool,
 }

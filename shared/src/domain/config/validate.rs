@@ -264,12 +264,16 @@ impl raw::Env {
         let promotion = self.promotion(c, path);
         let deploy_on_push = self.deploy_on_push.map(|p| {
             let p_path = format!("{path}.deploy_on_push");
-            if p.tags.is_empty() && !p.untagged {
+            if p.tags.is_empty() && p.semver.is_none() && !p.untagged {
                 c.fail(
                     &p_path,
-                    "list at least one tag pattern in `tags` (or set `untagged: true`)",
+                    "list at least one tag pattern in `tags`, or give a `semver` range (or set `untagged: true`)",
                 );
             }
+            let semver = p
+                .semver
+                .as_deref()
+                .and_then(|r| c.ok(&format!("{p_path}.semver"), VersionRange::parse(r)));
             let tags = p
                 .tags
                 .iter()
@@ -278,6 +282,7 @@ impl raw::Env {
                 .collect();
             PushPolicy {
                 tags,
+                semver,
                 untagged: p.untagged,
             }
         });
@@ -348,6 +353,7 @@ impl raw::Env {
             rollout_timeout,
             ecr_tag,
             promotion,
+            only_newer: self.only_newer,
         })
     }
 }
