@@ -931,8 +931,22 @@ impl<'a> Sim<'a> {
                     broken.push(format!("{place}: frozen is {:?}", state.frozen));
                 }
             }
+            for digest in state.revoked.keys() {
+                if state.verified.iter().any(|v| v.digest.as_str() == digest) {
+                    broken.push(format!("{place}: revoked {digest} is still verified"));
+                }
+                let others = state.verified.iter().any(|v| v.digest.as_str() != digest);
+                if runs.as_deref() == Some(digest.as_str()) && others {
+                    broken.push(format!(
+                        "{place}: runs the revoked {digest} although a verified digest can replace it"
+                    ));
+                }
+            }
             for hex in self.scenario.healthy {
-                if state.quarantined.contains_key(self.image(*hex).as_str()) {
+                // A digest revoked while it rolled out failed, and is quarantined as any.
+                if state.quarantined.contains_key(self.image(*hex).as_str())
+                    && !state.revoked.contains_key(self.image(*hex).as_str())
+                {
                     broken.push(format!("{place}: healthy digest {hex} is quarantined"));
                 }
             }
@@ -1095,6 +1109,13 @@ fn scenarios() -> Vec<Scenario> {
     use Stimulus::{Console, Push};
     use When::{AtOnce, Settled};
     let control = |payload| Console(Function::Control, payload);
+    let revoke = |hex: char| {
+        control(json!({
+            "action": "revoke", "app": "web", "environment": "staging",
+            "digest": format!("sha256:{}", hex.to_string().repeat(64)),
+            "reason": "a bad release found later", "by": "alice"
+        }))
+    };
     let verified = |name| {
         Scenario::ssm(
             name,
@@ -1237,6 +1258,26 @@ fn scenarios() -> Vec<Scenario> {
                 ("staging", Some('a'), false),
                 ("production", Some('a'), false),
             ],
+        ),
+        Scenario::ssm(
+            "a revoked digest that runs is rolled back",
+            &['a', 'c'],
+            vec![
+                (Settled, Push('a', "v1")),
+                (Settled, Push('c', "v3")),
+                (Settled, revoke('c')),
+            ],
+            vec![("staging", Some('a'), false)],
+        ),
+        Scenario::ssm(
+            "a digest revoked while it rolls out fails and rolls back",
+            &['a', 'c'],
+            vec![
+                (Settled, Push('a', "v1")),
+                (Settled, Push('c', "v3")),
+                (AtOnce, revoke('c')),
+            ],
+            vec![("staging", Some('a'), false)],
         ),
         verified("push → verified (ECS)").on(ECS),
         rolled_back("push → smoke test fails → rollback → verified (ECS)").on(ECS),

@@ -36,10 +36,12 @@ pub enum Metric {
     FailureToRollback,
     /// Images the janitor deleted.
     ImagesDeleted,
+    /// Verified digests a person revoked.
+    ImagesRevoked,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 8] = [
+    pub const ALL: [Metric; 9] = [
         Metric::RolloutStarted,
         Metric::RolloutSucceeded,
         Metric::RolloutFailed,
@@ -48,6 +50,7 @@ impl Metric {
         Metric::PushToVerified,
         Metric::FailureToRollback,
         Metric::ImagesDeleted,
+        Metric::ImagesRevoked,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +63,7 @@ impl Metric {
             Metric::PushToVerified => "PushToVerified",
             Metric::FailureToRollback => "FailureToRollback",
             Metric::ImagesDeleted => "ImagesDeleted",
+            Metric::ImagesRevoked => "ImagesRevoked",
         }
     }
 
@@ -108,6 +112,7 @@ pub fn measure(event: &LifecycleEvent) -> Option<Measurement> {
         }
         EventType::RollbackSucceeded => vec![(Metric::RolledBack, 1.0)],
         EventType::RollbackFailed => vec![(Metric::RollbackFailed, 1.0)],
+        EventType::ImageRevoked => vec![(Metric::ImagesRevoked, 1.0)],
         EventType::RollbackStarted => match seconds(d.failed_at) {
             Some(s) => vec![(Metric::FailureToRollback, s)],
             None => return None,
@@ -336,6 +341,20 @@ mod tests {
                 ("RollbackFailed".into(), 1.0),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_revocation_is_counted_per_environment() {
+        let docs = emitted(&[LifecycleEvent::environment(
+            EventType::ImageRevoked,
+            &crate::domain::AppName::parse("web").unwrap(),
+            &crate::domain::EnvName::parse("staging").unwrap(),
+            Some("revoked by alice: bad".into()),
+            datetime!(2026-11-20 10:00 UTC),
+        )])
+        .await;
+        assert_eq!(values(&docs[0]), vec![("ImagesRevoked".into(), 1.0)]);
+        assert_eq!(docs[0]["Environment"], "staging");
     }
 
     #[tokio::test]

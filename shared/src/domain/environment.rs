@@ -23,6 +23,9 @@ pub const KEEP_VERIFIED: usize = 10;
 /// rollouts fail.
 pub const KEEP_QUARANTINED: usize = 100;
 
+/// How many revoked digests an environment remembers: the most recent ones.
+pub const KEEP_REVOKED: usize = 100;
+
 /// How much of a failure's reason its quarantine repeats.
 const QUARANTINE_REASON: usize = 500;
 
@@ -94,6 +97,18 @@ pub struct Quarantine {
     pub at: OffsetDateTime,
 }
 
+/// A digest a person took back after it was verified: it is no longer a rollback or
+/// promotion candidate here, and pushes of it are ignored until it is deployed by hand.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub by: String,
+    pub reason: String,
+    /// The tag it was verified with, for people reading the status.
+    pub tag: Option<Tag>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
 /// Everything pushdeploy knows about one (app, environment).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnvState {
@@ -113,6 +128,9 @@ pub struct EnvState {
     /// What became of earlier pending promotions, newest first.
     #[serde(default)]
     pub decisions: Vec<Decision>,
+    /// Digests revoked here, by digest; at most `KEEP_REVOKED`.
+    #[serde(default)]
+    pub revoked: BTreeMap<String, Revocation>,
     #[serde(skip)]
     pub version: u64,
 }
@@ -133,6 +151,7 @@ pub enum Admission {
 pub enum SkipReason {
     Frozen(String),
     Quarantined(String),
+    Revoked(String),
     AlreadyCurrent(DeploymentId),
     AlreadyInFlight(DeploymentId),
     AlreadyQueued,
@@ -158,6 +177,10 @@ impl fmt::Display for SkipReason {
                     "the digest is quarantined here ({why}); deploy it by hand to lift the quarantine"
                 )
             }
+            SkipReason::Revoked(why) => write!(
+                f,
+                "the digest was revoked here ({why}); deploy it by hand to lift the revocation"
+            ),
             SkipReason::AlreadyCurrent(id) => {
                 write!(f, "the digest is already deployed here (deployment {id})")
             }
@@ -188,6 +211,7 @@ impl EnvState {
             quarantined: BTreeMap::new(),
             pending: None,
             decisions: Vec::new(),
+            revoked: BTreeMap::new(),
             version: 0,
         }
     }
@@ -209,6 +233,9 @@ impl EnvState {
         if automatic {
             if let Some(freeze) = self.frozen.as_ref().filter(|_| !waits_for_unfreeze) {
                 return Admission::Skip(SkipReason::Frozen(freeze.reason.clone()));
+            }
+            if let Some(r) = self.revoked.get(digest.as_str()) {
+                return Admission::Skip(SkipReason::Revoked(format!("by {}: {}", r.by, r.reason)));
             }
             if let Some(q) = self.quarantined.get(digest.as_str()) {
                 return Admission::Skip(SkipReason::Quarantined(q.reason.clone()));
@@ -312,6 +339,7 @@ impl EnvState {
         }
         if deployment.kind == Kind::Manual {
             self.quarantined.remove(deployment.image.digest.as_str());
+            self.revoked.remove(deployment.image.digest.as_str());
         }
     }
 
@@ -350,6 +378,52 @@ impl EnvState {
             return None;
         }
         self.queued.take()
+    }
+
+    /// Takes `digest` back: it leaves the verified digests (so no rollback, promotion or
+    /// environment tag picks it) and pushes of it are skipped. Returns false when it was
+    /// already revoked; beyond `KEEP_REVOKED`, the oldest revocation is forgotten.
+    pub fn revoke(&mut self, digest: &Digest, by: &str, reason: &str, at: OffsetDateTime) -> bool {
+        if self.revoked.contains_key(digest.as_str()) {
+            return false;
+        }
+        let tag = self
+            .verified
+            .iter()
+            .find(|v| &v.digest == digest)
+            .and_then(|v| v.tag.clone())
+            .or_else(|| {
+                self.current
+                    .as_ref()
+                    .filter(|c| &c.digest == digest)
+                    .and_then(|c| c.tag.clone())
+            });
+        self.verified.retain(|v| &v.digest != digest);
+        self.revoked.insert(
+            digest.as_str().to_owned(),
+            Revocation {
+                by: by.to_owned(),
+                reason: super::deployment::bounded_to(reason, QUARANTINE_REASON),
+                tag,
+                at,
+            },
+        );
+        while self.revoked.len() > KEEP_REVOKED {
+            let oldest = self
+                .revoked
+                .iter()
+                .min_by(|a, b| (a.1.at, a.0).cmp(&(b.1.at, b.0)))
+                .map(|(digest, _)| digest.clone());
+            match oldest {
+                Some(digest) => self.revoked.remove(&digest),
+                None => break,
+            };
+        }
+        true
+    }
+
+    pub fn is_revoked(&self, digest: &Digest) -> bool {
+        self.revoked.contains_key(digest.as_str())
     }
 
     pub fn record_verified(&mut self, deployment: &Deployment, at: OffsetDateTime) {
@@ -861,6 +935,72 @@ mod tests {
             .map(|v| v.digest.clone())
             .collect();
         assert_eq!(candidates, vec![image(1).digest]);
+    }
+
+    #[test]
+    fn a_revoked_digest_leaves_the_candidates_pushes_of_it_skip_and_a_deploy_by_hand_lifts_it() {
+        let mut s = state();
+        for n in 1..=3 {
+            let d = started(&mut s, request(n, Kind::Push, n));
+            s.record_verified(&d, d.created_at);
+            s.release(&d.id);
+        }
+        let at = datetime!(2026-01-01 13:00 UTC);
+        assert!(s.revoke(&image(2).digest, "alice", "CVE-2026-1234", at));
+        assert!(
+            !s.revoke(&image(2).digest, "bob", "again", at),
+            "revoking twice changes nothing"
+        );
+        assert_eq!(s.revoked[image(2).digest.as_str()].by, "alice");
+        assert_eq!(
+            s.revoked[image(2).digest.as_str()]
+                .tag
+                .as_ref()
+                .map(Tag::as_str),
+            Some("v2"),
+            "the tag it was verified with is kept for the status"
+        );
+        let candidates: Vec<_> = s
+            .rollback_candidates(&image(3).digest)
+            .map(|v| v.digest.clone())
+            .collect();
+        assert_eq!(candidates, vec![image(1).digest]);
+        // The running digest revoked: the last verified is the one before it.
+        s.revoke(&image(3).digest, "alice", "bad", at);
+        assert_eq!(s.last_verified().unwrap().digest, image(1).digest);
+        // A push of it, even a newer one, is skipped and says why; by hand it goes.
+        match s.admit(&request(2, Kind::Push, 30), false) {
+            Admission::Skip(reason) => assert_eq!(
+                reason.to_string(),
+                "the digest was revoked here (by alice: CVE-2026-1234); deploy it by hand to lift the revocation"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let by_hand = Request {
+            requested_by: Some("carol".into()),
+            ..request(2, Kind::Manual, 31)
+        };
+        assert_eq!(s.admit(&by_hand, false), Admission::Start);
+        started(&mut s, by_hand);
+        assert!(!s.is_revoked(&image(2).digest));
+        assert!(s.is_revoked(&image(3).digest));
+    }
+
+    #[test]
+    fn an_environment_remembers_its_latest_revocations_only() {
+        let mut s = state();
+        let start = datetime!(2026-01-01 13:00 UTC);
+        for n in 0..=KEEP_REVOKED as u8 {
+            s.revoke(
+                &image(n).digest,
+                "alice",
+                "bad",
+                start + time::Duration::minutes(n.into()),
+            );
+        }
+        assert_eq!(s.revoked.len(), KEEP_REVOKED);
+        assert!(!s.is_revoked(&image(0).digest), "the oldest is forgotten");
+        assert!(s.is_revoked(&image(KEEP_REVOKED as u8).digest));
     }
 
     proptest! {

@@ -65,10 +65,14 @@ pub enum EventType {
     /// environment released, with no rollback.
     #[serde(rename = "Deployment Aborted")]
     DeploymentAborted,
+    /// A person took a verified digest back: it is no longer a rollback or promotion
+    /// candidate there, and the environment rolls back if it runs it.
+    #[serde(rename = "Image Revoked")]
+    ImageRevoked,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 20] = [
+    pub const ALL: [EventType; 21] = [
         EventType::RolloutQueued,
         EventType::RolloutStarted,
         EventType::RolloutSucceeded,
@@ -89,6 +93,7 @@ impl EventType {
         EventType::PromotionApproved,
         EventType::PromotionRejected,
         EventType::DeploymentAborted,
+        EventType::ImageRevoked,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -113,6 +118,7 @@ impl EventType {
             EventType::PromotionApproved => "Promotion Approved",
             EventType::PromotionRejected => "Promotion Rejected",
             EventType::DeploymentAborted => "Deployment Aborted",
+            EventType::ImageRevoked => "Image Revoked",
         }
     }
 
@@ -172,7 +178,7 @@ pub struct EventDetail {
         with = "time::serde::rfc3339::option"
     )]
     pub expires_at: Option<OffsetDateTime>,
-    /// On `Promotion Approved` and `Promotion Rejected`: who decided.
+    /// On `Promotion Approved`, `Promotion Rejected` and `Image Revoked`: who decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
     /// The event's own id, the same on every delivery of it (EventBridge gives each

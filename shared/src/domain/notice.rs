@@ -19,6 +19,7 @@ pub fn notice_of(detail_type: EventType, detail: &EventDetail) -> Option<Notice>
         EventType::RollbackSucceeded => Some(Notice::RolledBack),
         EventType::RollbackFailed => Some(Notice::RollbackFailed),
         EventType::ApprovalRequested => Some(Notice::ApprovalNeeded),
+        EventType::ImageRevoked => Some(Notice::Revoked),
         _ => None,
     }
 }
@@ -62,6 +63,22 @@ pub fn text(notice: Notice, d: &EventDetail) -> String {
         Notice::RollbackFailed => format!(
             "🚨 {place}: rolling back {image} failed{reason}; the environment is frozen and needs a person{id}"
         ),
+        Notice::Revoked => {
+            // The event's reason is "revoked by <who>: <why>".
+            let why = d
+                .reason
+                .as_deref()
+                .map(|r| r.split_once(": ").map_or(r, |(_, why)| why))
+                .map(|why| format!(": {why}"))
+                .unwrap_or_default();
+            let by =
+                d.by.as_deref()
+                    .map(|by| format!(" by {by}"))
+                    .unwrap_or_default();
+            format!(
+                "⛔ {place}: {image} was revoked{by}{why}; it is no longer rolled back or promoted to, and if it runs there it is rolled back"
+            )
+        }
         Notice::ApprovalNeeded => {
             let from = d
                 .from
@@ -182,6 +199,24 @@ mod tests {
         assert_eq!(
             dedupe_key(Notice::ApprovalNeeded, &d),
             "approval_needed#web/production/sha256:3f2c7b1d9e8a4c6b5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e"
+        );
+    }
+
+    #[test]
+    fn a_revocation_says_who_why_and_what_follows() {
+        let d = detail(json!({
+            "app": "web", "environment": "staging",
+            "digest": "sha256:3f2c7b1d9e8a4c6b5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e",
+            "tag": "v1.4.0", "by": "alice",
+            "reason": "revoked by alice: CVE-2026-1234", "at": "2026-11-20T14:30:00Z"
+        }));
+        assert_eq!(
+            notice_of(EventType::ImageRevoked, &d),
+            Some(Notice::Revoked)
+        );
+        assert_eq!(
+            text(Notice::Revoked, &d),
+            "⛔ web/staging: v1.4.0 (3f2c7b1d9e8a) was revoked by alice: CVE-2026-1234; it is no longer rolled back or promoted to, and if it runs there it is rolled back"
         );
     }
 

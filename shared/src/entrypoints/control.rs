@@ -1,5 +1,6 @@
 //! Control's entrypoint: what people ask by hand: the status of apps and environments,
-//! freezing and unfreezing automatic rollouts, and deciding pending promotions.
+//! freezing and unfreezing automatic rollouts, deciding pending promotions, aborting a
+//! rollout and revoking a verified digest.
 
 use lambda_runtime::LambdaEvent;
 use serde::Deserialize;
@@ -53,6 +54,13 @@ pub enum Input {
         reason: String,
         by: String,
     },
+    Revoke {
+        app: AppName,
+        environment: EnvName,
+        digest: Digest,
+        reason: String,
+        by: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -65,6 +73,7 @@ enum Action {
     Reject,
     ListPending,
     Abort,
+    Revoke,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +112,18 @@ struct UnfreezeRequest {
     requested_by: Option<Person>,
 }
 
+/// A revocation: the place, the digest, why, and who.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    app: AppName,
+    environment: EnvName,
+    digest: Digest,
+    reason: Reason,
+    #[serde(default, alias = "by")]
+    requested_by: Option<Person>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DecideRequest {
@@ -126,16 +147,28 @@ pub const CONSOLE: Console = Console {
         "reject",
         "list-pending",
         "abort",
+        "revoke",
     ],
-    missing: |action, field| match field {
-        "app" | "environment" => Some(format!("\"{action}\" needs \"app\" and \"environment\"")),
-        "reason" => {
+    missing: |action, field| {
+        match (action, field) {
+        (_, "app" | "environment") => {
+            Some(format!("\"{action}\" needs \"app\" and \"environment\""))
+        }
+        ("freeze", "reason") => {
             Some("\"freeze\" needs a \"reason\", shown to everyone whose push it holds back".into())
         }
-        "digest" => Some(format!(
+        ("revoke", "reason") => Some(
+            "\"revoke\" needs a \"reason\": why the digest must never come back, shown in the status and the notices".into(),
+        ),
+        (_, "reason") => Some(format!("\"{action}\" needs a \"reason\"")),
+        ("revoke", "digest") => Some(
+            "\"revoke\" needs the \"digest\" to take back (see status: last_verified and deployments)".into(),
+        ),
+        (_, "digest") => Some(format!(
             "\"{action}\" needs the \"digest\" it decides (see list-pending)"
         )),
         _ => None,
+    }
     },
 };
 
@@ -216,6 +249,17 @@ pub fn parse(payload: Value, caller: Option<String>) -> Result<Input, InputError
                 by: by(r.requested_by),
             }
         }
+        Action::Revoke => {
+            let r: RevokeRequest = fields.read()?;
+            let by = decider("revoke", caller, r.requested_by)?;
+            Input::Revoke {
+                app: r.app,
+                environment: r.environment,
+                digest: r.digest,
+                reason: r.reason.into_string(),
+                by,
+            }
+        }
     })
 }
 
@@ -277,6 +321,17 @@ pub async fn run(control: &Control, input: Input) -> Result<Value, ServiceError>
             reason,
             by,
         } => respond(&control.abort(&app, &environment, &by, &reason).await?),
+        Input::Revoke {
+            app,
+            environment,
+            digest,
+            reason,
+            by,
+        } => respond(
+            &control
+                .revoke(&app, &environment, &digest, &by, &reason)
+                .await?,
+        ),
     }
 }
 
@@ -398,6 +453,111 @@ mod tests {
             assert!(err.to_string().contains(expected), "{input}: {err}");
         }
         assert_eq!(store.commits(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_digest_revoked_at_the_source_cannot_be_approved_and_status_lists_it() {
+        use crate::domain::approval::{Pending, Waiting};
+        let (control, store, events) = world();
+        let out = handle(
+            &control,
+            event(include_str!("../../../events/control/revoke.json")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["changed"], true);
+        assert_eq!(out["running"], false);
+        assert_eq!(out["revocation"]["by"], "alice");
+        assert_eq!(events.types(), vec!["Image Revoked"]);
+        let again = handle(
+            &control,
+            event(include_str!("../../../events/control/revoke.json")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(again["changed"], false);
+        assert_eq!(events.types().len(), 1);
+        let status = handle(
+            &control,
+            event(r#"{"action": "status", "app": "web", "environment": "staging"}"#),
+        )
+        .await
+        .unwrap();
+        let revoked = &status["environments"][0]["revoked"][0];
+        assert_eq!(
+            revoked["digest"],
+            "sha256:3f2c7b1d9e8a4c6b5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e"
+        );
+        assert_eq!(
+            revoked["reason"],
+            "CVE-2026-1234 in the base image; rebuild on the patched one"
+        );
+        // Production holds the same digest for approval: approving it is refused.
+        let app = crate::fakes::app("web");
+        let env = crate::fakes::env_name("production");
+        let mut state = store.env_state(&app, &env).await.unwrap();
+        let now = datetime!(2026-11-20 10:00 UTC);
+        state.hold(
+            Pending {
+                image: crate::domain::PinnedImage::parse(
+                    "123456789012.dkr.ecr.eu-west-1.amazonaws.com/acme/web@sha256:3f2c7b1d9e8a4c6b5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e",
+                )
+                .unwrap(),
+                tag: None,
+                from: crate::fakes::env_name("staging"),
+                waiting_for: Waiting::Approval,
+                pushed_at: now,
+                since: now,
+                expires_at: Some(now + time::Duration::hours(72)),
+                reason: "verified in staging".into(),
+                approved: None,
+            },
+            now,
+        );
+        store
+            .commit(crate::ports::Commit::env(&mut state))
+            .await
+            .unwrap();
+        let err = handle(
+            &control,
+            event(include_str!("../../../events/control/approve.json")),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.error_type(), "NonRetryable.Conflict");
+        assert!(
+            err.to_string()
+                .contains("was revoked in web/staging by alice: CVE-2026-1234"),
+            "{err}"
+        );
+        assert!(
+            store
+                .env_state(&app, &env)
+                .await
+                .unwrap()
+                .pending
+                .unwrap()
+                .approved
+                .is_none()
+        );
+        // A revocation needs its why and its who.
+        for (input, expected) in [
+            (
+                r#"{"action": "revoke", "app": "web", "environment": "staging", "digest": "sha256:3f2c7b1d9e8a4c6b5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e", "by": "alice"}"#,
+                "\"revoke\" needs a \"reason\": why the digest must never come back",
+            ),
+            (
+                r#"{"action": "revoke", "app": "web", "environment": "staging", "reason": "bad", "by": "alice"}"#,
+                "\"revoke\" needs the \"digest\" to take back",
+            ),
+            (
+                r#"{"action": "revoke", "app": "web", "environment": "staging", "digest": "sha256:3f2c7b1d9e8a4c6b5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e", "reason": "bad"}"#,
+                "\"revoke\" needs \"by\"",
+            ),
+        ] {
+            let err = handle(&control, event(input)).await.unwrap_err();
+            assert!(err.to_string().contains(expected), "{input}: {err}");
+        }
     }
 
     #[tokio::test]

@@ -198,6 +198,7 @@ pub const ROUTES: &[Route] = &[
         &[
             EventType::RolloutFailed.as_str(),
             EventType::VerificationFailed.as_str(),
+            EventType::ImageRevoked.as_str(),
         ],
     ),
     Route {
@@ -217,6 +218,7 @@ pub const ROUTES: &[Route] = &[
             EventType::RollbackSucceeded.as_str(),
             EventType::RollbackFailed.as_str(),
             EventType::ApprovalRequested.as_str(),
+            EventType::ImageRevoked.as_str(),
         ],
     ),
 ];

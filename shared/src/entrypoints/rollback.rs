@@ -1,5 +1,5 @@
-//! The rollback function's entrypoint: a `Rollout Failed` or `Verification Failed`
-//! lifecycle event, or a rollback request typed in the console.
+//! The rollback function's entrypoint: a `Rollout Failed`, `Verification Failed` or
+//! `Image Revoked` lifecycle event, or a rollback request typed in the console.
 
 use lambda_runtime::LambdaEvent;
 use serde::Deserialize;
@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::{Function, check_routed};
 use crate::domain::text::{Person, Reason};
-use crate::domain::{AppName, DeploymentId, Digest, EnvName};
+use crate::domain::{AppName, DeploymentId, Digest, EnvName, EventType};
 use crate::inbound::{Console, Envelope, is_event};
 use crate::lambda::respond;
 use crate::services::rollback::ManualRollback;
@@ -21,6 +21,12 @@ pub enum Input {
         app: AppName,
         environment: EnvName,
         deployment: DeploymentId,
+    },
+    /// A person revoked a digest: roll back where it runs.
+    Revoked {
+        app: AppName,
+        environment: EnvName,
+        digest: Digest,
     },
     /// A person asks for a rollback now.
     Manual(ManualRollback),
@@ -71,6 +77,18 @@ pub fn parse(payload: Value) -> Result<Input, InputError> {
     let envelope = Envelope::read(payload)?;
     check_routed(Function::Rollback, &envelope)?;
     let (kind, detail) = envelope.lifecycle()?;
+    if kind == EventType::ImageRevoked {
+        let digest = detail.digest.ok_or_else(|| InputError::Field {
+            what: format!("\"{kind}\" event detail"),
+            field: Some("detail.digest".into()),
+            problem: "the event names no digest".into(),
+        })?;
+        return Ok(Input::Revoked {
+            app: detail.app,
+            environment: detail.environment,
+            digest,
+        });
+    }
     let deployment = detail
         .deployment_id
         .ok_or_else(|| super::no_deployment_id(kind))?;
@@ -88,6 +106,11 @@ pub async fn run(rollback: &Rollback, input: Input) -> Result<Value, ServiceErro
             environment,
             deployment,
         } => respond(&rollback.on_failure(&app, &environment, &deployment).await?),
+        Input::Revoked {
+            app,
+            environment,
+            digest,
+        } => respond(&rollback.on_revoked(&app, &environment, &digest).await?),
         Input::Manual(request) => respond(&rollback.manual(&request).await?),
     }
 }
@@ -201,6 +224,50 @@ mod tests {
             w.events.types(),
             vec!["Rollback Started", "Rollout Started"]
         );
+    }
+
+    #[tokio::test]
+    async fn the_revoked_sample_rolls_back_the_environment_running_it() {
+        let w = world();
+        let app = crate::fakes::app("web");
+        let env = crate::fakes::env_name("staging");
+        // Staging verified GOOD, then BAD, which runs; then BAD is revoked.
+        let mut state = w.store.env_state(&app, &env).await.unwrap();
+        for digest in [GOOD, BAD] {
+            let mut d = Deployment::new(
+                app.clone(),
+                env.clone(),
+                Request {
+                    image: PinnedImage::parse(&format!("{REGISTRY}/acme/web@{digest}")).unwrap(),
+                    tag: None,
+                    kind: Kind::Push,
+                    pushed_at: w.clock.now(),
+                    requested_by: None,
+                    reason: None,
+                },
+                w.clock.now(),
+            );
+            state.start(&mut d);
+            state.record_verified(&d, w.clock.now());
+            state.release(&d.id);
+            w.store
+                .commit(Commit::env(&mut state).with(&mut d))
+                .await
+                .unwrap();
+            w.registry
+                .push("acme/web", None, &Digest::parse(digest).unwrap());
+        }
+        let bad = Digest::parse(BAD).unwrap();
+        state.revoke(&bad, "alice", "CVE-2026-1234", w.clock.now());
+        w.store.commit(Commit::env(&mut state)).await.unwrap();
+        let sample = include_str!("../../../events/rollback/image-revoked.json");
+        let out = handle(&w.rollback, event(sample)).await.unwrap();
+        assert_eq!(out["outcome"], "started", "{out}");
+        assert_eq!(w.target.last().image, format!("{REGISTRY}/acme/web@{GOOD}"));
+        // Delivered again: nothing more starts.
+        let again = handle(&w.rollback, event(sample)).await.unwrap();
+        assert_eq!(again["outcome"], "not_rolled_back", "{again}");
+        assert_eq!(w.target.started().len(), 1);
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@ use crate::services::ServiceError;
 use crate::services::error::error_type;
 
 /// Every sample of `events/`, by its path there.
-const SAMPLES: [(&str, &str); 41] = [
+const SAMPLES: [(&str, &str); 43] = [
     (
         "control/abort.json",
         include_str!("../../../events/control/abort.json"),
@@ -40,6 +40,10 @@ const SAMPLES: [(&str, &str); 41] = [
     (
         "control/reject.json",
         include_str!("../../../events/control/reject.json"),
+    ),
+    (
+        "control/revoke.json",
+        include_str!("../../../events/control/revoke.json"),
     ),
     (
         "control/status-all.json",
@@ -120,6 +124,10 @@ const SAMPLES: [(&str, &str); 41] = [
     (
         "notifier/verification-failed.json",
         include_str!("../../../events/notifier/verification-failed.json"),
+    ),
+    (
+        "rollback/image-revoked.json",
+        include_str!("../../../events/rollback/image-revoked.json"),
     ),
     (
         "rollback/manual-digest.json",

@@ -9,7 +9,7 @@ use super::deploy::{configured_env, unknown_app, unknown_env};
 use super::{Core, InputError, Refusal, ServiceError, retry_on_conflict};
 use crate::domain::approval::{Approved, Outcome, Pending, Waiting};
 use crate::domain::deployment::Aborted;
-use crate::domain::environment::{Current, Freeze, Queued, VerifiedDigest};
+use crate::domain::environment::{Current, Freeze, Queued, Revocation, VerifiedDigest};
 use crate::domain::{
     AppName, Deployment, DeploymentId, Digest, EnvName, EventType, Kind, LifecycleEvent, Phase,
     Step, Tag,
@@ -30,7 +30,16 @@ pub struct EnvStatus {
     pub queued: Option<Queued>,
     pub frozen: Option<Freeze>,
     pub quarantined: Vec<QuarantinedDigest>,
+    /// Digests taken back by a person, newest first.
+    pub revoked: Vec<RevokedDigest>,
     pub deployments: Vec<DeploymentSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokedDigest {
+    pub digest: String,
+    #[serde(flatten)]
+    pub revocation: Revocation,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,6 +156,7 @@ impl Control {
                 in_flight,
                 queued: state.queued,
                 frozen: state.frozen,
+                revoked: revoked_newest_first(state.revoked),
                 quarantined: state
                     .quarantined
                     .into_iter()
@@ -316,6 +326,70 @@ impl Control {
         .await
     }
 
+    /// Takes back `digest` in an environment: it is no longer a rollback or promotion
+    /// candidate there, pushes of it are skipped, a rollout of it in flight fails its
+    /// verification, and an environment running it rolls back (the rollback function, on
+    /// `Image Revoked`) to the newest verified digest not revoked. A deploy by hand of the
+    /// digest lifts the revocation. Revoking it again changes nothing.
+    pub async fn revoke(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        digest: &Digest,
+        by: &str,
+        reason: &str,
+    ) -> Result<RevokeResult, ServiceError> {
+        let config = self.core.config.load().await?;
+        configured_env(&config, app, env)?;
+        retry_on_conflict(
+            || format!("revoking {digest} in {app}/{env}"),
+            async |_| {
+                let mut state = self.core.store.env_state(app, env).await?;
+                let was_verified = state.verified.iter().any(|v| &v.digest == digest);
+                let running = state.current.as_ref().is_some_and(|c| &c.digest == digest);
+                let now = self.core.clock.now();
+                let changed = state.revoke(digest, by, reason, now);
+                let result = |state: &crate::domain::EnvState| RevokeResult {
+                    app: app.clone(),
+                    environment: env.clone(),
+                    digest: digest.clone(),
+                    revocation: state.revoked[digest.as_str()].clone(),
+                    was_verified,
+                    running,
+                    changed,
+                };
+                if !changed {
+                    return Ok(result(&state));
+                }
+                let revocation = &state.revoked[digest.as_str()];
+                let mut event = LifecycleEvent::environment(
+                    EventType::ImageRevoked,
+                    app,
+                    env,
+                    Some(format!("revoked by {by}: {}", revocation.reason)),
+                    now,
+                );
+                if let crate::domain::Detail::Deployment(d) = &mut event.detail {
+                    d.digest = Some(digest.clone());
+                    d.tag = revocation.tag.clone();
+                    d.by = Some(by.to_owned());
+                }
+                let outbox = self.core.outbox(vec![event]);
+                self.core
+                    .store
+                    .commit(Commit {
+                        outbox: outbox.clone(),
+                        ..Commit::env(&mut state)
+                    })
+                    .await?;
+                info!(%app, %env, %digest, %by, running, "digest revoked");
+                self.core.announce(outbox).await;
+                Ok(result(&state))
+            },
+        )
+        .await
+    }
+
     /// Approves the promotion of `digest` pending in an environment. The deployer starts it
     /// on the `Promotion Approved` event; the deployment records who approved and when.
     /// An expired, superseded or other digest is refused and nothing changes.
@@ -375,6 +449,23 @@ impl Control {
                 // the first one.
                 if let Some(at) = state.same_decision(digest, by, rejection.is_none()) {
                     return Ok(decided(at, false));
+                }
+                if rejection.is_none() {
+                    // A digest revoked here or where it was verified is not approved.
+                    let from = state.pending_for(digest, now)?.from.clone();
+                    let source = self.core.store.env_state(app, &from).await?;
+                    for place in [&state, &source] {
+                        if let Some(r) = place.revoked.get(digest.as_str()) {
+                            return Err(Refusal::Revoked {
+                                digest: digest.clone(),
+                                app: app.clone(),
+                                env: place.environment.clone(),
+                                by: r.by.clone(),
+                                reason: r.reason.clone(),
+                            }
+                            .into());
+                        }
+                    }
                 }
                 let pending = state.pending_for(digest, now)?;
                 let snapshot: Pending;
@@ -461,6 +552,35 @@ impl Control {
         }
         Ok(out)
     }
+}
+
+/// The revocations of an environment, newest first.
+fn revoked_newest_first(
+    revoked: std::collections::BTreeMap<String, Revocation>,
+) -> Vec<RevokedDigest> {
+    let mut out: Vec<RevokedDigest> = revoked
+        .into_iter()
+        .map(|(digest, revocation)| RevokedDigest { digest, revocation })
+        .collect();
+    out.sort_by_key(|r| std::cmp::Reverse(r.revocation.at));
+    out
+}
+
+/// What `revoke` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokeResult {
+    pub app: AppName,
+    pub environment: EnvName,
+    pub digest: Digest,
+    /// Who revoked it, when and why: the first revocation when it was revoked before.
+    pub revocation: Revocation,
+    /// Whether it was among the environment's verified digests.
+    pub was_verified: bool,
+    /// Whether the environment runs it: if so it rolls back to the newest verified digest
+    /// not revoked, as the `Image Revoked` event reaches the rollback function.
+    pub running: bool,
+    /// False when it was revoked before.
+    pub changed: bool,
 }
 
 /// What `abort` did.

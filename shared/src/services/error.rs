@@ -299,6 +299,16 @@ pub enum Refusal {
     },
     #[error("nothing is in flight on {app}/{env}: there is no deployment to abort")]
     NothingInFlight { app: AppName, env: EnvName },
+    #[error(
+        "{digest} was revoked in {app}/{env} by {by}: {reason}; it cannot be approved (deploy it there by hand to lift the revocation)"
+    )]
+    Revoked {
+        digest: Digest,
+        app: AppName,
+        env: EnvName,
+        by: String,
+        reason: String,
+    },
     #[error("deployment {id} of {app}/{env} does not exist")]
     NoSuchDeployment {
         app: AppName,
@@ -322,7 +332,7 @@ impl Refusal {
             | Refusal::NothingVerified { .. }
             | Refusal::NothingInFlight { .. }
             | Refusal::NoSuchDeployment { .. } => NOT_FOUND,
-            Refusal::InFlight { .. } => CONFLICT,
+            Refusal::InFlight { .. } | Refusal::Revoked { .. } => CONFLICT,
         }
     }
 }

@@ -228,6 +228,7 @@ impl Deployer {
     ) -> Result<Option<EnvResult>, ServiceError> {
         let config = self.core.config.load().await?;
         let state = self.core.store.env_state(app, env).await?;
+        let state_revoked = state.revoked;
         let Some(pending) = state.pending.filter(|p| p.digest() == digest) else {
             info!(%app, %env, %digest, "the approved promotion is no longer pending");
             return Ok(None);
@@ -239,6 +240,15 @@ impl Deployer {
             }
             .into());
         };
+        let source = self.core.store.env_state(app, &pending.from).await?;
+        if let Some((place, r)) = [&state_revoked, &source.revoked]
+            .into_iter()
+            .zip([env, &pending.from])
+            .find_map(|(revoked, place)| revoked.get(digest.as_str()).map(|r| (place, r)))
+        {
+            info!(%app, %env, %digest, revoked_in = %place, by = %r.by, "the approved promotion was revoked since; not deploying it");
+            return Ok(None);
+        }
         let at = approved
             .at
             .format(&time::format_description::well_known::Rfc3339)

@@ -40,6 +40,8 @@ pub enum RollbackOutcome {
         deployment_id: DeploymentId,
         phase: Phase,
     },
+    /// A revoked digest asks for nothing here now, and why.
+    NotRolledBack { reason: String },
 }
 
 /// A rollback asked for by hand: to a given verified digest, or to the one before the
@@ -284,6 +286,66 @@ impl Rollback {
             warn!(deployment_id = %failed.id, %reason, "rollback impossible; environment frozen");
         }
         Ok(())
+    }
+
+    /// Handles "Image Revoked": an environment running the revoked digest, with nothing in
+    /// flight, goes back to the newest verified digest that is neither revoked nor
+    /// quarantined and that the registry still has, as a rollback by the person who revoked
+    /// it. A deployment in flight of the revoked digest fails its verification instead (and
+    /// rolls back as any failure does); anything else running stays.
+    #[tracing::instrument(skip_all, fields(app = %app, env = %env, digest = %digest))]
+    pub async fn on_revoked(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        digest: &Digest,
+    ) -> Result<RollbackOutcome, ServiceError> {
+        let not = |reason: String| {
+            info!(%reason, "not rolling back");
+            Ok(RollbackOutcome::NotRolledBack { reason })
+        };
+        let state = self.core.store.env_state(app, env).await?;
+        let Some(revocation) = state.revoked.get(digest.as_str()) else {
+            return not(format!(
+                "{digest} is not revoked in {app}/{env} (any more: a deploy by hand lifts it)"
+            ));
+        };
+        let Some(current) = state.current.as_ref().filter(|c| &c.digest == digest) else {
+            return not(format!("{app}/{env} does not run {digest}"));
+        };
+        if let Some(holder) = state.holder() {
+            return not(format!(
+                "deployment {holder} is in flight on {app}/{env}; a revoked digest it rolls out fails its verification"
+            ));
+        }
+        let candidates: Vec<VerifiedDigest> = state.rollback_candidates(digest).cloned().collect();
+        let running = self
+            .core
+            .store
+            .deployment(app, env, &current.deployment_id)
+            .await?;
+        let Some(good) = self.first_still_in_registry(&running, &candidates).await? else {
+            warn!("the revoked digest runs on and nothing verified can replace it");
+            return not(format!(
+                "{app}/{env} runs the revoked {digest} and has no other verified digest in the registry to roll back to; deploy a fixed image"
+            ));
+        };
+        let request = ManualRollback {
+            app: app.clone(),
+            environment: env.clone(),
+            digest: Some(good.digest.clone()),
+            requested_by: Some(revocation.by.clone()),
+            reason: Some(format!(
+                "{digest} was revoked by {}: {}",
+                revocation.by, revocation.reason
+            )),
+        };
+        match self.manual(&request).await {
+            Err(ServiceError::Refused(Refusal::InFlight { holder, .. })) => not(format!(
+                "deployment {holder} started on {app}/{env} meanwhile; a revoked digest it rolls out fails its verification"
+            )),
+            other => other,
+        }
     }
 
     /// A rollback asked for by hand. Refused while a rollout is in flight.
@@ -568,6 +630,101 @@ mod tests {
             .await
             .unwrap();
         bad
+    }
+
+    #[tokio::test]
+    async fn a_revoked_digest_that_runs_rolls_back_to_the_newest_verified_digest_not_revoked() {
+        let w = World::sample();
+        verified(&w, &['a', 'b', 'c']).await;
+        let (a, e) = (app("web"), env_name("staging"));
+        let revoke = |hex| {
+            let (w, a, e) = (&w, &a, &e);
+            async move {
+                w.control()
+                    .revoke(a, e, &w.image(hex).digest, "alice", "CVE-2026-1234")
+                    .await
+                    .unwrap()
+            }
+        };
+        // Not what runs: nothing rolls back, and it is no longer a candidate.
+        let b = revoke('b').await;
+        assert!(b.changed && b.was_verified && !b.running);
+        let out = w.rollback().on_revoked(&a, &e, &b.digest).await.unwrap();
+        assert!(
+            matches!(&out, RollbackOutcome::NotRolledBack { reason } if reason.contains("does not run")),
+            "{out:?}"
+        );
+        // What runs: rolled back past the revoked b to a, by the person who revoked it.
+        w.clock.advance(std::time::Duration::from_secs(60));
+        let c = revoke('c').await;
+        assert!(c.running);
+        assert_eq!(w.events.types(), vec!["Image Revoked", "Image Revoked"]);
+        let event = w.events.events().pop().unwrap();
+        let detail = event.deployment().unwrap();
+        assert_eq!(detail.digest.as_ref(), Some(&c.digest));
+        assert_eq!(detail.by.as_deref(), Some("alice"));
+        let out = w.rollback().on_revoked(&a, &e, &c.digest).await.unwrap();
+        assert!(matches!(out, RollbackOutcome::Started { .. }), "{out:?}");
+        assert_eq!(w.target.last().image, w.image('a').to_string());
+        let rollback = w
+            .deployments("staging")
+            .into_iter()
+            .find(|d| d.kind == Kind::Rollback)
+            .unwrap();
+        assert_eq!(rollback.requested_by.as_deref(), Some("alice"));
+        assert_eq!(
+            rollback.reason.as_deref(),
+            Some(format!("{} was revoked by alice: CVE-2026-1234", c.digest).as_str())
+        );
+        // The event again (delivered twice): the rollback in flight is the answer.
+        let again = w.rollback().on_revoked(&a, &e, &c.digest).await.unwrap();
+        assert!(
+            matches!(again, RollbackOutcome::NotRolledBack { .. }),
+            "{again:?}"
+        );
+        assert_eq!(w.target.started().len(), 1);
+        // Revoking again changes nothing and announces nothing.
+        assert!(!revoke('c').await.changed);
+        assert_eq!(
+            w.events.types(),
+            vec![
+                "Image Revoked",
+                "Image Revoked",
+                "Rollback Started",
+                "Rollout Started"
+            ]
+        );
+        // The status lists both, newest first.
+        let status = w.control().status(Some(&a), Some(&e)).await.unwrap();
+        let listed: Vec<&str> = status[0]
+            .revoked
+            .iter()
+            .map(|r| r.digest.as_str())
+            .collect();
+        assert_eq!(listed, [c.digest.as_str(), b.digest.as_str()]);
+        assert_eq!(status[0].revoked[0].revocation.reason, "CVE-2026-1234");
+    }
+
+    #[tokio::test]
+    async fn a_revoked_digest_with_nothing_verified_to_replace_it_runs_on_and_says_so() {
+        let w = World::sample();
+        verified(&w, &['a']).await;
+        let (a, e) = (app("web"), env_name("staging"));
+        let digest = w.image('a').digest;
+        w.control()
+            .revoke(&a, &e, &digest, "alice", "bad")
+            .await
+            .unwrap();
+        let out = w.rollback().on_revoked(&a, &e, &digest).await.unwrap();
+        assert_eq!(
+            out,
+            RollbackOutcome::NotRolledBack {
+                reason: format!(
+                    "web/staging runs the revoked {digest} and has no other verified digest in the registry to roll back to; deploy a fixed image"
+                )
+            }
+        );
+        assert!(w.target.started().is_empty());
     }
 
     #[tokio::test]

@@ -104,26 +104,31 @@ impl Verifier {
             .filter(|c| !c.passed)
             .map(|c| format!("{}: {}", c.url, c.error.as_deref().unwrap_or("failed")))
             .collect();
-        if failures.is_empty() {
-            self.pass(&mut dep).await?;
-            Ok(VerifyOutcome::Verified {
-                deployment_id: dep.id,
-                checks,
-            })
+        let reason = if failures.is_empty() {
+            match self.pass(&mut dep).await? {
+                None => {
+                    return Ok(VerifyOutcome::Verified {
+                        deployment_id: dep.id,
+                        checks,
+                    });
+                }
+                Some(revoked) => revoked,
+            }
         } else {
-            let reason = format!("smoke test failed: {}", failures.join("; "));
-            self.fail(&mut dep, &reason).await?;
-            Ok(VerifyOutcome::Failed {
-                deployment_id: dep.id,
-                reason,
-                checks,
-            })
-        }
+            format!("smoke test failed: {}", failures.join("; "))
+        };
+        self.fail(&mut dep, &reason).await?;
+        Ok(VerifyOutcome::Failed {
+            deployment_id: dep.id,
+            reason,
+            checks,
+        })
     }
 
     /// The digest becomes the last verified one, the environment is free, and a rollback
-    /// that got here marks the deployment it replaced as rolled back.
-    async fn pass(&self, dep: &mut Deployment) -> Result<(), ServiceError> {
+    /// that got here marks the deployment it replaced as rolled back. A digest revoked here
+    /// while it rolled out is not verified: the answer is why, and it fails instead.
+    async fn pass(&self, dep: &mut Deployment) -> Result<Option<String>, ServiceError> {
         let id = dep.id.clone();
         retry_on_conflict(
             || format!("recording the verification of {id}"),
@@ -131,20 +136,28 @@ impl Verifier {
                 if attempt > 0 {
                     self.core.reread(dep).await?;
                 }
+                let mut state = self
+                    .core
+                    .store
+                    .env_state(&dep.app, &dep.environment)
+                    .await?;
+                if !dep.phase.is_final()
+                    && let Some(r) = state.revoked.get(dep.digest().as_str())
+                {
+                    return Ok(Some(format!(
+                        "the digest was revoked by {} while it rolled out: {}",
+                        r.by, r.reason
+                    )));
+                }
                 let now = self.core.clock.now();
                 let step = dep.apply(Step::VerificationPassed, now, None);
                 match step.map_err(|source| ServiceError::Transition {
                     deployment: dep.id.clone(),
                     source,
                 })? {
-                    Outcome::Unchanged => return Ok(()),
+                    Outcome::Unchanged => return Ok(None),
                     Outcome::Changed(_) => {}
                 }
-                let mut state = self
-                    .core
-                    .store
-                    .env_state(&dep.app, &dep.environment)
-                    .await?;
                 state.record_verified(dep, now);
                 state.release(&dep.id);
                 let mut original = match &dep.rollback_of {
@@ -179,7 +192,7 @@ impl Verifier {
                 self.core.store.commit(commit).await?;
                 info!(deployment_id = %id, "verified");
                 self.core.announce(outbox).await;
-                Ok(())
+                Ok(None)
             },
         )
         .await

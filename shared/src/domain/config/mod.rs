@@ -105,16 +105,18 @@ pub enum Notice {
     RolledBack,
     RollbackFailed,
     ApprovalNeeded,
+    Revoked,
 }
 
 impl Notice {
-    pub const ALL: [Notice; 6] = [
+    pub const ALL: [Notice; 7] = [
         Notice::Started,
         Notice::Verified,
         Notice::Failed,
         Notice::RolledBack,
         Notice::RollbackFailed,
         Notice::ApprovalNeeded,
+        Notice::Revoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -125,6 +127,7 @@ impl Notice {
             Notice::RolledBack => "rolled_back",
             Notice::RollbackFailed => "rollback_failed",
             Notice::ApprovalNeeded => "approval_needed",
+            Notice::Revoked => "revoked",
         }
     }
 }
