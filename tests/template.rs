@@ -670,6 +670,9 @@ const ECS_SERVICES: &str = "prod/web,prod-eu/checkout_api";
 const ECS_TASK_ROLES: &str =
     "arn:aws:iam::123456789012:role/web-task,arn:aws:iam::123456789012:role/ecsTaskExecutionRole";
 
+/// The CloudWatch alarms of the stack whose environments watch some.
+const WATCHED_ALARMS: &str = "web-staging-5xx,web production latency (p99)";
+
 /// The CodeDeploy deployment groups of the stacks with CodeDeploy below, as
 /// APPLICATION/DEPLOYMENT_GROUP.
 const CODEDEPLOY_GROUPS: &str = "web/web-production,checkout.api/blue_green+1";
@@ -730,6 +733,10 @@ fn stacks() -> Vec<(&'static str, Stack)> {
         (
             "a stack with ECS services deployed blue/green through CodeDeploy",
             Stack::ecs().codedeploy(),
+        ),
+        (
+            "a stack whose environments watch alarms",
+            Stack::default().with("WatchedAlarms", WATCHED_ALARMS),
         ),
     ]
 }
@@ -1103,6 +1110,24 @@ fn no_function_is_granted_a_wildcard_action_or_an_unscoped_resource() {
                         "{context}: tags only on the revisions it registers: {s}"
                     );
                 }
+                if has("cloudwatch:DescribeAlarms") {
+                    let alarms: Vec<String> = stack
+                        .list("WatchedAlarms")
+                        .iter()
+                        .map(|a| format!("arn:*:cloudwatch:*:*:alarm:{a}"))
+                        .collect();
+                    assert_eq!(function, "verifier", "{context}: {s}");
+                    assert_eq!(actions, ["cloudwatch:DescribeAlarms"], "{context}: {s}");
+                    assert_eq!(
+                        resources, alarms,
+                        "{context}: the alarms of WatchedAlarms only: {s}"
+                    );
+                    assert_eq!(
+                        s["Condition"],
+                        serde_json::json!({ "StringEquals": { "aws:RequestedRegion": "<AWS::Region>" } }),
+                        "{context}: the alarms in the stack's region only: {s}"
+                    );
+                }
                 if CODEDEPLOY_GROUP_ACTIONS.iter().any(|a| has(a)) {
                     assert_eq!(
                         actions, CODEDEPLOY_GROUP_ACTIONS,
@@ -1256,12 +1281,14 @@ fn each_function_is_granted_exactly_the_actions_its_adapters_call() {
             // nothing.
             let writes = ["dynamodb:PutItem", "dynamodb:DeleteItem"];
             let starts_rollouts = STARTERS.contains(&function.as_str());
+            let watches = function == "verifier" && !stack.list("WatchedAlarms").is_empty();
             let wanted: BTreeSet<String> = core
                 .iter()
                 .filter(|a| function != "janitor" || !writes.contains(a))
                 .filter(|a| function != "notifier" || **a != "events:PutEvents")
                 .chain(&expected[function.as_str()])
                 .chain(rollouts.iter().filter(|_| starts_rollouts))
+                .chain(["cloudwatch:DescribeAlarms"].iter().filter(|_| watches))
                 .map(|a| a.to_string())
                 .collect();
             assert_eq!(granted, wanted, "{stack_name}: {function}");

@@ -934,6 +934,63 @@ impl crate::ports::SecretSource for FixedSecrets {
     }
 }
 
+/// CloudWatch alarms in memory: each named alarm's state, set by the test.
+#[derive(Clone, Default)]
+pub struct FakeAlarms {
+    states: Arc<Mutex<BTreeMap<String, (crate::ports::AlarmValue, String)>>>,
+    calls: Arc<Mutex<usize>>,
+    refuse: Arc<Mutex<Option<String>>>,
+}
+
+impl FakeAlarms {
+    /// Creates or changes an alarm.
+    pub fn set(&self, name: &str, value: crate::ports::AlarmValue, reason: &str) {
+        self.states
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), (value, reason.to_owned()));
+    }
+
+    /// Every later read is refused with `message` (an IAM policy without the alarm).
+    pub fn refuse(&self, message: &str) {
+        *self.refuse.lock().unwrap() = Some(message.to_owned());
+    }
+
+    /// How many times the alarms were read.
+    pub fn calls(&self) -> usize {
+        *self.calls.lock().unwrap()
+    }
+}
+
+#[async_trait]
+impl crate::ports::Alarms for FakeAlarms {
+    async fn states(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<crate::ports::AlarmState>, crate::ports::AlarmError> {
+        *self.calls.lock().unwrap() += 1;
+        if let Some(message) = self.refuse.lock().unwrap().clone() {
+            return Err(crate::ports::AlarmError::Refused(CallError::said(
+                "DescribeAlarms",
+                message,
+            )));
+        }
+        let states = self.states.lock().unwrap();
+        Ok(names
+            .iter()
+            .filter_map(|n| {
+                states
+                    .get(n)
+                    .map(|(value, reason)| crate::ports::AlarmState {
+                        name: n.clone(),
+                        value: *value,
+                        reason: reason.clone(),
+                    })
+            })
+            .collect())
+    }
+}
+
 /// Every fake, a clock, and the use cases built on them: the world one test runs in.
 #[derive(Clone)]
 pub struct World {
@@ -942,6 +999,7 @@ pub struct World {
     pub events: RecordingPublisher,
     pub registry: FakeRegistry,
     pub probe: ScriptedProbe,
+    pub alarms: FakeAlarms,
     pub secrets: FixedSecrets,
     pub clock: ManualClock,
     pub config: Arc<Config>,
@@ -976,6 +1034,7 @@ impl World {
             events: RecordingPublisher::default(),
             registry: FakeRegistry::new(Self::REGISTRY),
             probe: ScriptedProbe::default(),
+            alarms: FakeAlarms::default(),
             secrets: FixedSecrets::default(),
             clock: ManualClock::new(Self::START),
             config,
@@ -1016,6 +1075,7 @@ impl World {
         crate::services::Verifier {
             core: self.core(),
             probe: Arc::new(self.probe.clone()),
+            alarms: Arc::new(self.alarms.clone()),
         }
     }
 

@@ -31,10 +31,10 @@ use crate::fakes::{
 };
 use crate::metrics::{Meter, Sink};
 use crate::ports::{
-    CallError, Clock, Commit, ConfigLoadError, ConfigSource, EventPublisher, HttpProbe,
-    ImageRegistry, OutboxEntry, ProbeError, ProbeResponse, PublishError, RegistryError,
-    ResolvedImage, RolloutStatus, Started, StateStore, StoreError, TagMove, TagWriter, Target,
-    TargetError, TargetRef,
+    AlarmError, AlarmState, AlarmValue, Alarms, CallError, Clock, Commit, ConfigLoadError,
+    ConfigSource, EventPublisher, HttpProbe, ImageRegistry, OutboxEntry, ProbeError, ProbeResponse,
+    PublishError, RegistryError, ResolvedImage, RolloutStatus, Started, StateStore, StoreError,
+    TagMove, TagWriter, Target, TargetError, TargetRef,
 };
 use crate::services::{Control, Core, Deployer, Rollback, ServiceError, Tracker, Verifier};
 
@@ -482,6 +482,58 @@ impl HttpProbe for ModelProbe {
     }
 }
 
+/// The watched alarms: each is in `ALARM` while its environment runs a digest the scenario
+/// says sets it off, as an error-rate alarm would.
+struct ModelAlarms {
+    target: FakeTarget,
+    watched: BTreeMap<String, (AppName, EnvName)>,
+    alarming: BTreeSet<char>,
+    faults: Arc<Faults>,
+}
+
+impl ModelAlarms {
+    fn in_alarm(&self, name: &str) -> Option<bool> {
+        let (app, env) = self.watched.get(name)?;
+        Some(
+            self.target
+                .runs(app, env)
+                .and_then(|image| image.rsplit(':').next()?.chars().next())
+                .is_some_and(|c| self.alarming.contains(&c)),
+        )
+    }
+}
+
+#[async_trait]
+impl Alarms for ModelAlarms {
+    async fn states(&self, names: &[String]) -> Result<Vec<AlarmState>, AlarmError> {
+        let answer = async {
+            Ok(names
+                .iter()
+                .filter_map(|name| {
+                    self.in_alarm(name).map(|alarm| AlarmState {
+                        name: name.clone(),
+                        value: if alarm {
+                            AlarmValue::Alarm
+                        } else {
+                            AlarmValue::Ok
+                        },
+                        reason: if alarm {
+                            "Threshold Crossed: 5xx above 5".into()
+                        } else {
+                            "Threshold Crossed: 5xx below 5".into()
+                        },
+                    })
+                })
+                .collect())
+        };
+        self.faults
+            .around("Alarms::states", answer, || {
+                AlarmError::Transient(lost("DescribeAlarms"))
+            })
+            .await
+    }
+}
+
 /// Something that happens to the application from outside.
 #[derive(Debug, Clone)]
 enum Stimulus {
@@ -507,6 +559,8 @@ struct Scenario {
     fail_on_target: &'static [char],
     /// Rollbacks' rollouts fail on the target.
     rollbacks_fail: bool,
+    /// Digests that set off their environment's watched alarms while they run.
+    alarming: &'static [char],
     stimuli: Vec<(When, Stimulus)>,
     /// Per environment at the end: the digest it runs, and whether it is frozen.
     expect: Vec<(&'static str, Option<char>, bool)>,
@@ -534,6 +588,9 @@ struct Sim<'a> {
     verifier: Verifier,
     rollback: Rollback,
     control: Control,
+    alarms: Arc<ModelAlarms>,
+    /// What each watched alarm was last announced as (in `ALARM` or not).
+    alarm_was: BTreeMap<String, bool>,
     inbox: VecDeque<Delivery>,
     routed: usize,
     dead: Vec<String>,
@@ -584,6 +641,18 @@ impl<'a> Sim<'a> {
                 urls.insert(check.url.clone(), (app.clone(), env.clone()));
             }
         }
+        let mut watched = BTreeMap::new();
+        for (app, env, env_config) in config.environments() {
+            for alarm in env_config.watch.iter().flat_map(|w| &w.alarms) {
+                watched.insert(alarm.clone(), (app.clone(), env.clone()));
+            }
+        }
+        let alarms = Arc::new(ModelAlarms {
+            target: target.clone(),
+            watched,
+            alarming: scenario.alarming.iter().copied().collect(),
+            faults: faults.clone(),
+        });
         let probe = Arc::new(ModelProbe {
             target: target.clone(),
             urls,
@@ -605,6 +674,7 @@ impl<'a> Sim<'a> {
             verifier: Verifier {
                 core: core.clone(),
                 probe,
+                alarms: alarms.clone(),
             },
             rollback: Rollback {
                 core: core.clone(),
@@ -612,6 +682,8 @@ impl<'a> Sim<'a> {
                 target: faulty_target,
             },
             control: Control { core },
+            alarms,
+            alarm_was: BTreeMap::new(),
             faults,
             store,
             events,
@@ -684,6 +756,10 @@ impl<'a> Sim<'a> {
         let mut quiet_rounds = 0;
         for _ in 0..200 {
             self.drain().await;
+            if self.announce_alarms() {
+                quiet_rounds = 0;
+                continue;
+            }
             if self.finish_rollouts() {
                 quiet_rounds = 0;
                 continue;
@@ -714,6 +790,41 @@ impl<'a> Sim<'a> {
                 quiet_rounds = 0;
             }
         }
+    }
+
+    /// CloudWatch announces each watched alarm whose state changed since it last did, on
+    /// the default bus (to the verifier). Whether any changed.
+    fn announce_alarms(&mut self) -> bool {
+        let mut changed = false;
+        let names: Vec<String> = self.alarms.watched.keys().cloned().collect();
+        for name in names {
+            let now = self.alarms.in_alarm(&name).unwrap_or(false);
+            if self.alarm_was.get(&name).copied().unwrap_or(false) == now {
+                continue;
+            }
+            self.alarm_was.insert(name.clone(), now);
+            changed = true;
+            self.ids += 1;
+            let value = if now { "ALARM" } else { "OK" };
+            let event = json!({
+                "version": "0", "id": format!("alarm-{}", self.ids),
+                "detail-type": "CloudWatch Alarm State Change", "source": "aws.cloudwatch",
+                "account": "123456789012", "region": "eu-west-1",
+                "time": "2026-11-20T10:00:00Z",
+                "resources": [format!("arn:aws:cloudwatch:eu-west-1:123456789012:alarm:{name}")],
+                "detail": {
+                    "alarmName": name,
+                    "state": { "value": value, "reason": "Threshold Crossed", "timestamp": "2026-11-20T10:00:00.000+0000" },
+                    "previousState": { "value": if now { "OK" } else { "ALARM" }, "reason": "", "timestamp": "2026-11-20T09:59:00.000+0000" }
+                }
+            });
+            self.inbox.push_back(Delivery {
+                function: Function::Verifier,
+                payload: event,
+                attempt: 1,
+            });
+        }
+        changed
     }
 
     /// What a change would change.
@@ -943,9 +1054,11 @@ impl<'a> Sim<'a> {
                 }
             }
             for hex in self.scenario.healthy {
-                // A digest revoked while it rolled out failed, and is quarantined as any.
+                // A digest revoked while it rolled out failed, and is quarantined as any;
+                // so is one that set off an alarm.
                 if state.quarantined.contains_key(self.image(*hex).as_str())
                     && !state.revoked.contains_key(self.image(*hex).as_str())
+                    && !self.scenario.alarming.contains(hex)
                 {
                     broken.push(format!("{place}: healthy digest {hex} is quarantined"));
                 }
@@ -1073,6 +1186,16 @@ apps:
     )
 }
 
+/// `config(SSM)` with staging watching an alarm for ten minutes after its smoke tests
+/// (longer than a verification may take without a watch).
+fn watched() -> String {
+    config(SSM).replacen(
+        "        smoke:\n",
+        "        watch: { alarms: [web-staging-5xx], for_seconds: 600 }\n        smoke:\n",
+        1,
+    )
+}
+
 const SSM: &str =
     r#"{ ssm: { instances: { tag: { Role: web-staging } }, container: web, ports: ["80:8000"] } }"#;
 const ECS: &str = r#"{ ecs: { cluster: prod, service: web, container: web } }"#;
@@ -1092,6 +1215,7 @@ impl Scenario {
             healthy,
             fail_on_target: &[],
             rollbacks_fail: false,
+            alarming: &[],
             stimuli,
             expect,
         }
@@ -1279,6 +1403,20 @@ fn scenarios() -> Vec<Scenario> {
             ],
             vec![("staging", Some('a'), false)],
         ),
+        Scenario {
+            config: watched(),
+            ..verified("alarms watched after the smoke tests, quiet → verified")
+        },
+        Scenario {
+            config: watched(),
+            alarming: &['c'],
+            ..Scenario::ssm(
+                "an alarm in the watch after the smoke tests → rollback",
+                &['a', 'c'],
+                vec![(Settled, Push('a', "v1")), (Settled, Push('c', "v3"))],
+                vec![("staging", Some('a'), false)],
+            )
+        },
         verified("push → verified (ECS)").on(ECS),
         rolled_back("push → smoke test fails → rollback → verified (ECS)").on(ECS),
         verified("push → verified (CodeDeploy)").on(CODEDEPLOY),

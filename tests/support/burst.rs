@@ -736,6 +736,7 @@ async fn run_here(plan: &Plan) -> anyhow::Result<Report> {
         verifier: Verifier {
             core: core.clone(),
             probe: w.verifier.probe.clone(),
+            alarms: w.verifier.alarms.clone(),
         },
         rollback: Rollback {
             core,

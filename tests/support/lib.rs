@@ -11,6 +11,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use lambda_runtime::LambdaEvent;
+use pushdeploy::adapters::cloudwatch::CloudWatchAlarms;
 use pushdeploy::adapters::codedeploy::CodeDeploy;
 use pushdeploy::adapters::dynamodb::DynamoStore;
 use pushdeploy::adapters::ecr::EcrRegistry;
@@ -145,6 +146,7 @@ impl World {
             verifier: Verifier {
                 core: core.clone(),
                 probe: Arc::new(ReqwestProbe::new()?),
+                alarms: Arc::new(CloudWatchAlarms::new(aws_sdk_cloudwatch::Client::new(&sdk))),
             },
             rollback: Rollback {
                 core: core.clone(),

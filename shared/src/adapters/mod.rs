@@ -3,6 +3,8 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "cloudwatch")]
+pub mod cloudwatch;
 pub mod codedeploy;
 pub mod config_file;
 #[cfg(feature = "dynamodb")]

@@ -14,7 +14,7 @@ use crate::metrics::{Meter, Sink};
 use crate::ports::{ConfigSource, SystemClock, Target, Targets};
 #[cfg(all(feature = "secrets", feature = "webhook"))]
 use crate::services::Notifier;
-#[cfg(feature = "http-probe")]
+#[cfg(all(feature = "http-probe", feature = "cloudwatch"))]
 use crate::services::Verifier;
 use crate::services::{Control, Core, Tracker};
 #[cfg(feature = "ecr")]
@@ -96,11 +96,14 @@ pub fn tracker(sdk: &SdkConfig, settings: &Settings) -> Result<Tracker, Settings
 }
 
 /// The verifier's use case.
-#[cfg(feature = "http-probe")]
+#[cfg(all(feature = "http-probe", feature = "cloudwatch"))]
 pub fn verifier(sdk: &SdkConfig, settings: &Settings) -> Result<Verifier, reqwest::Error> {
     Ok(Verifier {
         core: core(sdk, settings),
         probe: probe()?,
+        alarms: Arc::new(super::cloudwatch::CloudWatchAlarms::new(
+            aws_sdk_cloudwatch::Client::new(sdk),
+        )),
     })
 }
 

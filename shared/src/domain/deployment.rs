@@ -96,6 +96,14 @@ pub struct Deployment {
         skip_serializing_if = "Option::is_none"
     )]
     pub retry_at: Option<OffsetDateTime>,
+    /// While `Verifying`, after its smoke tests passed: the environment's alarms are
+    /// watched until then, and only then is it verified.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub watch_until: Option<OffsetDateTime>,
     pub history: Vec<HistoryEntry>,
     /// Optimistic-concurrency version of the stored record; 0 before the first write.
     #[serde(skip)]
@@ -153,6 +161,7 @@ impl Deployment {
             previous: None,
             aborted: None,
             retry_at: None,
+            watch_until: None,
             history: vec![HistoryEntry {
                 at: now,
                 phase: Phase::Requested,

@@ -153,6 +153,8 @@ pub const SCHEDULE_SOURCE: &str = "aws.events";
 pub const SCHEDULED_EVENT: &str = "Scheduled Event";
 pub const ECR_SOURCE: &str = "aws.ecr";
 pub const ECR_IMAGE_ACTION: &str = "ECR Image Action";
+pub const CLOUDWATCH_SOURCE: &str = "aws.cloudwatch";
+pub const ALARM_STATE_CHANGE: &str = "CloudWatch Alarm State Change";
 
 /// The status events of every kind of target, each read by its own adapter.
 pub const TARGET_EVENTS: [&TargetEvents; 3] = [
@@ -193,6 +195,15 @@ pub const ROUTES: &[Route] = &[
     },
     Route::lifecycle(Function::Tracker, &[EventType::DeploymentAborted.as_str()]),
     Route::lifecycle(Function::Verifier, &[EventType::RolloutSucceeded.as_str()]),
+    Route {
+        function: Function::Verifier,
+        trigger: Trigger::Rule {
+            bus: Bus::Default,
+            source: CLOUDWATCH_SOURCE,
+            detail_types: &[ALARM_STATE_CHANGE],
+            detail: &[],
+        },
+    },
     Route::lifecycle(
         Function::Rollback,
         &[

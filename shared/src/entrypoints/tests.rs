@@ -20,7 +20,7 @@ use crate::services::ServiceError;
 use crate::services::error::error_type;
 
 /// Every sample of `events/`, by its path there.
-const SAMPLES: [(&str, &str); 43] = [
+const SAMPLES: [(&str, &str); 44] = [
     (
         "control/abort.json",
         include_str!("../../../events/control/abort.json"),
@@ -188,6 +188,10 @@ const SAMPLES: [(&str, &str); 43] = [
     (
         "tracker/ssm-other-document.json",
         include_str!("../../../events/tracker/ssm-other-document.json"),
+    ),
+    (
+        "verifier/alarm-state-change.json",
+        include_str!("../../../events/verifier/alarm-state-change.json"),
     ),
     (
         "verifier/rollout-succeeded.json",

@@ -1,21 +1,47 @@
-//! The verifier's entrypoint: a `Rollout Succeeded` lifecycle event. The same event, pasted
-//! in the console, verifies a rolled-out deployment by hand.
+//! The verifier's entrypoint: a `Rollout Succeeded` lifecycle event (the same event, pasted
+//! in the console, verifies a rolled-out deployment by hand), or a CloudWatch alarm's
+//! state change.
 
 use lambda_runtime::LambdaEvent;
+use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Function, check_routed};
+use super::{ALARM_STATE_CHANGE, Function, check_routed};
 use crate::domain::{AppName, DeploymentId, EnvName};
 use crate::inbound::{Envelope, is_event};
 use crate::lambda::respond;
 use crate::services::{InputError, ServiceError, Verifier};
 
-/// What the verifier is asked to do: run the smoke checks of a rolled-out deployment.
+/// What the verifier is asked to do.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Input {
-    pub app: AppName,
-    pub environment: EnvName,
-    pub deployment: DeploymentId,
+pub enum Input {
+    /// Run the smoke checks of a rolled-out deployment, or go on with its alarm watch.
+    Verify {
+        app: AppName,
+        environment: EnvName,
+        deployment: DeploymentId,
+    },
+    /// A CloudWatch alarm changed state.
+    Alarm {
+        name: String,
+        state: String,
+        reason: String,
+    },
+}
+
+/// The `detail` of a `CloudWatch Alarm State Change` event, as far as it is read.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AlarmDetail {
+    alarm_name: String,
+    state: AlarmStateDetail,
+}
+
+#[derive(Deserialize)]
+struct AlarmStateDetail {
+    value: String,
+    #[serde(default)]
+    reason: String,
 }
 
 pub fn parse(payload: Value) -> Result<Input, InputError> {
@@ -26,11 +52,19 @@ pub fn parse(payload: Value) -> Result<Input, InputError> {
     }
     let envelope = Envelope::read(payload)?;
     check_routed(Function::Verifier, &envelope)?;
+    if envelope.detail_type == ALARM_STATE_CHANGE {
+        let detail: AlarmDetail = envelope.detail()?;
+        return Ok(Input::Alarm {
+            name: detail.alarm_name,
+            state: detail.state.value,
+            reason: detail.state.reason,
+        });
+    }
     let (kind, detail) = envelope.lifecycle()?;
     let deployment = detail
         .deployment_id
         .ok_or_else(|| super::no_deployment_id(kind))?;
-    Ok(Input {
+    Ok(Input::Verify {
         app: detail.app,
         environment: detail.environment,
         deployment,
@@ -38,11 +72,22 @@ pub fn parse(payload: Value) -> Result<Input, InputError> {
 }
 
 pub async fn run(verifier: &Verifier, input: Input) -> Result<Value, ServiceError> {
-    respond(
-        &verifier
-            .on_rollout_succeeded(&input.app, &input.environment, &input.deployment)
-            .await?,
-    )
+    match input {
+        Input::Verify {
+            app,
+            environment,
+            deployment,
+        } => respond(
+            &verifier
+                .on_rollout_succeeded(&app, &environment, &deployment)
+                .await?,
+        ),
+        Input::Alarm {
+            name,
+            state,
+            reason,
+        } => respond(&verifier.on_alarm(&name, &state, &reason).await?),
+    }
 }
 
 /// What Lambda calls.
@@ -186,6 +231,68 @@ mod tests {
                 .unwrap()
                 .contains("body does not contain \"ok\""),
             "{out}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_alarm_sample_fails_the_deployment_watching_it() {
+        let w = crate::fakes::World::new(&crate::fakes::World::SAMPLE_CONFIG.replacen(
+            "          within_seconds: 60\n",
+            "          within_seconds: 60\n        watch: { alarms: [web-staging-5xx] }\n",
+            1,
+        ));
+        w.probe.answer(URL, vec![ScriptedProbe::ok(200, "ok")]);
+        w.alarms
+            .set("web-staging-5xx", crate::ports::AlarmValue::Ok, "quiet");
+        let mut state = w.state("staging");
+        let mut dep = Deployment::new(
+            state.app.clone(),
+            state.environment.clone(),
+            Request {
+                image: w.image('a'),
+                tag: None,
+                kind: Kind::Push,
+                pushed_at: w.clock.now(),
+                requested_by: None,
+                reason: None,
+            },
+            w.clock.now(),
+        );
+        state.start(&mut dep);
+        dep.apply(Step::RolloutStarted, w.clock.now(), None)
+            .unwrap();
+        dep.apply(Step::RolloutSucceeded, w.clock.now(), None)
+            .unwrap();
+        w.store
+            .commit(Commit::env(&mut state).with(&mut dep))
+            .await
+            .unwrap();
+        let rollout_succeeded = crate::fakes::delivered(
+            &crate::domain::LifecycleEvent::of(crate::domain::EventType::RolloutSucceeded, &dep),
+            "e-1",
+        );
+        let out = handle(
+            &w.verifier(),
+            crate::fakes::invocation(&rollout_succeeded.to_string()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["outcome"], "watching", "{out}");
+        let sample = include_str!("../../../events/verifier/alarm-state-change.json");
+        let out = handle(&w.verifier(), crate::fakes::invocation(sample))
+            .await
+            .unwrap();
+        assert_eq!(out["failed"][0], dep.id.as_str(), "{out}");
+        let stored = &w.deployments("staging")[0];
+        assert_eq!(stored.phase, Phase::Failed);
+        assert!(
+            stored
+                .reason
+                .as_deref()
+                .unwrap()
+                .starts_with("alarm web-staging-5xx went into ALARM after the smoke tests passed: Threshold Crossed"),
+            "{:?}",
+            stored.reason
         );
     }
 

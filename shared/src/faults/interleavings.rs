@@ -270,6 +270,7 @@ async fn run(seed: u64, trace: bool) -> (Vec<String>, usize) {
         healthy: HEALTHY,
         fail_on_target: &[],
         rollbacks_fail: false,
+        alarming: &[],
         stimuli: Vec::new(),
         expect: Vec::new(),
     };

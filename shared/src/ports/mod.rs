@@ -1,6 +1,7 @@
 //! Ports: one small trait per capability the services need. Adapters implement them over
 //! AWS; the fakes in `crate::fakes` implement them in memory for tests.
 
+pub mod alarms;
 pub mod clock;
 pub mod config;
 pub mod events;
@@ -11,6 +12,7 @@ pub mod store;
 pub mod target;
 pub mod webhook;
 
+pub use alarms::{AlarmError, AlarmState, AlarmValue, Alarms};
 pub use clock::{Clock, SystemClock};
 pub use config::{ConfigLoadError, ConfigSource};
 pub use events::{EventPublisher, PublishError};

@@ -70,6 +70,13 @@ pub struct DeploymentSummary {
     /// The target's handle: the SSM command, ECS deployment or CodeDeploy deployment.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_ref: Option<String>,
+    /// While it watches its environment's alarms after the smoke tests: until when.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub watch_until: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -88,6 +95,7 @@ impl From<&Deployment> for DeploymentSummary {
             rollback_of: d.rollback_of.clone(),
             requested_by: d.requested_by.clone(),
             target_ref: d.target_ref.clone(),
+            watch_until: d.watch_until,
             created_at: d.created_at,
             updated_at: d.updated_at,
         }

@@ -11,7 +11,7 @@ use crate::domain::lifecycle::InvalidTransition;
 pub use crate::domain::text::{cut, quote};
 use crate::domain::{AppName, DeploymentId, Digest, EnvName, Repository};
 use crate::ports::{
-    CallError, ConfigLoadError, PublishError, RegistryError, StoreError, TargetError,
+    AlarmError, CallError, ConfigLoadError, PublishError, RegistryError, StoreError, TargetError,
 };
 
 /// The error types of a failed invocation. `Retryable` failures may succeed when tried
@@ -69,6 +69,8 @@ pub enum ServiceError {
     Target(#[from] TargetError),
     #[error("event bus: {0}")]
     Events(#[from] PublishError),
+    #[error("alarms: {0}")]
+    Alarms(#[from] AlarmError),
     /// Other writers kept changing a record between this one's read and its write.
     #[error("{what}: gave up after {attempts} attempts, {record} kept changing")]
     Contended {
@@ -137,6 +139,8 @@ impl ServiceError {
                 PublishError::Refused(_) => DEPENDENCY,
                 PublishError::Unencodable(_) => INTERNAL,
             },
+            ServiceError::Alarms(e) if e.is_retryable() => RETRYABLE,
+            ServiceError::Alarms(_) => DEPENDENCY,
             ServiceError::Contended { .. } => RETRYABLE,
             ServiceError::Incomplete { retryable, .. } => {
                 if *retryable {

@@ -368,6 +368,12 @@ impl Tracker {
                 self.hand_over_again(&dep, EventType::RolloutSucceeded)
                     .await
             }
+            // In its alarm watch: the verifier reads the alarms again at every pass, and
+            // verifies it once the watch is over.
+            Phase::Verifying if dep.watch_until.is_some() => {
+                self.hand_over_again(&dep, EventType::RolloutSucceeded)
+                    .await
+            }
             Phase::Verifying if age > env_config.smoke.within + STALE_AFTER * 4 => {
                 let reason = format!(
                     "verification did not finish within {} seconds",
@@ -628,9 +634,10 @@ impl Tracker {
 }
 
 /// The longest a deployment may hold its environment, whatever it waits for: its rollout,
-/// its smoke tests, and every hand-off repeated, with room to spare.
+/// its smoke tests, its alarm watch, and every hand-off repeated, with room to spare.
 pub fn lease_limit(env: &EnvConfig) -> Duration {
-    env.rollout_timeout + env.smoke.within + STALE_AFTER * 8
+    let watch = env.watch.as_ref().map_or(Duration::ZERO, |w| w.for_);
+    env.rollout_timeout + env.smoke.within + watch + STALE_AFTER * 8
 }
 
 /// Adopts the action the target runs for `dep`, if it has one; whether it did.

@@ -1,6 +1,7 @@
 //! Proving a rollout healthy: HTTP smoke checks, run in parallel, each retried with backoff
-//! until the environment's deadline. Passing makes the digest the environment's last
-//! verified image; failing hands the deployment to the rollback.
+//! until the environment's deadline, then, where the environment watches alarms, a bake
+//! time in which none of them may be in `ALARM`. Passing makes the digest the
+//! environment's last verified image; failing hands the deployment to the rollback.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,12 +12,14 @@ use tracing::{info, warn};
 
 use super::rollout::advance;
 use super::{Core, ServiceError, retry_on_conflict};
+use crate::domain::config::Watch;
 use crate::domain::config::{SmokeCheck, SmokeConfig};
 use crate::domain::{
     AppName, Deployment, DeploymentId, EnvName, EnvState, EventType, LifecycleEvent, Outcome,
     Phase, Step,
 };
-use crate::ports::{Commit, HttpProbe};
+use crate::ports::{AlarmError, AlarmValue, Alarms, Commit, HttpProbe};
+use time::OffsetDateTime;
 
 /// The longest pause between two attempts of one check.
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
@@ -38,6 +41,24 @@ pub enum VerifyOutcome {
         deployment_id: DeploymentId,
         phase: Phase,
     },
+    /// The smoke tests passed; the environment's alarms are watched until `until`, and the
+    /// deployment stays `Verifying` (its environment held) until then.
+    Watching {
+        deployment_id: DeploymentId,
+        #[serde(with = "time::serde::rfc3339")]
+        until: OffsetDateTime,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        checks: Vec<CheckReport>,
+    },
+}
+
+/// What an alarm's state change did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlarmOutcome {
+    pub alarm: String,
+    pub state: String,
+    /// The deployments it failed: those whose environment watches it, in their watch.
+    pub failed: Vec<DeploymentId>,
 }
 
 /// How one smoke check went.
@@ -54,6 +75,7 @@ pub struct CheckReport {
 pub struct Verifier {
     pub core: Core,
     pub probe: Arc<dyn HttpProbe>,
+    pub alarms: Arc<dyn Alarms>,
 }
 
 impl Verifier {
@@ -90,6 +112,16 @@ impl Verifier {
                 phase: dep.phase,
             });
         }
+        // A rollback puts back a verified digest: it is not watched, since the alarms the
+        // failure set off are still going off.
+        let watch = config
+            .env(app, env)
+            .and_then(|e| e.watch.as_ref())
+            .filter(|_| dep.kind != crate::domain::Kind::Rollback);
+        // Its smoke tests passed already: the watch goes on.
+        if dep.watch_until.is_some() {
+            return self.watch(&mut dep, watch, Vec::new()).await;
+        }
         let checks = match config.env(app, env) {
             Some(env_config) => run_checks(self.probe.as_ref(), &env_config.smoke).await,
             None => vec![CheckReport {
@@ -104,6 +136,11 @@ impl Verifier {
             .filter(|c| !c.passed)
             .map(|c| format!("{}: {}", c.url, c.error.as_deref().unwrap_or("failed")))
             .collect();
+        if failures.is_empty()
+            && let Some(watch) = watch
+        {
+            return self.start_watch(&mut dep, watch, checks).await;
+        }
         let reason = if failures.is_empty() {
             match self.pass(&mut dep).await? {
                 None => {
@@ -198,6 +235,169 @@ impl Verifier {
         .await
     }
 
+    /// The smoke tests passed in an environment that watches alarms: one in `ALARM` now fails
+    /// the deployment; else the watch starts, and lasts `watch.for_`.
+    async fn start_watch(
+        &self,
+        dep: &mut Deployment,
+        watch: &Watch,
+        checks: Vec<CheckReport>,
+    ) -> Result<VerifyOutcome, ServiceError> {
+        if let Some(reason) = self.alarm_verdict(watch).await? {
+            return self.failed(dep, reason, checks).await;
+        }
+        let id = dep.id.clone();
+        let until = retry_on_conflict(
+            || format!("starting the alarm watch of {id}"),
+            async |attempt| {
+                if attempt > 0 {
+                    self.core.reread(dep).await?;
+                }
+                if let Some(until) = dep.watch_until.filter(|_| dep.phase == Phase::Verifying) {
+                    return Ok(Some(until));
+                }
+                if dep.phase != Phase::Verifying {
+                    return Ok(None);
+                }
+                let now = self.core.clock.now();
+                let until = now + watch.for_;
+                dep.watch_until = Some(until);
+                dep.updated_at = now;
+                self.core.store.commit(Commit::deployment(dep)).await?;
+                Ok(Some(until))
+            },
+        )
+        .await?;
+        let Some(until) = until else {
+            return Ok(VerifyOutcome::AlreadyHandled {
+                deployment_id: dep.id.clone(),
+                phase: dep.phase,
+            });
+        };
+        info!(deployment_id = %dep.id, %until, alarms = ?watch.alarms, "smoke tests passed; watching alarms");
+        Ok(VerifyOutcome::Watching {
+            deployment_id: dep.id.clone(),
+            until,
+            checks,
+        })
+    }
+
+    /// A deployment in its watch, handed over again (the tracker does, every pass): an alarm
+    /// in `ALARM` fails it; at the end of the watch it is verified.
+    async fn watch(
+        &self,
+        dep: &mut Deployment,
+        watch: Option<&Watch>,
+        checks: Vec<CheckReport>,
+    ) -> Result<VerifyOutcome, ServiceError> {
+        // The environment stopped watching alarms since: nothing is left to wait for.
+        if let Some(watch) = watch
+            && let Some(reason) = self.alarm_verdict(watch).await?
+        {
+            return self.failed(dep, reason, checks).await;
+        }
+        let until = dep.watch_until.unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        if watch.is_some() && self.core.clock.now() < until {
+            return Ok(VerifyOutcome::Watching {
+                deployment_id: dep.id.clone(),
+                until,
+                checks,
+            });
+        }
+        match self.pass(dep).await? {
+            None => Ok(VerifyOutcome::Verified {
+                deployment_id: dep.id.clone(),
+                checks,
+            }),
+            Some(revoked) => self.failed(dep, revoked, checks).await,
+        }
+    }
+
+    async fn failed(
+        &self,
+        dep: &mut Deployment,
+        reason: String,
+        checks: Vec<CheckReport>,
+    ) -> Result<VerifyOutcome, ServiceError> {
+        self.fail(dep, &reason).await?;
+        Ok(VerifyOutcome::Failed {
+            deployment_id: dep.id.clone(),
+            reason,
+            checks,
+        })
+    }
+
+    /// Why the watched alarms fail the deployment now, if they do: one in `ALARM`, one that
+    /// does not exist, or alarms pushdeploy may not read. An error is one to try again.
+    async fn alarm_verdict(&self, watch: &Watch) -> Result<Option<String>, ServiceError> {
+        let states = match self.alarms.states(&watch.alarms).await {
+            Ok(states) => states,
+            Err(AlarmError::Refused(e)) => {
+                return Ok(Some(format!(
+                    "the watched alarms cannot be read ({e}); allow cloudwatch:DescribeAlarms on them: list them in the stack's WatchedAlarms parameter"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(a) = states.iter().find(|a| a.value == AlarmValue::Alarm) {
+            return Ok(Some(format!(
+                "alarm {} is in ALARM after the smoke tests passed: {}",
+                a.name, a.reason
+            )));
+        }
+        let missing: Vec<&str> = watch
+            .alarms
+            .iter()
+            .filter(|name| !states.iter().any(|a| &a.name == *name))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Ok(Some(format!(
+                "CloudWatch has no alarm named {}; name existing alarms in watch.alarms",
+                missing.join(", ")
+            )));
+        }
+        Ok(None)
+    }
+
+    /// A CloudWatch alarm changed state. Going into `ALARM`, it fails every deployment
+    /// watching it (whose smoke tests passed and whose watch has not ended); other changes
+    /// do nothing.
+    #[tracing::instrument(skip_all, fields(alarm = %alarm))]
+    pub async fn on_alarm(
+        &self,
+        alarm: &str,
+        state: &str,
+        reason: &str,
+    ) -> Result<AlarmOutcome, ServiceError> {
+        let mut failed = Vec::new();
+        if AlarmValue::parse(state) == Some(AlarmValue::Alarm) {
+            let config = self.core.config.load().await?;
+            for (app, env, env_config) in config.environments() {
+                if !env_config.watch.as_ref().is_some_and(|w| w.watches(alarm)) {
+                    continue;
+                }
+                let state = self.core.store.env_state(app, env).await?;
+                let Some(holder) = state.holder() else {
+                    continue;
+                };
+                let mut dep = self.core.store.deployment(app, env, holder).await?;
+                if dep.phase != Phase::Verifying || dep.watch_until.is_none() {
+                    continue;
+                }
+                let why =
+                    format!("alarm {alarm} went into ALARM after the smoke tests passed: {reason}");
+                self.fail(&mut dep, &why).await?;
+                failed.push(dep.id);
+            }
+        }
+        Ok(AlarmOutcome {
+            alarm: alarm.to_owned(),
+            state: state.to_owned(),
+            failed,
+        })
+    }
+
     /// A digest that failed its smoke tests is quarantined here and handed to the rollback.
     async fn fail(&self, dep: &mut Deployment, reason: &str) -> Result<(), ServiceError> {
         let now = self.core.clock.now();
@@ -278,7 +478,7 @@ mod tests {
     use super::*;
     use crate::domain::{Kind, PinnedImage, Request};
     use crate::fakes::{ScriptedProbe, World};
-    use crate::ports::{Clock, StateStore};
+    use crate::ports::{AlarmValue, Clock, StateStore};
 
     const URL: &str = "http://web-staging.internal/health";
 
@@ -356,6 +556,169 @@ mod tests {
                 "Rollback Succeeded"
             ]
         );
+    }
+
+    /// The sample configuration, with staging watching `web-staging-5xx` for ten minutes.
+    fn watching() -> World {
+        let w = World::new(&World::SAMPLE_CONFIG.replacen(
+            "          within_seconds: 60\n",
+            "          within_seconds: 60\n        watch: { alarms: [web-staging-5xx], for_seconds: 600 }\n",
+            1,
+        ));
+        w.probe.answer(URL, vec![ScriptedProbe::ok(200, "ok")]);
+        w
+    }
+
+    const QUIET: &str =
+        "Threshold Crossed: 1 datapoint [0.0] was not greater than the threshold (5.0)";
+    const LOUD: &str = "Threshold Crossed: 1 datapoint [12.0] was greater than the threshold (5.0)";
+
+    #[tokio::test(start_paused = true)]
+    async fn after_its_smoke_tests_a_deployment_is_verified_only_once_its_alarms_stayed_quiet_for_the_watch()
+     {
+        let w = watching();
+        w.alarms.set("web-staging-5xx", AlarmValue::Ok, QUIET);
+        let dep = rolled_out(&w, w.image('a'), Kind::Push).await;
+        let verifier = w.verifier();
+        let verify = || verifier.on_rollout_succeeded(&dep.app, &dep.environment, &dep.id);
+        let out = verify().await.unwrap();
+        let VerifyOutcome::Watching { until, .. } = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(until, w.clock.now() + time::Duration::minutes(10));
+        let state = w.state("staging");
+        assert!(state.is_held_by(&dep.id), "held through the watch");
+        assert!(state.last_verified().is_none(), "not verified yet");
+        assert_eq!(w.deployments("staging")[0].phase, Phase::Verifying);
+        // The tracker hands it over again at each pass: the alarms are read again.
+        w.clock.advance(std::time::Duration::from_secs(300));
+        w.tracker().reconcile().await.unwrap();
+        assert_eq!(
+            w.events.types(),
+            vec!["Verification Started", "Rollout Succeeded"]
+        );
+        assert!(matches!(
+            verify().await.unwrap(),
+            VerifyOutcome::Watching { .. }
+        ));
+        assert_eq!(w.probe.calls(URL), 1, "the smoke tests ran once");
+        w.clock.advance(std::time::Duration::from_secs(300));
+        let out = verify().await.unwrap();
+        assert!(matches!(out, VerifyOutcome::Verified { .. }), "{out:?}");
+        assert_eq!(
+            w.state("staging").last_verified().unwrap().digest,
+            dep.image.digest
+        );
+        assert!(w.alarms.calls() >= 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_alarm_going_off_in_the_watch_fails_the_deployment_once_and_others_change_nothing() {
+        let w = watching();
+        w.alarms.set("web-staging-5xx", AlarmValue::Ok, QUIET);
+        let dep = rolled_out(&w, w.image('a'), Kind::Push).await;
+        w.verifier()
+            .on_rollout_succeeded(&dep.app, &dep.environment, &dep.id)
+            .await
+            .unwrap();
+        // Another alarm, or this one becoming OK, is no news.
+        for (alarm, state) in [("db-cpu", "ALARM"), ("web-staging-5xx", "OK")] {
+            let out = w.verifier().on_alarm(alarm, state, LOUD).await.unwrap();
+            assert!(out.failed.is_empty(), "{out:?}");
+        }
+        let out = w
+            .verifier()
+            .on_alarm("web-staging-5xx", "ALARM", LOUD)
+            .await
+            .unwrap();
+        assert_eq!(out.failed, vec![dep.id.clone()]);
+        let stored = &w.deployments("staging")[0];
+        assert_eq!(stored.phase, Phase::Failed);
+        assert_eq!(
+            stored.reason.as_deref(),
+            Some(
+                format!(
+                    "alarm web-staging-5xx went into ALARM after the smoke tests passed: {LOUD}"
+                )
+                .as_str()
+            )
+        );
+        assert!(
+            w.state("staging")
+                .quarantined
+                .contains_key(dep.digest().as_str())
+        );
+        assert_eq!(
+            w.events.types(),
+            vec!["Verification Started", "Verification Failed"]
+        );
+        // Delivered again, it changes nothing.
+        let again = w
+            .verifier()
+            .on_alarm("web-staging-5xx", "ALARM", LOUD)
+            .await
+            .unwrap();
+        assert!(again.failed.is_empty());
+        assert_eq!(w.events.types().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_alarm_already_going_off_a_missing_one_or_one_that_cannot_be_read_fails_at_once() {
+        for (setup, expected) in [
+            (
+                Some(AlarmValue::Alarm),
+                format!("alarm web-staging-5xx is in ALARM after the smoke tests passed: {LOUD}"),
+            ),
+            (
+                None,
+                "CloudWatch has no alarm named web-staging-5xx; name existing alarms in watch.alarms".to_owned(),
+            ),
+        ] {
+            let w = watching();
+            if let Some(value) = setup {
+                w.alarms.set("web-staging-5xx", value, LOUD);
+            }
+            let dep = rolled_out(&w, w.image('a'), Kind::Push).await;
+            let out = w
+                .verifier()
+                .on_rollout_succeeded(&dep.app, &dep.environment, &dep.id)
+                .await
+                .unwrap();
+            let VerifyOutcome::Failed { reason, .. } = out else {
+                panic!("{out:?}")
+            };
+            assert_eq!(reason, expected);
+        }
+        let w = watching();
+        w.alarms
+            .refuse("AccessDenied: not authorized to perform cloudwatch:DescribeAlarms");
+        let dep = rolled_out(&w, w.image('a'), Kind::Push).await;
+        let out = w
+            .verifier()
+            .on_rollout_succeeded(&dep.app, &dep.environment, &dep.id)
+            .await
+            .unwrap();
+        let VerifyOutcome::Failed { reason, .. } = out else {
+            panic!("{out:?}")
+        };
+        assert!(
+            reason.contains("list them in the stack's WatchedAlarms parameter"),
+            "{reason}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rollback_is_not_watched() {
+        let w = watching();
+        w.alarms.set("web-staging-5xx", AlarmValue::Alarm, LOUD);
+        let dep = rolled_out(&w, w.image('a'), Kind::Rollback).await;
+        let out = w
+            .verifier()
+            .on_rollout_succeeded(&dep.app, &dep.environment, &dep.id)
+            .await
+            .unwrap();
+        assert!(matches!(out, VerifyOutcome::Verified { .. }), "{out:?}");
+        assert_eq!(w.alarms.calls(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -155,6 +155,28 @@ pub struct EnvConfig {
     /// An automatic deploy of a version lower than the one this environment runs (or has
     /// queued) is skipped; a deploy by hand still may go back.
     pub only_newer: bool,
+    /// After the smoke tests pass, CloudWatch alarms watched before the digest counts as
+    /// verified (bake time).
+    pub watch: Option<Watch>,
+}
+
+/// Alarms that must stay out of `ALARM` for a while after the smoke tests pass.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Watch {
+    /// CloudWatch alarm names, as `DescribeAlarms` takes them.
+    pub alarms: Vec<String>,
+    #[serde(rename = "for_seconds", serialize_with = "as_seconds")]
+    pub for_: Duration,
+}
+
+fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+impl Watch {
+    pub fn watches(&self, alarm: &str) -> bool {
+        self.alarms.iter().any(|a| a == alarm)
+    }
 }
 
 /// Where an environment's images come from, and who lets them in.
@@ -472,6 +494,62 @@ apps:
         assert!(staging.only_newer);
         let policy = staging.deploy_on_push.as_ref().unwrap();
         assert!(policy.admits(Some(&Tag::parse("v1.9.0").unwrap())));
+    }
+
+    #[test]
+    fn a_bad_watch_is_named_with_its_path_and_a_good_one_defaults_to_ten_minutes() {
+        let with = |watch: &str| {
+            GOOD.replace(
+                "deploy_on_push: { tags:",
+                &format!("watch: {watch}\n        deploy_on_push: {{ tags:"),
+            )
+        };
+        for (watch, path, says) in [
+            (
+                "{ alarms: [] }",
+                "watch.alarms",
+                "name 1 to 100 CloudWatch alarms",
+            ),
+            (
+                "{ alarms: [web-5xx, web-5xx] }",
+                "watch.alarms[1]",
+                "named twice",
+            ),
+            (
+                "{ alarms: [\" web-5xx\"] }",
+                "watch.alarms[0]",
+                "not a CloudWatch alarm name",
+            ),
+            (
+                "{ alarms: [web-5xx], for_seconds: 5 }",
+                "watch.for_seconds",
+                "use 10 to 3600 seconds",
+            ),
+            ("{ alarm: [web-5xx] }", "watch", "alarm"),
+        ] {
+            let found = problems(&with(watch));
+            assert_eq!(found.len(), 1, "{watch}: {found:?}");
+            assert!(
+                found[0]
+                    .0
+                    .starts_with(&format!("apps.web.environments.staging.{path}")),
+                "{watch}: {found:?}"
+            );
+            assert!(found[0].1.contains(says), "{watch}: {found:?}");
+        }
+        let config = Config::from_yaml(&with("{ alarms: [web-5xx, web-latency] }")).unwrap();
+        let watch = config
+            .env(
+                &AppName::parse("web").unwrap(),
+                &EnvName::parse("staging").unwrap(),
+            )
+            .unwrap()
+            .watch
+            .clone()
+            .unwrap();
+        assert_eq!(watch.alarms, ["web-5xx", "web-latency"]);
+        assert_eq!(watch.for_, Duration::from_secs(600));
+        assert!(watch.watches("web-latency") && !watch.watches("db-cpu"));
     }
 
     #[test]

@@ -70,6 +70,15 @@ pub struct Env {
     pub approval_expires_after_hours: Option<u64>,
     #[serde(default)]
     pub only_newer: bool,
+    pub watch: Option<Watch>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Watch {
+    #[serde(default)]
+    pub alarms: Vec<String>,
+    pub for_seconds: Option<u64>,
 }
 
 #[derive(Deserialize)]

@@ -343,6 +343,9 @@ impl raw::Env {
                 }),
             )
         });
+        let watch = self
+            .watch
+            .and_then(|w| w.validate(c, &format!("{path}.watch")));
         if c.problems.len() > before {
             return None;
         }
@@ -354,7 +357,56 @@ impl raw::Env {
             ecr_tag,
             promotion,
             only_newer: self.only_newer,
+            watch,
         })
+    }
+}
+
+/// Without `for_seconds`, alarms are watched for ten minutes.
+const DEFAULT_WATCH_SECONDS: u64 = 600;
+/// `DescribeAlarms` takes at most this many names at once.
+const MAX_WATCHED_ALARMS: usize = 100;
+
+impl raw::Watch {
+    fn validate(self, c: &mut Checker, path: &str) -> Option<Watch> {
+        let for_ = c.seconds(
+            &format!("{path}.for_seconds"),
+            self.for_seconds,
+            DEFAULT_WATCH_SECONDS,
+            10,
+            3600,
+        );
+        if self.alarms.is_empty() || self.alarms.len() > MAX_WATCHED_ALARMS {
+            c.fail(
+                format!("{path}.alarms"),
+                format!(
+                    "name 1 to {MAX_WATCHED_ALARMS} CloudWatch alarms to watch after the smoke tests pass"
+                ),
+            );
+            return None;
+        }
+        let mut alarms = Vec::new();
+        for (i, name) in self.alarms.into_iter().enumerate() {
+            let good = (1..=255).contains(&name.chars().count())
+                && !name.chars().any(char::is_control)
+                && name.trim() == name;
+            if !good {
+                c.fail(
+                    format!("{path}.alarms[{i}]"),
+                    format!(
+                        "{name:?} is not a CloudWatch alarm name (1 to 255 characters, no control characters, no leading or trailing space)"
+                    ),
+                );
+            } else if alarms.contains(&name) {
+                c.fail(
+                    format!("{path}.alarms[{i}]"),
+                    format!("{name:?} is named twice"),
+                );
+            } else {
+                alarms.push(name);
+            }
+        }
+        Some(Watch { alarms, for_ })
     }
 }
 
