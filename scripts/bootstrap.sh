@@ -10,7 +10,7 @@ venv="${PUSHDEPLOY_VENV:-$here/.venv}"
 debian_packages=(podman runc docker-registry shellcheck bats busybox-static jq curl valgrind)
 # python packages, pinned so a release cannot break the suite overnight
 python_packages=(
-  "moto[server]==5.2.1"
+  "moto[server]==5.2.6"
   "cargo-lambda==1.9.2"
   "aws-sam-cli==1.170.0"
   "awscli==1.46.3"

@@ -505,3 +505,102 @@ async fn with_a_semver_policy_and_only_newer_a_lower_hotfix_pushed_after_1_4_0_d
     assert_eq!(status["current"]["tag"], "v1.4.0", "{status}");
     assert!(s.stack.router.dead_letters().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_going_off_after_the_smoke_tests_passed_ends_with_the_previous_version_serving() {
+    const ALARM: &str = "web-staging-5xx";
+    let s = Scene::start_configured(
+        |o| o.reconcile_every = Some(Duration::from_secs(5)),
+        |config| {
+            let edited = config.replacen(
+                "        smoke:\n",
+                &format!(
+                    "        watch: {{ alarms: [{ALARM}], for_seconds: 30 }}\n        smoke:\n"
+                ),
+                1,
+            );
+            assert_ne!(
+                edited, config,
+                "the sample configuration has a smoke section"
+            );
+            edited
+        },
+    )
+    .await;
+    s.stack
+        .create_alarm(ALARM)
+        .await
+        .unwrap_or_else(|e| s.fail(e));
+    let v1 = s.image("v1", Behaviour::Good).await;
+    let v2 = s.image("v2", Behaviour::Good).await;
+
+    // v1 passes its smoke tests and the quiet watch that follows them.
+    let pushed_v1 = s.push(&v1, "v1").await;
+    let first = s.started(&pushed_v1.digest, "push").await;
+    s.event("Deployment Verified", &first).await;
+
+    // v2 passes its smoke tests too; in its watch, the alarm goes off.
+    let pushed_v2 = s.push(&v2, "v2").await;
+    let second = s.started(&pushed_v2.digest, "push").await;
+    s.event("Rollout Succeeded", &second).await;
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let status = s.stack.status("web", "staging").await.unwrap();
+        let watching = status["deployments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|d| d["deployment_id"] == second.as_str() && d["watch_until"].is_string());
+        if watching {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            s.fail(format!("{second} never started its alarm watch: {status}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        s.serving().await.starts_with("web v2:"),
+        "v2 serves in its watch"
+    );
+    s.stack
+        .set_alarm(
+            ALARM,
+            "ALARM",
+            "Threshold Crossed: 12 5xx responses in 1 minute",
+        )
+        .await
+        .unwrap_or_else(|e| s.fail(e));
+    let failed = s.event("Verification Failed", &second).await;
+    assert!(
+        failed
+            .field("reason")
+            .unwrap_or_default()
+            .starts_with("alarm web-staging-5xx went into ALARM after the smoke tests passed"),
+        "{failed:?}"
+    );
+    let rollback = s.rollback_of(&second).await;
+    assert_eq!(rollback.field("digest"), Some(pushed_v1.digest.as_str()));
+    s.event("Rollback Succeeded", &second).await;
+
+    assert!(s.serving().await.starts_with("web v1:"));
+    let running = s.running().await;
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert!(running[0].1.ends_with(&pushed_v1.digest), "{running:?}");
+    let status = s.stack.status("web", "staging").await.unwrap();
+    assert_eq!(
+        status["current"]["digest"],
+        Json::from(pushed_v1.digest.clone())
+    );
+    assert_eq!(
+        status["last_verified"]["digest"],
+        Json::from(pushed_v1.digest)
+    );
+    assert!(
+        status["quarantined"]
+            .as_array()
+            .is_some_and(|q| q.iter().any(|d| d["digest"] == pushed_v2.digest.as_str())),
+        "{status}"
+    );
+    assert!(s.stack.router.dead_letters().is_empty());
+}

@@ -976,3 +976,43 @@ async fn a_failed_rollback_freezes_the_environment_and_later_pushes_do_not_deplo
     );
     assert_eq!(via.runs(&w).await, runs, "nothing touches the target");
 }
+
+/// The alarms adapter against CloudWatch's API (moto): what an alarm says, and one that
+/// does not exist is absent.
+#[tokio::test]
+async fn watched_alarms_are_read_with_describe_alarms() {
+    use pushdeploy::adapters::cloudwatch::CloudWatchAlarms;
+    use pushdeploy::ports::{AlarmValue, Alarms};
+    let w = world().await;
+    let cloudwatch = aws_sdk_cloudwatch::Client::new(&w.sdk);
+    cloudwatch
+        .put_metric_alarm()
+        .alarm_name("web-staging-5xx")
+        .namespace("AWS/ApplicationELB")
+        .metric_name("HTTPCode_Target_5XX_Count")
+        .statistic(aws_sdk_cloudwatch::types::Statistic::Sum)
+        .period(60)
+        .evaluation_periods(1)
+        .threshold(5.0)
+        .comparison_operator(aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanThreshold)
+        .send()
+        .await
+        .expect("PutMetricAlarm");
+    let alarms = CloudWatchAlarms::new(cloudwatch.clone());
+    let names = ["web-staging-5xx".to_owned(), "no-such-alarm".to_owned()];
+    let states = alarms.states(&names).await.expect("DescribeAlarms");
+    assert_eq!(states.len(), 1, "{states:?}");
+    assert_eq!(states[0].name, "web-staging-5xx");
+    assert_ne!(states[0].value, AlarmValue::Alarm);
+    cloudwatch
+        .set_alarm_state()
+        .alarm_name("web-staging-5xx")
+        .state_value(aws_sdk_cloudwatch::types::StateValue::Alarm)
+        .state_reason("Threshold Crossed: 12 > 5")
+        .send()
+        .await
+        .expect("SetAlarmState");
+    let states = alarms.states(&names).await.expect("DescribeAlarms");
+    assert_eq!(states[0].value, AlarmValue::Alarm);
+    assert_eq!(states[0].reason, "Threshold Crossed: 12 > 5");
+}

@@ -443,6 +443,90 @@ impl Stack {
         })
     }
 
+    /// Creates a CloudWatch alarm in moto (in `OK`, as a quiet alarm is).
+    pub async fn create_alarm(&self, name: &str) -> anyhow::Result<()> {
+        use aws_sdk_cloudwatch::types::{ComparisonOperator, Statistic};
+        aws_sdk_cloudwatch::Client::new(&self.sdk)
+            .put_metric_alarm()
+            .alarm_name(name)
+            .namespace("AWS/ApplicationELB")
+            .metric_name("HTTPCode_Target_5XX_Count")
+            .statistic(Statistic::Sum)
+            .period(60)
+            .evaluation_periods(1)
+            .threshold(5.0)
+            .comparison_operator(ComparisonOperator::GreaterThanThreshold)
+            .send()
+            .await
+            .context("PutMetricAlarm")?;
+        self.timeline.note(
+            Source::Harness,
+            "alarm created",
+            None,
+            json!({ "alarm": name }),
+            &format!("alarm {name} created in CloudWatch (OK)"),
+        );
+        Ok(())
+    }
+
+    /// Plays CloudWatch: sets an alarm's state in moto and publishes the `CloudWatch Alarm
+    /// State Change` event CloudWatch sends on the default bus.
+    pub async fn set_alarm(&self, name: &str, value: &str, reason: &str) -> anyhow::Result<()> {
+        let cloudwatch = aws_sdk_cloudwatch::Client::new(&self.sdk);
+        let before = cloudwatch
+            .describe_alarms()
+            .alarm_names(name)
+            .send()
+            .await
+            .context("DescribeAlarms")?
+            .metric_alarms()
+            .first()
+            .and_then(|a| a.state_value().map(|v| v.as_str().to_owned()))
+            .unwrap_or_else(|| "OK".into());
+        cloudwatch
+            .set_alarm_state()
+            .alarm_name(name)
+            .state_value(aws_sdk_cloudwatch::types::StateValue::from(value))
+            .state_reason(reason)
+            .send()
+            .await
+            .context("SetAlarmState")?;
+        let at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let detail = json!({
+            "alarmName": name,
+            "state": { "value": value, "reason": reason, "timestamp": at },
+            "previousState": { "value": before, "reason": "", "timestamp": at },
+        });
+        let out = aws_sdk_eventbridge::Client::new(&self.sdk)
+            .put_events()
+            .entries(
+                aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+                    .source("aws.cloudwatch")
+                    .detail_type("CloudWatch Alarm State Change")
+                    .resources(format!(
+                        "arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{name}"
+                    ))
+                    .detail(detail.to_string())
+                    .build(),
+            )
+            .send()
+            .await
+            .context("PutEvents (alarm state change)")?;
+        if out.failed_entry_count() > 0 {
+            bail!("PutEvents refused the alarm event: {:?}", out.entries());
+        }
+        self.timeline.note(
+            Source::Harness,
+            "alarm",
+            None,
+            json!({ "alarm": name, "state": value }),
+            &format!("alarm {name}: {before} → {value} ({reason})"),
+        );
+        Ok(())
+    }
+
     /// Records an image in ECR (moto) whose bytes the registry does not have, and publishes
     /// its push event: hosts cannot pull it.
     pub async fn push_missing(&self, repository: &str, tag: &str) -> anyhow::Result<Pushed> {
