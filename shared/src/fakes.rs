@@ -294,6 +294,8 @@ struct RegistryInner {
     throttle: usize,
     /// Catalog calls made, by operation name.
     calls: Vec<&'static str>,
+    /// Completed scans, by digest.
+    scans: HashMap<Digest, crate::domain::scan::Counts>,
 }
 
 /// A registry in memory: tags point at digests; digests may be deleted.
@@ -314,6 +316,16 @@ impl FakeRegistry {
             inner: Arc::default(),
             lookups: Arc::default(),
         }
+    }
+
+    /// Completes the scan of `digest` with these findings (`DescribeImageScanFindings`
+    /// answers with them from now on).
+    pub fn scanned(&self, digest: &Digest, counts: crate::domain::scan::Counts) {
+        self.inner
+            .lock()
+            .unwrap()
+            .scans
+            .insert(digest.clone(), counts);
     }
 
     /// Pushes an image; each push is one second after the one before.
@@ -484,6 +496,23 @@ impl ImageRegistry for FakeRegistry {
                 "image {digest} not found in repository {repository}"
             )))
         }
+    }
+
+    async fn scan(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<crate::ports::ScanState, RegistryError> {
+        let inner = self.inner.lock().unwrap();
+        if !inner.images.contains(&(repository.to_string(), digest.clone())) {
+            return Err(RegistryError::NotFound(format!(
+                "image {digest} not found in repository {repository}"
+            )));
+        }
+        Ok(match inner.scans.get(digest) {
+            Some(counts) => crate::ports::ScanState::Complete(counts.clone()),
+            None => crate::ports::ScanState::NoResult("IN_PROGRESS".into()),
+        })
     }
 }
 
@@ -1068,6 +1097,7 @@ impl World {
         crate::services::Tracker {
             core: self.core(),
             target: Arc::new(self.target.clone()),
+            registry: Arc::new(self.registry.clone()),
         }
     }
 

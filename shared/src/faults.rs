@@ -400,6 +400,19 @@ impl ImageRegistry for FaultyRegistry {
             })
             .await
     }
+
+    async fn scan(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<crate::ports::ScanState, RegistryError> {
+        let read = self.inner.scan(repository, digest);
+        self.faults
+            .around("ImageRegistry::scan", read, || {
+                RegistryError::Transient(lost("DescribeImageScanFindings"))
+            })
+            .await
+    }
 }
 
 #[async_trait]
@@ -670,6 +683,7 @@ impl<'a> Sim<'a> {
             tracker: Tracker {
                 core: core.clone(),
                 target: faulty_target.clone(),
+                registry: faulty_registry.clone(),
             },
             verifier: Verifier {
                 core: core.clone(),

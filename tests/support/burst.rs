@@ -732,6 +732,7 @@ async fn run_here(plan: &Plan) -> anyhow::Result<Report> {
         tracker: Tracker {
             core: core.clone(),
             target: target.clone(),
+            registry: w.deployer.registry.clone(),
         },
         verifier: Verifier {
             core: core.clone(),

@@ -142,6 +142,7 @@ impl World {
             tracker: Tracker {
                 core: core.clone(),
                 target: target.clone(),
+                registry: registry.clone(),
             },
             verifier: Verifier {
                 core: core.clone(),

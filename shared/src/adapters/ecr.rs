@@ -4,16 +4,18 @@
 use async_trait::async_trait;
 use aws_sdk_ecr::Client;
 use aws_sdk_ecr::error::SdkError;
+use aws_sdk_ecr::operation::describe_image_scan_findings::DescribeImageScanFindingsError;
 use aws_sdk_ecr::operation::describe_images::DescribeImagesError;
 use aws_sdk_ecr::types::ImageIdentifier;
 use time::OffsetDateTime;
 
 use super::aws::failed;
 use crate::domain::retention::StoredImage;
+use crate::domain::scan::Counts;
 use crate::domain::{Digest, PinnedImage, Registry, Repository, Tag};
 use crate::ports::{
     DeleteFailure, ImageCatalog, ImagePage, ImageRegistry, ListedImage, MAX_PAGE, RegistryError,
-    ResolvedImage, TagMove, TagWriter,
+    ResolvedImage, ScanState, TagMove, TagWriter,
 };
 
 /// Media types of an image index (a multi-platform image).
@@ -131,6 +133,61 @@ impl ImageRegistry for EcrRegistry {
             .build();
         self.describe(repository, id, format!("image {digest}"))
             .await
+    }
+
+    async fn scan(&self, repository: &Repository, digest: &Digest) -> Result<ScanState, RegistryError> {
+        let id = ImageIdentifier::builder()
+            .image_digest(digest.as_str())
+            .build();
+        // One result is enough: the severity counts cover every finding.
+        let out = self
+            .client
+            .describe_image_scan_findings()
+            .repository_name(repository.as_str())
+            .image_id(id)
+            .max_results(1)
+            .send()
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), DescribeImageScanFindingsError::ScanNotFoundException(_)) =>
+            {
+                return Ok(ScanState::NoResult("NOT_SCANNED".into()));
+            }
+            Err(SdkError::ServiceError(e))
+                if matches!(
+                    e.err(),
+                    DescribeImageScanFindingsError::ImageNotFoundException(_)
+                        | DescribeImageScanFindingsError::RepositoryNotFoundException(_)
+                ) =>
+            {
+                return Err(RegistryError::NotFound(format!(
+                    "image {digest} not found in repository {repository}"
+                )));
+            }
+            Err(e) => return Err(failed(e, "DescribeImageScanFindings")),
+        };
+        let status = out
+            .image_scan_status()
+            .and_then(|s| s.status())
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_else(|| "UNKNOWN".into());
+        if !matches!(status.as_str(), "COMPLETE" | "ACTIVE") {
+            return Ok(ScanState::NoResult(status));
+        }
+        let counts = out
+            .image_scan_findings()
+            .and_then(|f| f.finding_severity_counts())
+            .map(|counts| {
+                Counts::from_aws(
+                    counts
+                        .iter()
+                        .map(|(severity, n)| (severity.as_str(), u64::try_from(*n).unwrap_or(0))),
+                )
+            })
+            .unwrap_or_default();
+        Ok(ScanState::Complete(counts))
     }
 }
 

@@ -87,11 +87,13 @@ pub fn deployer(sdk: &SdkConfig, settings: &Settings) -> Result<Deployer, Settin
 }
 
 /// The tracker's use case.
+#[cfg(feature = "ecr")]
 pub fn tracker(sdk: &SdkConfig, settings: &Settings) -> Result<Tracker, SettingsError> {
     let clients = Clients::new(sdk);
     Ok(Tracker {
         core: core_of(&clients, settings),
         target: target_of(&clients, settings)?,
+        registry: ecr(sdk),
     })
 }
 

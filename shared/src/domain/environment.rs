@@ -14,6 +14,7 @@ use super::image::{Digest, PinnedImage, Tag};
 use super::lifecycle::Kind;
 use super::names::{AppName, EnvName};
 use super::policy::version_of;
+use super::scan::{AwaitingScan, KEEP_SCANS, ScanResult};
 
 /// How many verified digests an environment remembers as rollback candidates.
 pub const KEEP_VERIFIED: usize = 10;
@@ -57,6 +58,19 @@ pub struct Queued {
     pub pushed_at: OffsetDateTime,
     pub requested_by: Option<String>,
     pub reason: Option<String>,
+}
+
+impl From<&Request> for Queued {
+    fn from(request: &Request) -> Self {
+        Queued {
+            image: request.image.clone(),
+            tag: request.tag.clone(),
+            kind: request.kind,
+            pushed_at: request.pushed_at,
+            requested_by: request.requested_by.clone(),
+            reason: request.reason.clone(),
+        }
+    }
 }
 
 impl Queued {
@@ -131,6 +145,12 @@ pub struct EnvState {
     /// Digests revoked here, by digest; at most `KEEP_REVOKED`.
     #[serde(default)]
     pub revoked: BTreeMap<String, Revocation>,
+    /// The image held until its vulnerability scan result is known (`scan`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting_scan: Option<AwaitingScan>,
+    /// Scan results of the repository's digests, by digest; at most `KEEP_SCANS`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scans: BTreeMap<String, ScanResult>,
     #[serde(skip)]
     pub version: u64,
 }
@@ -162,6 +182,10 @@ pub enum SkipReason {
         version: String,
         here: String,
     },
+    /// The digest already waits for its vulnerability scan here.
+    AlreadyAwaitingScan,
+    /// A newer image waits for its vulnerability scan here.
+    OlderThanAwaitingScan,
 }
 
 impl fmt::Display for SkipReason {
@@ -194,6 +218,12 @@ impl fmt::Display for SkipReason {
                 f,
                 "version {version} is lower than {here}, which this environment runs or has queued, and only_newer is set; deploy it by hand to go back"
             ),
+            SkipReason::AlreadyAwaitingScan => {
+                write!(f, "the digest already waits for its vulnerability scan")
+            }
+            SkipReason::OlderThanAwaitingScan => {
+                write!(f, "a newer image waits for its vulnerability scan")
+            }
         }
     }
 }
@@ -212,6 +242,8 @@ impl EnvState {
             pending: None,
             decisions: Vec::new(),
             revoked: BTreeMap::new(),
+            awaiting_scan: None,
+            scans: BTreeMap::new(),
             version: 0,
         }
     }
@@ -344,14 +376,7 @@ impl EnvState {
     }
 
     pub fn queue(&mut self, request: &Request) {
-        self.queued = Some(Queued {
-            image: request.image.clone(),
-            tag: request.tag.clone(),
-            kind: request.kind,
-            pushed_at: request.pushed_at,
-            requested_by: request.requested_by.clone(),
-            reason: request.reason.clone(),
-        });
+        self.queued = Some(Queued::from(request));
     }
 
     pub fn holder(&self) -> Option<&DeploymentId> {
@@ -420,6 +445,35 @@ impl EnvState {
             };
         }
         true
+    }
+
+    /// Records the scan result of `digest`; false when the same counts were recorded
+    /// already. Beyond `KEEP_SCANS`, the oldest result is forgotten.
+    pub fn record_scan(&mut self, digest: &Digest, result: ScanResult) -> bool {
+        if self
+            .scans
+            .get(digest.as_str())
+            .is_some_and(|r| r.counts == result.counts)
+        {
+            return false;
+        }
+        self.scans.insert(digest.as_str().to_owned(), result);
+        while self.scans.len() > KEEP_SCANS {
+            let oldest = self
+                .scans
+                .iter()
+                .min_by(|a, b| (a.1.at, a.0).cmp(&(b.1.at, b.0)))
+                .map(|(digest, _)| digest.clone());
+            match oldest {
+                Some(digest) => self.scans.remove(&digest),
+                None => break,
+            };
+        }
+        true
+    }
+
+    pub fn scan_of(&self, digest: &Digest) -> Option<&ScanResult> {
+        self.scans.get(digest.as_str())
     }
 
     pub fn is_revoked(&self, digest: &Digest) -> bool {

@@ -69,10 +69,16 @@ pub enum EventType {
     /// candidate there, and the environment rolls back if it runs it.
     #[serde(rename = "Image Revoked")]
     ImageRevoked,
+    /// An image waits for its vulnerability scan result before it may deploy.
+    #[serde(rename = "Scan Awaited")]
+    ScanAwaited,
+    /// The vulnerability gate refused an image: over its thresholds, or no result in time.
+    #[serde(rename = "Deployment Blocked")]
+    DeploymentBlocked,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 21] = [
+    pub const ALL: [EventType; 23] = [
         EventType::RolloutQueued,
         EventType::RolloutStarted,
         EventType::RolloutSucceeded,
@@ -94,6 +100,8 @@ impl EventType {
         EventType::PromotionRejected,
         EventType::DeploymentAborted,
         EventType::ImageRevoked,
+        EventType::ScanAwaited,
+        EventType::DeploymentBlocked,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -119,6 +127,8 @@ impl EventType {
             EventType::PromotionRejected => "Promotion Rejected",
             EventType::DeploymentAborted => "Deployment Aborted",
             EventType::ImageRevoked => "Image Revoked",
+            EventType::ScanAwaited => "Scan Awaited",
+            EventType::DeploymentBlocked => "Deployment Blocked",
         }
     }
 
@@ -181,6 +191,9 @@ pub struct EventDetail {
     /// On `Promotion Approved`, `Promotion Rejected` and `Image Revoked`: who decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// On `Deployment Blocked`: the scan's findings per severity (absent: no result).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub findings: Option<super::scan::Counts>,
     /// The event's own id, the same on every delivery of it (EventBridge gives each
     /// delivery a new envelope id): what consumers claim to handle an event once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -245,6 +258,7 @@ impl LifecycleEvent {
                 from: None,
                 expires_at: None,
                 by: None,
+                findings: None,
                 event_id: None,
                 at: deployment.updated_at,
             })),
@@ -277,6 +291,7 @@ impl LifecycleEvent {
                 from: None,
                 expires_at: None,
                 by: None,
+                findings: None,
                 event_id: None,
                 at,
             })),
@@ -307,6 +322,14 @@ impl LifecycleEvent {
             d.by = by.map(str::to_owned);
         }
         event
+    }
+
+    /// With the scan findings that blocked an image (`Deployment Blocked`).
+    pub fn with_findings(mut self, findings: Option<super::scan::Counts>) -> Self {
+        if let Detail::Deployment(d) = &mut self.detail {
+            d.findings = findings;
+        }
+        self
     }
 
     /// Old images the janitor deleted from a repository.

@@ -11,6 +11,7 @@ pub mod names;
 pub mod notice;
 pub mod policy;
 pub mod retention;
+pub mod scan;
 pub mod text;
 
 pub use config::{Config, ConfigError, EnvConfig, TargetConfig};

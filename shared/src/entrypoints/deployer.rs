@@ -7,7 +7,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use super::{ECR_IMAGE_ACTION, ECR_SOURCE, Function, check_routed};
+use super::{
+    ECR_IMAGE_ACTION, ECR_IMAGE_SCAN, ECR_SOURCE, Function, INSPECTOR_SCAN, INSPECTOR_SOURCE,
+    check_routed,
+};
+use crate::domain::scan::{Counts, Scanner};
+use crate::services::gate::ScanEvent;
 use crate::domain::text::{Person, Reason};
 use crate::domain::{AppName, Digest, EnvName, EventType, Tag};
 use crate::inbound::{Console, Envelope, is_event};
@@ -23,6 +28,8 @@ pub enum Input {
     Push(PushEvent),
     /// An ECR event that deploys nothing (a deletion, a failed push), and why.
     NotAPush(String),
+    /// A vulnerability scan's result (ECR basic scanning, or Amazon Inspector).
+    Scan(ScanEvent),
     /// A digest verified somewhere: its environment is free, it may be promoted, and the
     /// environment's ECR tag follows it.
     Verified(Verified),
@@ -130,8 +137,11 @@ pub fn parse(payload: Value) -> Result<Input, InputError> {
     }
     let envelope = Envelope::read(payload)?;
     check_routed(Function::Deployer, &envelope)?;
-    if (envelope.source.as_str(), envelope.detail_type.as_str()) == (ECR_SOURCE, ECR_IMAGE_ACTION) {
-        return ecr_push(&envelope);
+    match (envelope.source.as_str(), envelope.detail_type.as_str()) {
+        (ECR_SOURCE, ECR_IMAGE_ACTION) => return ecr_push(&envelope),
+        (ECR_SOURCE, ECR_IMAGE_SCAN) => return scan(&envelope, Scanner::Basic),
+        (INSPECTOR_SOURCE, INSPECTOR_SCAN) => return scan(&envelope, Scanner::Enhanced),
+        _ => {}
     }
     let (kind, detail) = envelope.lifecycle()?;
     let (app, environment) = (detail.app.clone(), detail.environment.clone());
@@ -223,6 +233,61 @@ fn ecr_push(envelope: &Envelope) -> Result<Input, InputError> {
     }))
 }
 
+/// The `detail` of an `ECR Image Scan` or `Inspector2 Scan` event.
+#[derive(Deserialize)]
+struct ScanDetail {
+    #[serde(rename = "scan-status")]
+    scan_status: String,
+    /// A name for ECR; a repository ARN for Inspector.
+    #[serde(rename = "repository-name")]
+    repository_name: String,
+    #[serde(rename = "image-digest")]
+    image_digest: String,
+    /// A severity with no findings is absent; so is the whole map with none at all.
+    #[serde(rename = "finding-severity-counts", default)]
+    finding_severity_counts: std::collections::BTreeMap<String, u64>,
+}
+
+/// A completed scan: its digest and its findings per severity.
+fn scan(envelope: &Envelope, scanner: Scanner) -> Result<Input, InputError> {
+    let d: ScanDetail = envelope.detail()?;
+    let complete = match scanner {
+        Scanner::Enhanced => "INITIAL_SCAN_COMPLETE",
+        _ => "COMPLETE",
+    };
+    if d.scan_status != complete {
+        return Ok(Input::NotAPush(format!(
+            "not a completed scan (scan-status {})",
+            d.scan_status
+        )));
+    }
+    let what = format!("\"{}\" event detail", envelope.detail_type);
+    let digest = Digest::parse(&d.image_digest).map_err(|e| InputError::Field {
+        what: what.clone(),
+        field: Some("detail.image-digest".into()),
+        problem: e.to_string(),
+    })?;
+    // `arn:aws:ecr:eu-west-1:123456789012:repository/acme/web` names `acme/web`.
+    let repository = match d.repository_name.split_once(":repository/") {
+        Some((arn, name)) if arn.starts_with("arn:") => name.to_owned(),
+        _ => d.repository_name,
+    };
+    Ok(Input::Scan(ScanEvent {
+        event_id: envelope.id.clone(),
+        account: envelope.account.clone(),
+        region: envelope.region.clone(),
+        repository,
+        digest,
+        counts: Counts::from_aws(
+            d.finding_severity_counts
+                .iter()
+                .map(|(k, n)| (k.as_str(), *n)),
+        ),
+        scanner,
+        at: envelope.time.unwrap_or_else(OffsetDateTime::now_utc),
+    }))
+}
+
 /// Does what the input asks; the response is what a person reads in the console.
 pub async fn run(deployer: &Deployer, input: Input) -> Result<Value, ServiceError> {
     match input {
@@ -235,6 +300,7 @@ pub async fn run(deployer: &Deployer, input: Input) -> Result<Value, ServiceErro
             })),
         },
         Input::NotAPush(reason) => respond(&json!({ "outcome": "ignored", "reason": reason })),
+        Input::Scan(scan) => respond(&deployer.on_scan(&scan).await?),
         Input::Verified(verified) => {
             let started = deployer
                 .on_environment_free(&verified.app, &verified.environment)

@@ -153,6 +153,11 @@ pub const SCHEDULE_SOURCE: &str = "aws.events";
 pub const SCHEDULED_EVENT: &str = "Scheduled Event";
 pub const ECR_SOURCE: &str = "aws.ecr";
 pub const ECR_IMAGE_ACTION: &str = "ECR Image Action";
+/// ECR basic scanning's result.
+pub const ECR_IMAGE_SCAN: &str = "ECR Image Scan";
+pub const INSPECTOR_SOURCE: &str = "aws.inspector2";
+/// Amazon Inspector's (ECR enhanced scanning's) first result for an image.
+pub const INSPECTOR_SCAN: &str = "Inspector2 Scan";
 pub const CLOUDWATCH_SOURCE: &str = "aws.cloudwatch";
 pub const ALARM_STATE_CHANGE: &str = "CloudWatch Alarm State Change";
 
@@ -173,6 +178,24 @@ pub const ROUTES: &[Route] = &[
             source: ECR_SOURCE,
             detail_types: &[ECR_IMAGE_ACTION],
             detail: &[("action-type", &["PUSH"]), ("result", &["SUCCESS"])],
+        },
+    },
+    Route {
+        function: Function::Deployer,
+        trigger: Trigger::Rule {
+            bus: Bus::Default,
+            source: ECR_SOURCE,
+            detail_types: &[ECR_IMAGE_SCAN],
+            detail: &[("scan-status", &["COMPLETE"])],
+        },
+    },
+    Route {
+        function: Function::Deployer,
+        trigger: Trigger::Rule {
+            bus: Bus::Default,
+            source: INSPECTOR_SOURCE,
+            detail_types: &[INSPECTOR_SCAN],
+            detail: &[("scan-status", &["INITIAL_SCAN_COMPLETE"])],
         },
     },
     Route::lifecycle(

@@ -19,7 +19,7 @@ pub use events::{EventPublisher, PublishError};
 pub use probe::{HttpProbe, ProbeError, ProbeResponse};
 pub use registry::{
     DeleteFailure, ImageCatalog, ImagePage, ImageRegistry, ListedImage, MAX_BATCH, MAX_PAGE,
-    RegistryError, ResolvedImage, TagMove, TagWriter,
+    RegistryError, ResolvedImage, ScanState, TagMove, TagWriter,
 };
 pub use secrets::{SecretError, SecretSource};
 pub use store::{ClaimLease, Commit, OutboxEntry, StateStore, StoreError};

@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 
 use super::CallError;
 use crate::domain::retention::StoredImage;
+use crate::domain::scan::Counts;
 use crate::domain::{Digest, PinnedImage, Repository, Tag};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +49,20 @@ pub trait ImageRegistry: Send + Sync {
         repository: &Repository,
         digest: &Digest,
     ) -> Result<ResolvedImage, RegistryError>;
+
+    /// The image's vulnerability scan, as ECR has it now (`DescribeImageScanFindings`).
+    async fn scan(&self, repository: &Repository, digest: &Digest)
+    -> Result<ScanState, RegistryError>;
+}
+
+/// What ECR knows of an image's scan.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScanState {
+    /// Findings are there (basic scanning `COMPLETE`, or enhanced scanning `ACTIVE`).
+    Complete(Counts),
+    /// No findings to read (yet): the scan's status as ECR names it (`IN_PROGRESS`,
+    /// `PENDING`, `FAILED`, `UNSUPPORTED_IMAGE`, …), or `NOT_SCANNED`.
+    NoResult(String),
 }
 
 /// One image as a repository listing gives it.

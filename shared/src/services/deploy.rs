@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use super::error::Names;
+use super::gate;
 use super::rollout::{EnvOutcome, EnvResult, launch, start_queued};
 use super::{Core, InputError, Refusal, ServiceError, retry_on_conflict};
 use crate::domain::approval;
@@ -272,7 +273,9 @@ impl Deployer {
         }
     }
 
-    /// Starts, queues or skips one request on one environment.
+    /// Starts, queues or skips one request on one environment; with a `scan` policy, an
+    /// automatic one first passes the vulnerability gate (it may wait for its scan, or be
+    /// blocked).
     pub(super) async fn admit(
         &self,
         config: &Config,
@@ -284,12 +287,8 @@ impl Deployer {
         let env_config = config
             .env(app, env)
             .ok_or_else(|| unknown_env(config, app, env))?;
+        let gated = env_config.scan.as_ref().filter(|_| gate::applies(&request));
         let image = request.image.to_string();
-        let result = |outcome| EnvResult {
-            app: app.clone(),
-            environment: env.clone(),
-            outcome,
-        };
         retry_on_conflict(
             || format!("admitting {image} to {app}/{env}"),
             async |_| {
@@ -298,88 +297,155 @@ impl Deployer {
                 if request.kind == Kind::Push {
                     self.order_pushes_in_one_second(&mut state, &mut request).await?;
                 }
-                match state.admit(&request, env_config.only_newer) {
-                    Admission::Skip(reason) => {
-                        info!(app = %app, env = %env, %reason, "deploying nothing");
-                        let now = self.core.clock.now();
-                        let event = LifecycleEvent::environment(
-                            EventType::DeploymentSkipped,
-                            app,
-                            env,
-                            Some(reason.to_string()),
-                            now,
-                        )
-                        .with_image(&request.image, request.tag.as_ref(), request.kind);
-                        // Nothing changed, so nothing waits on this event: it is only said.
-                        if let Err(e) = self.core.events.publish(&[event]).await {
-                            warn!(error = %e, "could not announce the skipped image");
+                let mut admission = state.admit(&request, env_config.only_newer);
+                let mut dirty = false;
+                if let (Some(policy), Admission::Start | Admission::Queue { .. }) =
+                    (gated, &admission)
+                {
+                    match gate::check(
+                        &self.core,
+                        self.registry.as_ref(),
+                        policy,
+                        &mut state,
+                        &request,
+                    )
+                    .await?
+                    {
+                        gate::Check::Skip(reason) => admission = Admission::Skip(reason),
+                        gate::Check::Pass { recorded } => dirty = recorded,
+                        gate::Check::Held(held) => {
+                            return gate::hold(&self.core, app, env, &mut state, &request, held, claim.clone())
+                                .await;
                         }
-                        Ok(result(EnvOutcome::Skipped {
-                            reason: reason.to_string(),
-                            image: image.clone(),
-                        }))
-                    }
-                    Admission::Queue { behind } => {
-                        state.queue(&request);
-                        let now = self.core.clock.now();
-                        settle_pending(&mut state, &request, now);
-                        let event = LifecycleEvent::environment(
-                            EventType::RolloutQueued,
-                            app,
-                            env,
-                            Some(match &behind {
-                                Some(behind) => format!("waiting for deployment {behind}"),
-                                None => "waiting for the environment to be unfrozen (pushed before the freeze)".into(),
-                            }),
-                            now,
-                        )
-                        .with_image(&request.image, request.tag.as_ref(), request.kind);
-                        let outbox = self.core.outbox(vec![event]);
-                        let commit = Commit {
-                            outbox: outbox.clone(),
-                            ..Commit::env(&mut state).claiming(claim.clone())
-                        };
-                        match self.core.store.commit(commit).await {
-                            Err(StoreError::Duplicate(_)) => {
-                                return Ok(duplicate(result, image.clone()));
-                            }
-                            other => other?,
-                        }
-                        info!(app = %app, env = %env, behind = ?behind, digest = %request.image.digest, "queued");
-                        self.core.announce(outbox).await;
-                        Ok(result(EnvOutcome::Queued {
-                            behind,
-                            image: image.clone(),
-                        }))
-                    }
-                    Admission::Start => {
-                        let mut dep = Deployment::new(
-                            app.clone(),
-                            env.clone(),
-                            request.clone(),
-                            self.core.clock.now(),
-                        );
-                        state.start(&mut dep);
-                        settle_pending(&mut state, &request, self.core.clock.now());
-                        let commit = Commit::env(&mut state)
-                            .with(&mut dep)
-                            .claiming(claim.clone());
-                        match self.core.store.commit(commit).await {
-                            Err(StoreError::Duplicate(_)) => {
-                                return Ok(duplicate(result, image.clone()));
-                            }
-                            other => other?,
-                        }
-                        launch(&self.core, self.target.as_ref(), env_config, &mut dep).await?;
-                        Ok(result(EnvOutcome::Started {
-                            deployment_id: dep.id,
-                            image: image.clone(),
-                        }))
                     }
                 }
+                place(
+                    &self.core,
+                    self.target.as_ref(),
+                    env_config,
+                    app,
+                    env,
+                    &mut state,
+                    request,
+                    admission,
+                    Placing {
+                        claim: claim.clone(),
+                        dirty,
+                    },
+                )
+                .await
             },
         )
         .await
+    }
+}
+
+/// How [`place`] commits: under which claim, and whether the environment changed before
+/// (then even a skip is written).
+pub(crate) struct Placing {
+    pub claim: Option<String>,
+    pub dirty: bool,
+}
+
+/// Does what `admission` says with `request` on the environment `state`: starts it (and
+/// sends it to the target), queues it, or skips it, saying why.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn place(
+    core: &Core,
+    target: &dyn Target,
+    env_config: &crate::domain::EnvConfig,
+    app: &AppName,
+    env: &EnvName,
+    state: &mut EnvState,
+    request: Request,
+    admission: Admission,
+    placing: Placing,
+) -> Result<EnvResult, ServiceError> {
+    let image = request.image.to_string();
+    let result = |outcome| EnvResult {
+        app: app.clone(),
+        environment: env.clone(),
+        outcome,
+    };
+    let Placing { claim, dirty } = placing;
+    match admission {
+        Admission::Skip(reason) => {
+            info!(app = %app, env = %env, %reason, "deploying nothing");
+            let now = core.clock.now();
+            let event = LifecycleEvent::environment(
+                EventType::DeploymentSkipped,
+                app,
+                env,
+                Some(reason.to_string()),
+                now,
+            )
+            .with_image(&request.image, request.tag.as_ref(), request.kind);
+            if dirty {
+                let outbox = core.outbox(vec![event]);
+                let commit = Commit {
+                    outbox: outbox.clone(),
+                    ..Commit::env(state).claiming(claim.clone())
+                };
+                match core.store.commit(commit).await {
+                    Err(StoreError::Duplicate(_)) => return Ok(duplicate(result, image)),
+                    other => other?,
+                }
+                core.announce(outbox).await;
+            } else if let Err(e) = core.events.publish(&[event]).await {
+                // Nothing changed, so nothing waits on this event: it is only said.
+                warn!(error = %e, "could not announce the skipped image");
+            }
+            Ok(result(EnvOutcome::Skipped {
+                reason: reason.to_string(),
+                image,
+            }))
+        }
+        Admission::Queue { behind } => {
+            state.queue(&request);
+            let now = core.clock.now();
+            settle_pending(state, &request, now);
+            let event = LifecycleEvent::environment(
+                EventType::RolloutQueued,
+                app,
+                env,
+                Some(match &behind {
+                    Some(behind) => format!("waiting for deployment {behind}"),
+                    None => {
+                        "waiting for the environment to be unfrozen (pushed before the freeze)"
+                            .into()
+                    }
+                }),
+                now,
+            )
+            .with_image(&request.image, request.tag.as_ref(), request.kind);
+            let outbox = core.outbox(vec![event]);
+            let commit = Commit {
+                outbox: outbox.clone(),
+                ..Commit::env(state).claiming(claim.clone())
+            };
+            match core.store.commit(commit).await {
+                Err(StoreError::Duplicate(_)) => return Ok(duplicate(result, image)),
+                other => other?,
+            }
+            info!(app = %app, env = %env, behind = ?behind, digest = %request.image.digest, "queued");
+            core.announce(outbox).await;
+            Ok(result(EnvOutcome::Queued { behind, image }))
+        }
+        Admission::Start => {
+            let mut dep = Deployment::new(app.clone(), env.clone(), request.clone(), core.clock.now());
+            state.start(&mut dep);
+            settle_pending(state, &request, core.clock.now());
+            let commit = Commit::env(state).with(&mut dep).claiming(claim.clone());
+            match core.store.commit(commit).await {
+                Err(StoreError::Duplicate(_)) => return Ok(duplicate(result, image)),
+                other => other?,
+            }
+            launch(core, target, env_config, &mut dep).await?;
+            Ok(result(EnvOutcome::Started {
+                deployment_id: dep.id,
+                image,
+            }))
+        }
     }
 }
 
@@ -447,7 +513,7 @@ impl Deployer {
 
 /// Why a push from `account`/`region` is not to `registry`, when `registry` is an ECR
 /// registry of another account or region.
-fn other_registry(registry: &Registry, account: &str, region: &str) -> Option<String> {
+pub(crate) fn other_registry(registry: &Registry, account: &str, region: &str) -> Option<String> {
     let host = registry.as_str();
     let (id, rest) = host.split_once(".dkr.ecr.")?;
     let its_region = rest.split('.').next()?;

@@ -4,6 +4,7 @@
 pub mod control;
 pub mod deploy;
 pub mod error;
+pub mod gate;
 pub mod janitor;
 pub mod notify;
 pub mod promote;

@@ -40,6 +40,18 @@ pub enum EnvOutcome {
         reason: String,
         image: String,
     },
+    /// Held by the vulnerability gate until its scan result is known, at the latest until
+    /// `until`, when `on_missing` decides.
+    AwaitingScan {
+        #[serde(with = "time::serde::rfc3339")]
+        until: time::OffsetDateTime,
+        image: String,
+    },
+    /// Refused by the vulnerability gate.
+    Blocked {
+        reason: String,
+        image: String,
+    },
 }
 
 /// As a person reads it in a summary: `started 01J… (…/acme/web@sha256:…)`.
@@ -64,6 +76,10 @@ impl std::fmt::Display for EnvOutcome {
                 reason,
                 image,
             } => write!(f, "{image} waits for {waiting_for}: {reason}"),
+            EnvOutcome::AwaitingScan { until, image } => {
+                write!(f, "{image} waits for its vulnerability scan (at most until {until})")
+            }
+            EnvOutcome::Blocked { reason, image } => write!(f, "blocked {image}: {reason}"),
         }
     }
 }

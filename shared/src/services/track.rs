@@ -99,6 +99,8 @@ pub struct ReconcileAction {
 pub struct Tracker {
     pub core: Core,
     pub target: Arc<dyn Target>,
+    /// Asked for the scan of an image waiting for it, in case its event was lost.
+    pub registry: Arc<dyn crate::ports::ImageRegistry>,
 }
 
 impl Tracker {
@@ -233,7 +235,7 @@ impl Tracker {
             let delivered = self.core.deliver_left_over(app, env).await;
             let reconciled = match delivered {
                 Ok(n) => self
-                    .reconcile_env(app, env, env_config)
+                    .reconcile_env(&config, app, env, env_config)
                     .await
                     .map(|action| match (n, action) {
                         (0, action) => action,
@@ -265,11 +267,32 @@ impl Tracker {
 
     async fn reconcile_env(
         &self,
+        config: &crate::domain::Config,
         app: &AppName,
         env: &EnvName,
         env_config: &EnvConfig,
     ) -> Result<Option<String>, ServiceError> {
         let mut state = self.core.store.env_state(app, env).await?;
+        if state.awaiting_scan.is_some() {
+            let decided = super::gate::settle(
+                &self.core,
+                self.registry.as_ref(),
+                self.target.as_ref(),
+                config,
+                app,
+                env,
+                super::gate::Settle {
+                    found: None,
+                    ask_registry: true,
+                    claim: None,
+                },
+            )
+            .await?;
+            if let Some(r) = decided {
+                return Ok(Some(format!("image waiting for its scan: {}", r.outcome)));
+            }
+            state = self.core.store.env_state(app, env).await?;
+        }
         let Some(lease) = state.lease.clone() else {
             if state.queued.is_some() && state.frozen.is_none() {
                 let started = start_queued(&self.core, self.target.as_ref(), app, env).await?;

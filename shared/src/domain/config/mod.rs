@@ -158,6 +158,9 @@ pub struct EnvConfig {
     /// After the smoke tests pass, CloudWatch alarms watched before the digest counts as
     /// verified (bake time).
     pub watch: Option<Watch>,
+    /// The vulnerability gate: automatic deploys wait for the image's scan result and
+    /// are refused above its thresholds.
+    pub scan: Option<crate::domain::scan::ScanPolicy>,
 }
 
 /// Alarms that must stay out of `ALARM` for a while after the smoke tests pass.

@@ -71,6 +71,17 @@ pub struct Env {
     #[serde(default)]
     pub only_newer: bool,
     pub watch: Option<Watch>,
+    pub scan: Option<Scan>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scan {
+    /// Severity name to the most findings allowed; kept as given so that every bad key is
+    /// reported with its path.
+    pub max: Option<std::collections::BTreeMap<String, u64>>,
+    pub wait_seconds: Option<u64>,
+    pub on_missing: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
+use crate::domain::scan::{OnMissing, ScanPolicy, Severity};
 
 /// Collects problems while walking the raw document.
 #[derive(Default)]
@@ -346,6 +347,9 @@ impl raw::Env {
         let watch = self
             .watch
             .and_then(|w| w.validate(c, &format!("{path}.watch")));
+        let scan = self
+            .scan
+            .and_then(|s| s.validate(c, &format!("{path}.scan")));
         if c.problems.len() > before {
             return None;
         }
@@ -358,6 +362,67 @@ impl raw::Env {
             promotion,
             only_newer: self.only_newer,
             watch,
+            scan,
+        })
+    }
+}
+
+/// Without `wait_seconds`, a scan result is waited for 15 minutes.
+const DEFAULT_SCAN_WAIT: u64 = 900;
+
+impl raw::Scan {
+    fn validate(self, c: &mut Checker, path: &str) -> Option<ScanPolicy> {
+        let wait = c.seconds(
+            &format!("{path}.wait_seconds"),
+            self.wait_seconds,
+            DEFAULT_SCAN_WAIT,
+            30,
+            86_400,
+        );
+        let on_missing = match self.on_missing.as_deref() {
+            None | Some("hold") => OnMissing::Hold,
+            Some("deploy") => OnMissing::Deploy,
+            Some(other) => {
+                c.fail(
+                    format!("{path}.on_missing"),
+                    format!("{other:?} is not hold or deploy"),
+                );
+                OnMissing::Hold
+            }
+        };
+        let names = Severity::ALL.map(Severity::as_str).join(", ");
+        let mut max = BTreeMap::new();
+        match self.max {
+            None => c.fail(
+                format!("{path}.max"),
+                format!("give the most findings allowed for at least one severity ({names})"),
+            ),
+            Some(given) if given.is_empty() => c.fail(
+                format!("{path}.max"),
+                format!("give the most findings allowed for at least one severity ({names})"),
+            ),
+            Some(given) => {
+                for (key, n) in given {
+                    match Severity::parse(&key) {
+                        None => c.fail(
+                            format!("{path}.max.{key}"),
+                            format!("{key:?} is not a severity; use {names}"),
+                        ),
+                        Some(_) if n > 1_000_000 => c.fail(
+                            format!("{path}.max.{key}"),
+                            format!("{n} is out of range; use 0 to 1000000"),
+                        ),
+                        Some(severity) => {
+                            max.insert(severity, n as u32);
+                        }
+                    }
+                }
+            }
+        }
+        Some(ScanPolicy {
+            max,
+            wait,
+            on_missing,
         })
     }
 }

@@ -1,0 +1,397 @@
+//! The vulnerability gate. An environment with a `scan` policy lets an automatic deploy (a
+//! push or a promotion) through only once the image's scan result is known and within the
+//! thresholds. The result may come before the push is handled (it is kept by digest),
+//! with the push (ECR is asked once), or after it: the image then waits, held in the
+//! environment's record, for an `ECR Image Scan` or `Inspector2 Scan` event, or for the
+//! reconciler, which asks ECR each pass so a lost event holds nothing for ever. When no
+//! result comes within `wait_seconds`, `on_missing` decides. A deploy by hand passes.
+
+use tracing::{info, warn};
+
+use super::deploy::{Placing, place};
+use super::rollout::{EnvOutcome, EnvResult};
+use super::{Core, ServiceError, retry_on_conflict};
+use crate::domain::scan::{AwaitingScan, Counts, ScanPolicy, ScanResult, Scanner, Verdict};
+use crate::domain::{
+    AppName, Config, Digest, EnvName, EnvState, EventType, Kind, LifecycleEvent, Request,
+    SkipReason,
+};
+use crate::ports::{Commit, ImageRegistry, RegistryError, ScanState, StoreError, Target};
+
+/// Whether the gate applies to `request`: pushes and promotions do; a deploy by hand and a
+/// rollback (of a verified image) do not.
+pub fn applies(request: &Request) -> bool {
+    matches!(request.kind, Kind::Push | Kind::Promotion)
+}
+
+/// What the gate says of a request the environment would otherwise start or queue.
+pub(crate) enum Check {
+    /// Let through; `recorded`: a result read from ECR was added to the environment.
+    Pass { recorded: bool },
+    /// Nothing to do: the image, or a newer one, already waits for its scan.
+    Skip(SkipReason),
+    Held(Held),
+}
+
+pub(crate) enum Held {
+    Wait {
+        until: time::OffsetDateTime,
+    },
+    Block {
+        reason: String,
+        counts: Option<Counts>,
+    },
+}
+
+pub(crate) async fn check(
+    core: &Core,
+    registry: &dyn ImageRegistry,
+    policy: &ScanPolicy,
+    state: &mut EnvState,
+    request: &Request,
+) -> Result<Check, ServiceError> {
+    let digest = &request.image.digest;
+    if let Some(waiting) = &state.awaiting_scan {
+        if &waiting.request.image.digest == digest {
+            return Ok(Check::Skip(SkipReason::AlreadyAwaitingScan));
+        }
+        if waiting.request.pushed_at > request.pushed_at {
+            return Ok(Check::Skip(SkipReason::OlderThanAwaitingScan));
+        }
+    }
+    let now = core.clock.now();
+    let mut recorded = false;
+    if state.scan_of(digest).is_none()
+        && let Some(counts) = ask(registry, &request.image.repository, digest).await?
+    {
+        recorded = state.record_scan(
+            digest,
+            ScanResult {
+                counts,
+                scanner: Scanner::Registry,
+                at: now,
+            },
+        );
+    }
+    Ok(match policy.verdict(state.scan_of(digest), None, now) {
+        Verdict::Pass(why) => {
+            info!(%digest, %why, "the vulnerability gate lets it through");
+            // Newest wins: an older image waiting for its scan is superseded.
+            state.awaiting_scan = None;
+            Check::Pass { recorded }
+        }
+        Verdict::Block { reason, counts } => Check::Held(Held::Block { reason, counts }),
+        Verdict::Wait => Check::Held(Held::Wait {
+            until: now + policy.wait,
+        }),
+    })
+}
+
+/// ECR's findings for the digest, when its scan is complete. A scan ECR does not have
+/// (yet), an image it no longer has, or findings this function may not read are no result:
+/// the image waits, and `on_missing` decides in the end. Throttling and outages fail, to be
+/// tried again.
+async fn ask(
+    registry: &dyn ImageRegistry,
+    repository: &crate::domain::Repository,
+    digest: &Digest,
+) -> Result<Option<Counts>, ServiceError> {
+    match registry.scan(repository, digest).await {
+        Ok(ScanState::Complete(counts)) => Ok(Some(counts)),
+        Ok(ScanState::NoResult(status)) => {
+            info!(%digest, %status, "no scan result in ECR yet");
+            Ok(None)
+        }
+        Err(RegistryError::NotFound(what)) => {
+            warn!(%digest, %what, "ECR has no scan of an image it does not have");
+            Ok(None)
+        }
+        Err(e @ (RegistryError::Refused(_) | RegistryError::Unreadable(_))) => {
+            warn!(%digest, error = %e, "cannot read the scan findings from ECR; allow ecr:DescribeImageScanFindings on the repository");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Records a held request: it waits for its scan (announced by `Scan Awaited`), or it is
+/// blocked (`Deployment Blocked`, with the findings).
+pub(crate) async fn hold(
+    core: &Core,
+    app: &AppName,
+    env: &EnvName,
+    state: &mut EnvState,
+    request: &Request,
+    held: Held,
+    claim: Option<String>,
+) -> Result<EnvResult, ServiceError> {
+    let image = request.image.to_string();
+    let now = core.clock.now();
+    let (event, outcome) = match held {
+        Held::Wait { until } => {
+            state.awaiting_scan = Some(AwaitingScan {
+                request: request.into(),
+                since: now,
+                until,
+            });
+            info!(app = %app, env = %env, digest = %request.image.digest, %until, "waiting for the vulnerability scan");
+            (
+                LifecycleEvent::environment(
+                    EventType::ScanAwaited,
+                    app,
+                    env,
+                    Some(format!(
+                        "waiting for its vulnerability scan, at most until {until}"
+                    )),
+                    now,
+                ),
+                EnvOutcome::AwaitingScan {
+                    until,
+                    image: image.clone(),
+                },
+            )
+        }
+        Held::Block { reason, counts } => {
+            info!(app = %app, env = %env, digest = %request.image.digest, %reason, "blocked by the vulnerability gate");
+            (
+                LifecycleEvent::environment(
+                    EventType::DeploymentBlocked,
+                    app,
+                    env,
+                    Some(reason.clone()),
+                    now,
+                )
+                .with_findings(counts),
+                EnvOutcome::Blocked {
+                    reason,
+                    image: image.clone(),
+                },
+            )
+        }
+    };
+    let event = event.with_image(&request.image, request.tag.as_ref(), request.kind);
+    let outbox = core.outbox(vec![event]);
+    let commit = Commit {
+        outbox: outbox.clone(),
+        ..Commit::env(state).claiming(claim)
+    };
+    let result = |outcome| EnvResult {
+        app: app.clone(),
+        environment: env.clone(),
+        outcome,
+    };
+    match core.store.commit(commit).await {
+        Err(StoreError::Duplicate(_)) => {
+            return Ok(result(EnvOutcome::Skipped {
+                reason: "this event was already handled".into(),
+                image,
+            }));
+        }
+        other => other?,
+    }
+    core.announce(outbox).await;
+    Ok(result(outcome))
+}
+
+/// A scan result, or the reconciler's pass, for one environment.
+pub(crate) struct Settle<'a> {
+    /// The result an event brought: its digest and findings.
+    pub found: Option<(&'a Digest, ScanResult)>,
+    /// Ask ECR for the waiting image's result when none is known (the reconciler).
+    pub ask_registry: bool,
+    pub claim: Option<String>,
+}
+
+/// Records a result, and decides the image waiting for its scan when it can: deployed (it
+/// is started or queued as a push would be), blocked, or still waiting. `None`: nothing
+/// waits, or it waits on.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn settle(
+    core: &Core,
+    registry: &dyn ImageRegistry,
+    target: &dyn Target,
+    config: &Config,
+    app: &AppName,
+    env: &EnvName,
+    settle: Settle<'_>,
+) -> Result<Option<EnvResult>, ServiceError> {
+    let Some(env_config) = config.env(app, env) else {
+        return Ok(None);
+    };
+    retry_on_conflict(
+        || format!("deciding the image waiting for its scan in {app}/{env}"),
+        async |_| {
+            let mut state = core.store.env_state(app, env).await?;
+            let now = core.clock.now();
+            let mut dirty = false;
+            if let Some((digest, result)) = &settle.found {
+                dirty |= state.record_scan(digest, result.clone());
+            }
+            let Some(waiting) = state.awaiting_scan.clone() else {
+                if dirty {
+                    write(core, &mut state, settle.claim.clone()).await?;
+                }
+                return Ok(None);
+            };
+            let digest = waiting.request.image.digest.clone();
+            if settle.ask_registry
+                && state.scan_of(&digest).is_none()
+                && let Some(counts) = ask(registry, &waiting.request.image.repository, &digest).await?
+            {
+                dirty |= state.record_scan(
+                    &digest,
+                    ScanResult {
+                        counts,
+                        scanner: Scanner::Registry,
+                        at: now,
+                    },
+                );
+            }
+            let verdict = match &env_config.scan {
+                Some(policy) => policy.verdict(state.scan_of(&digest), Some(waiting.until), now),
+                None => Verdict::Pass("the environment no longer has a scan gate".into()),
+            };
+            let request = waiting.request.clone().into_request();
+            match verdict {
+                Verdict::Wait => {
+                    if dirty {
+                        write(core, &mut state, settle.claim.clone()).await?;
+                    }
+                    Ok(None)
+                }
+                Verdict::Block { reason, counts } => {
+                    state.awaiting_scan = None;
+                    hold(
+                        core,
+                        app,
+                        env,
+                        &mut state,
+                        &request,
+                        Held::Block { reason, counts },
+                        settle.claim.clone(),
+                    )
+                    .await
+                    .map(Some)
+                }
+                Verdict::Pass(why) => {
+                    info!(app = %app, env = %env, %digest, %why, "the vulnerability gate lets the waiting image through");
+                    state.awaiting_scan = None;
+                    let admission = state.admit(&request, env_config.only_newer);
+                    place(
+                        core,
+                        target,
+                        env_config,
+                        app,
+                        env,
+                        &mut state,
+                        request,
+                        admission,
+                        Placing {
+                            claim: settle.claim.clone(),
+                            dirty: true,
+                        },
+                    )
+                    .await
+                    .map(Some)
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// Writes the environment alone (a result recorded), under `claim`; a claim already
+/// taken means the event was handled.
+async fn write(
+    core: &Core,
+    state: &mut EnvState,
+    claim: Option<String>,
+) -> Result<(), ServiceError> {
+    match core.store.commit(Commit::env(state).claiming(claim)).await {
+        Err(StoreError::Duplicate(_)) | Ok(_) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A completed scan, as `ECR Image Scan` or `Inspector2 Scan` delivers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanEvent {
+    pub event_id: String,
+    pub account: String,
+    pub region: String,
+    /// The repository's name (Inspector's ARN already reduced to it).
+    pub repository: String,
+    pub digest: Digest,
+    pub counts: Counts,
+    pub scanner: Scanner,
+    pub at: time::OffsetDateTime,
+}
+
+/// What a scan result did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ScanReport {
+    pub digest: Digest,
+    pub findings: Counts,
+    /// The environments (`app/environment`) with a scan gate that keep the result.
+    pub recorded: Vec<String>,
+    /// The images that waited for it, and what became of them.
+    pub decided: Vec<EnvResult>,
+}
+
+impl super::Deployer {
+    /// A scan result: kept by every environment of the repository's apps with a scan gate,
+    /// and deciding the image waiting for it there. A result for a repository no app
+    /// deploys, or for an app of another registry, does nothing.
+    #[tracing::instrument(skip_all, fields(event_id = %scan.event_id, repository = %scan.repository, digest = %scan.digest))]
+    pub async fn on_scan(&self, scan: &ScanEvent) -> Result<ScanReport, ServiceError> {
+        let config = self.core.config.load().await?;
+        let mut report = ScanReport {
+            digest: scan.digest.clone(),
+            findings: scan.counts.clone(),
+            recorded: Vec::new(),
+            decided: Vec::new(),
+        };
+        let Ok(repository) = crate::domain::Repository::parse(&scan.repository) else {
+            info!("no app deploys this repository; ignoring the scan");
+            return Ok(report);
+        };
+        for (app_name, app) in config.apps_for_repository(&repository) {
+            if app
+                .registry
+                .as_ref()
+                .and_then(|r| super::deploy::other_registry(r, &scan.account, &scan.region))
+                .is_some()
+            {
+                info!(app = %app_name, "the scan is of another registry's image");
+                continue;
+            }
+            for (env_name, env) in &app.environments {
+                if env.scan.is_none() {
+                    continue;
+                }
+                let result = ScanResult {
+                    counts: scan.counts.clone(),
+                    scanner: scan.scanner,
+                    at: scan.at,
+                };
+                let decided = settle(
+                    &self.core,
+                    self.registry.as_ref(),
+                    self.target.as_ref(),
+                    &config,
+                    app_name,
+                    env_name,
+                    Settle {
+                        found: Some((&scan.digest, result)),
+                        ask_registry: false,
+                        claim: Some(format!("{}#{app_name}#{env_name}", scan.event_id)),
+                    },
+                )
+                .await?;
+                report.recorded.push(format!("{app_name}/{env_name}"));
+                report.decided.extend(decided);
+            }
+        }
+        Ok(report)
+    }
+}
