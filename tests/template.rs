@@ -1217,12 +1217,14 @@ fn each_function_is_granted_exactly_the_actions_its_adapters_call() {
                 "ecr:DescribeImages",
                 "ecr:BatchGetImage",
                 "ecr:PutImage",
+                "ecr:DescribeImageScanFindings",
                 "ssm:SendCommand",
             ],
         ),
         (
             "tracker",
             vec![
+                "ecr:DescribeImageScanFindings",
                 "ssm:SendCommand",
                 "ssm:ListCommands",
                 "ssm:ListCommandInvocations",

@@ -504,7 +504,10 @@ impl ImageRegistry for FakeRegistry {
         digest: &Digest,
     ) -> Result<crate::ports::ScanState, RegistryError> {
         let inner = self.inner.lock().unwrap();
-        if !inner.images.contains(&(repository.to_string(), digest.clone())) {
+        if !inner
+            .images
+            .contains(&(repository.to_string(), digest.clone()))
+        {
             return Err(RegistryError::NotFound(format!(
                 "image {digest} not found in repository {repository}"
             )));

@@ -38,10 +38,12 @@ pub enum Metric {
     ImagesDeleted,
     /// Verified digests a person revoked.
     ImagesRevoked,
+    /// Images the vulnerability gate refused.
+    ImagesBlocked,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 9] = [
+    pub const ALL: [Metric; 10] = [
         Metric::RolloutStarted,
         Metric::RolloutSucceeded,
         Metric::RolloutFailed,
@@ -51,6 +53,7 @@ impl Metric {
         Metric::FailureToRollback,
         Metric::ImagesDeleted,
         Metric::ImagesRevoked,
+        Metric::ImagesBlocked,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +67,7 @@ impl Metric {
             Metric::FailureToRollback => "FailureToRollback",
             Metric::ImagesDeleted => "ImagesDeleted",
             Metric::ImagesRevoked => "ImagesRevoked",
+            Metric::ImagesBlocked => "ImagesBlocked",
         }
     }
 
@@ -113,6 +117,7 @@ pub fn measure(event: &LifecycleEvent) -> Option<Measurement> {
         EventType::RollbackSucceeded => vec![(Metric::RolledBack, 1.0)],
         EventType::RollbackFailed => vec![(Metric::RollbackFailed, 1.0)],
         EventType::ImageRevoked => vec![(Metric::ImagesRevoked, 1.0)],
+        EventType::DeploymentBlocked => vec![(Metric::ImagesBlocked, 1.0)],
         EventType::RollbackStarted => match seconds(d.failed_at) {
             Some(s) => vec![(Metric::FailureToRollback, s)],
             None => return None,
@@ -355,6 +360,20 @@ mod tests {
         .await;
         assert_eq!(values(&docs[0]), vec![("ImagesRevoked".into(), 1.0)]);
         assert_eq!(docs[0]["Environment"], "staging");
+    }
+
+    #[tokio::test]
+    async fn a_blocked_image_is_counted_per_environment() {
+        let docs = emitted(&[LifecycleEvent::environment(
+            EventType::DeploymentBlocked,
+            &crate::domain::AppName::parse("web").unwrap(),
+            &crate::domain::EnvName::parse("staging").unwrap(),
+            Some("its vulnerability scan found critical 1 > 0".into()),
+            datetime!(2026-11-20 10:00 UTC),
+        )])
+        .await;
+        assert_eq!(values(&docs[0]), vec![("ImagesBlocked".into(), 1.0)]);
+        assert_eq!(docs[0]["App"], "web");
     }
 
     #[tokio::test]

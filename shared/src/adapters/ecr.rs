@@ -135,7 +135,11 @@ impl ImageRegistry for EcrRegistry {
             .await
     }
 
-    async fn scan(&self, repository: &Repository, digest: &Digest) -> Result<ScanState, RegistryError> {
+    async fn scan(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<ScanState, RegistryError> {
         let id = ImageIdentifier::builder()
             .image_digest(digest.as_str())
             .build();
@@ -151,7 +155,10 @@ impl ImageRegistry for EcrRegistry {
         let out = match out {
             Ok(out) => out,
             Err(SdkError::ServiceError(e))
-                if matches!(e.err(), DescribeImageScanFindingsError::ScanNotFoundException(_)) =>
+                if matches!(
+                    e.err(),
+                    DescribeImageScanFindingsError::ScanNotFoundException(_)
+                ) =>
             {
                 return Ok(ScanState::NoResult("NOT_SCANNED".into()));
             }

@@ -20,6 +20,7 @@ pub fn notice_of(detail_type: EventType, detail: &EventDetail) -> Option<Notice>
         EventType::RollbackFailed => Some(Notice::RollbackFailed),
         EventType::ApprovalRequested => Some(Notice::ApprovalNeeded),
         EventType::ImageRevoked => Some(Notice::Revoked),
+        EventType::DeploymentBlocked => Some(Notice::Blocked),
         _ => None,
     }
 }
@@ -62,6 +63,9 @@ pub fn text(notice: Notice, d: &EventDetail) -> String {
         }
         Notice::RollbackFailed => format!(
             "🚨 {place}: rolling back {image} failed{reason}; the environment is frozen and needs a person{id}"
+        ),
+        Notice::Blocked => format!(
+            "🛡️ {place}: {image} was not deployed{reason}. Fix the image and push again, or deploy it by hand to override"
         ),
         Notice::Revoked => {
             // The event's reason is "revoked by <who>: <why>".
@@ -217,6 +221,25 @@ mod tests {
         assert_eq!(
             text(Notice::Revoked, &d),
             "⛔ web/staging: v1.4.0 (3f2c7b1d9e8a) was revoked by alice: CVE-2026-1234; it is no longer rolled back or promoted to, and if it runs there it is rolled back"
+        );
+    }
+
+    #[test]
+    fn a_blocked_image_says_what_the_scan_found_and_how_to_go_on() {
+        let d = detail(json!({
+            "app": "web", "environment": "staging",
+            "digest": "sha256:3f2c7b1d9e8a4c6b5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e",
+            "tag": "v1.4.0", "findings": {"critical": 2, "high": 7},
+            "reason": "its vulnerability scan found critical 2 > 0 (this environment allows critical 0, high 5)",
+            "at": "2026-11-20T14:30:00Z"
+        }));
+        assert_eq!(
+            notice_of(EventType::DeploymentBlocked, &d),
+            Some(Notice::Blocked)
+        );
+        assert_eq!(
+            text(Notice::Blocked, &d),
+            "🛡️ web/staging: v1.4.0 (3f2c7b1d9e8a) was not deployed: its vulnerability scan found critical 2 > 0 (this environment allows critical 0, high 5). Fix the image and push again, or deploy it by hand to override"
         );
     }
 

@@ -12,12 +12,12 @@ use super::{
     check_routed,
 };
 use crate::domain::scan::{Counts, Scanner};
-use crate::services::gate::ScanEvent;
 use crate::domain::text::{Person, Reason};
 use crate::domain::{AppName, Digest, EnvName, EventType, Tag};
 use crate::inbound::{Console, Envelope, is_event};
 use crate::lambda::respond;
 use crate::services::deploy::{ManualDeploy, PushEvent, Wanted};
+use crate::services::gate::ScanEvent;
 use crate::services::promote::{ManualPromotion, Verified};
 use crate::services::{Deployer, InputError, ServiceError};
 
@@ -341,6 +341,7 @@ mod tests {
 
     use crate::domain::{Digest, Phase};
     use crate::fakes::{FakeRegistry, FakeTarget, ManualClock, MemoryStore, RecordingPublisher};
+    use crate::ports::StateStore;
     use time::macros::datetime;
 
     use super::*;
@@ -1030,5 +1031,163 @@ mod tests {
         .unwrap();
         assert_eq!(out["approved"], Value::Null, "{out}");
         assert!(w.target.started().is_empty());
+    }
+
+    /// The sample configuration with a vulnerability gate on staging.
+    fn gated(scan: &str) -> World {
+        world_with(&crate::fakes::World::SAMPLE_CONFIG.replacen(
+            "          within_seconds: 60\n",
+            &format!("          within_seconds: 60\n        scan: {scan}\n"),
+            1,
+        ))
+    }
+
+    const SAMPLE_DIGEST: &str =
+        "sha256:3f2c7b1d9e8a4c6b5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e";
+
+    fn push_sample(w: &World) -> Value {
+        w.registry.push(
+            "acme/web",
+            Some("v1.4.0"),
+            &Digest::parse(SAMPLE_DIGEST).unwrap(),
+        );
+        serde_json::from_str(include_str!("../../../events/deployer/ecr-push.json")).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_push_waits_for_its_scan_and_the_ecr_scan_sample_blocks_it_with_its_counts() {
+        let w = gated("{ max: { critical: 0, high: 5 } }");
+        let push = push_sample(&w);
+        let out = handle(&w.deployer, LambdaEvent::new(push, Default::default()))
+            .await
+            .unwrap();
+        let staging = &out["results"][0];
+        assert_eq!(staging["outcome"], "awaiting_scan", "{out}");
+        assert_eq!(staging["until"], "2026-11-20T10:15:00Z", "{out}");
+        assert!(w.target.started().is_empty());
+        assert_eq!(w.events.types(), ["Scan Awaited"]);
+        let (app, env) = app_env("staging");
+        let held = w.store.env_state(&app, &env).await.unwrap();
+        assert_eq!(
+            held.awaiting_scan.unwrap().request.image.digest.as_str(),
+            SAMPLE_DIGEST
+        );
+
+        let scan = include_str!("../../../events/deployer/ecr-image-scan.json");
+        let out = handle(&w.deployer, event(scan)).await.unwrap();
+        assert_eq!(out["recorded"], json!(["web/staging"]), "{out}");
+        assert_eq!(
+            out["findings"],
+            json!({"critical": 2, "high": 7, "medium": 9})
+        );
+        let decided = &out["decided"][0];
+        assert_eq!(decided["outcome"], "blocked", "{out}");
+        assert_eq!(
+            decided["reason"],
+            "its vulnerability scan found critical 2 > 0, high 7 > 5 (this environment allows critical 0, high 5)"
+        );
+        assert!(
+            w.target.started().is_empty(),
+            "a blocked image never deploys"
+        );
+        let blocked = w.events.events().pop().unwrap();
+        assert_eq!(blocked.detail_type.as_str(), "Deployment Blocked");
+        let crate::domain::Detail::Deployment(d) = &blocked.detail else {
+            panic!("{blocked:?}")
+        };
+        assert_eq!(
+            d.findings.as_ref().unwrap().to_string(),
+            "critical 2, high 7, medium 9"
+        );
+        assert_eq!(d.digest.as_ref().unwrap().as_str(), SAMPLE_DIGEST);
+        let state = w.store.env_state(&app, &env).await.unwrap();
+        assert!(state.awaiting_scan.is_none() && state.current.is_none());
+
+        // The same event again, and the same push again, deploy nothing and say so.
+        let again = handle(&w.deployer, event(scan)).await.unwrap();
+        assert_eq!(again["decided"], json!([]), "{again}");
+        let out = handle(
+            &w.deployer,
+            LambdaEvent::new(push_sample(&w), Default::default()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["results"][0]["outcome"], "skipped", "{out}");
+        assert_eq!(
+            out["results"][0]["reason"],
+            "this event was already handled"
+        );
+        assert!(w.target.started().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_inspector_sample_within_the_thresholds_lets_the_waiting_push_roll_out() {
+        let w = gated("{ max: { critical: 0, high: 5 } }");
+        let push = push_sample(&w);
+        handle(&w.deployer, LambdaEvent::new(push, Default::default()))
+            .await
+            .unwrap();
+        let scan = include_str!("../../../events/deployer/inspector-scan.json");
+        let out = handle(&w.deployer, event(scan)).await.unwrap();
+        assert_eq!(out["decided"][0]["outcome"], "started", "{out}");
+        assert!(w.target.last().image.ends_with(SAMPLE_DIGEST));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scan_result_that_arrived_before_the_push_counts() {
+        let w = gated("{ max: { critical: 0 } }");
+        let scan = include_str!("../../../events/deployer/inspector-scan.json");
+        let out = handle(&w.deployer, event(scan)).await.unwrap();
+        assert_eq!(out["recorded"], json!(["web/staging"]), "{out}");
+        assert_eq!(out["decided"], json!([]));
+        let push = push_sample(&w);
+        let out = handle(&w.deployer, LambdaEvent::new(push, Default::default()))
+            .await
+            .unwrap();
+        assert_eq!(out["results"][0]["outcome"], "started", "{out}");
+        assert!(!w.events.types().contains(&"Scan Awaited"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scan_of_a_repository_no_gate_watches_records_nothing() {
+        let w = world();
+        let scan = include_str!("../../../events/deployer/ecr-image-scan.json");
+        let out = handle(&w.deployer, event(scan)).await.unwrap();
+        assert_eq!(out["recorded"], json!([]), "{out}");
+        let (app, env) = app_env("staging");
+        assert!(
+            w.store
+                .env_state(&app, &env)
+                .await
+                .unwrap()
+                .scans
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_scan_event_names_its_repository_even_as_inspector_s_arn_and_reads_absent_counts_as_zero() {
+        let scan: Value =
+            serde_json::from_str(include_str!("../../../events/deployer/inspector-scan.json"))
+                .unwrap();
+        let Input::Scan(s) = parse(scan.clone()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.repository, "acme/web");
+        assert_eq!(s.scanner, Scanner::Enhanced);
+        assert_eq!(s.counts.to_string(), "high 3, medium 12");
+        let mut none = scan.clone();
+        none["detail"]
+            .as_object_mut()
+            .unwrap()
+            .remove("finding-severity-counts");
+        let Input::Scan(s) = parse(none).unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.counts, Counts::default());
+        let mut bad = scan;
+        bad["detail"]["image-digest"] = json!("latest");
+        let err = parse(bad).unwrap_err();
+        assert!(err.to_string().contains("detail.image-digest"), "{err}");
     }
 }

@@ -253,6 +253,7 @@ pub const ROUTES: &[Route] = &[
             EventType::RollbackFailed.as_str(),
             EventType::ApprovalRequested.as_str(),
             EventType::ImageRevoked.as_str(),
+            EventType::DeploymentBlocked.as_str(),
         ],
     ),
 ];

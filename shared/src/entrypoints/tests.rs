@@ -20,7 +20,7 @@ use crate::services::ServiceError;
 use crate::services::error::error_type;
 
 /// Every sample of `events/`, by its path there.
-const SAMPLES: [(&str, &str); 44] = [
+const SAMPLES: [(&str, &str); 46] = [
     (
         "control/abort.json",
         include_str!("../../../events/control/abort.json"),
@@ -62,6 +62,10 @@ const SAMPLES: [(&str, &str); 44] = [
         include_str!("../../../events/deployer/deployment-verified.json"),
     ),
     (
+        "deployer/ecr-image-scan.json",
+        include_str!("../../../events/deployer/ecr-image-scan.json"),
+    ),
+    (
         "deployer/ecr-push-other-repository.json",
         include_str!("../../../events/deployer/ecr-push-other-repository.json"),
     ),
@@ -76,6 +80,10 @@ const SAMPLES: [(&str, &str); 44] = [
     (
         "deployer/environment-unfrozen.json",
         include_str!("../../../events/deployer/environment-unfrozen.json"),
+    ),
+    (
+        "deployer/inspector-scan.json",
+        include_str!("../../../events/deployer/inspector-scan.json"),
     ),
     (
         "deployer/manual-bad-digest.json",

@@ -51,8 +51,11 @@ pub trait ImageRegistry: Send + Sync {
     ) -> Result<ResolvedImage, RegistryError>;
 
     /// The image's vulnerability scan, as ECR has it now (`DescribeImageScanFindings`).
-    async fn scan(&self, repository: &Repository, digest: &Digest)
-    -> Result<ScanState, RegistryError>;
+    async fn scan(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<ScanState, RegistryError>;
 }
 
 /// What ECR knows of an image's scan.

@@ -32,7 +32,28 @@ pub struct EnvStatus {
     pub quarantined: Vec<QuarantinedDigest>,
     /// Digests taken back by a person, newest first.
     pub revoked: Vec<RevokedDigest>,
+    /// The image the vulnerability gate holds until its scan result is known.
+    pub awaiting_scan: Option<AwaitingScan>,
+    /// The scan results known here, newest first.
+    pub scans: Vec<KnownScan>,
     pub deployments: Vec<DeploymentSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AwaitingScan {
+    pub digest: Digest,
+    pub tag: Option<Tag>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub until: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KnownScan {
+    pub digest: String,
+    #[serde(flatten)]
+    pub result: crate::domain::scan::ScanResult,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -165,6 +186,21 @@ impl Control {
                 queued: state.queued,
                 frozen: state.frozen,
                 revoked: revoked_newest_first(state.revoked),
+                awaiting_scan: state.awaiting_scan.map(|a| AwaitingScan {
+                    digest: a.request.image.digest,
+                    tag: a.request.tag,
+                    since: a.since,
+                    until: a.until,
+                }),
+                scans: {
+                    let mut scans: Vec<KnownScan> = state
+                        .scans
+                        .into_iter()
+                        .map(|(digest, result)| KnownScan { digest, result })
+                        .collect();
+                    scans.sort_by_key(|s| std::cmp::Reverse(s.result.at));
+                    scans
+                },
                 quarantined: state
                     .quarantined
                     .into_iter()

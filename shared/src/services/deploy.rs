@@ -295,7 +295,8 @@ impl Deployer {
                 let mut state = self.core.store.env_state(app, env).await?;
                 let mut request = request.clone();
                 if request.kind == Kind::Push {
-                    self.order_pushes_in_one_second(&mut state, &mut request).await?;
+                    self.order_pushes_in_one_second(&mut state, &mut request)
+                        .await?;
                 }
                 let mut admission = state.admit(&request, env_config.only_newer);
                 let mut dirty = false;
@@ -314,8 +315,16 @@ impl Deployer {
                         gate::Check::Skip(reason) => admission = Admission::Skip(reason),
                         gate::Check::Pass { recorded } => dirty = recorded,
                         gate::Check::Held(held) => {
-                            return gate::hold(&self.core, app, env, &mut state, &request, held, claim.clone())
-                                .await;
+                            return gate::hold(
+                                &self.core,
+                                app,
+                                env,
+                                &mut state,
+                                &request,
+                                held,
+                                claim.clone(),
+                            )
+                            .await;
                         }
                     }
                 }
@@ -410,10 +419,8 @@ pub(crate) async fn place(
                 env,
                 Some(match &behind {
                     Some(behind) => format!("waiting for deployment {behind}"),
-                    None => {
-                        "waiting for the environment to be unfrozen (pushed before the freeze)"
-                            .into()
-                    }
+                    None => "waiting for the environment to be unfrozen (pushed before the freeze)"
+                        .into(),
                 }),
                 now,
             )
@@ -432,7 +439,8 @@ pub(crate) async fn place(
             Ok(result(EnvOutcome::Queued { behind, image }))
         }
         Admission::Start => {
-            let mut dep = Deployment::new(app.clone(), env.clone(), request.clone(), core.clock.now());
+            let mut dep =
+                Deployment::new(app.clone(), env.clone(), request.clone(), core.clock.now());
             state.start(&mut dep);
             settle_pending(state, &request, core.clock.now());
             let commit = Commit::env(state).with(&mut dep).claiming(claim.clone());

@@ -27,7 +27,9 @@ pub fn applies(request: &Request) -> bool {
 /// What the gate says of a request the environment would otherwise start or queue.
 pub(crate) enum Check {
     /// Let through; `recorded`: a result read from ECR was added to the environment.
-    Pass { recorded: bool },
+    Pass {
+        recorded: bool,
+    },
     /// Nothing to do: the image, or a newer one, already waits for its scan.
     Skip(SkipReason),
     Held(Held),
@@ -393,5 +395,195 @@ impl super::Deployer {
             }
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fakes::World;
+    use crate::ports::Clock;
+    use crate::services::deploy::{ManualDeploy, Push, Wanted};
+
+    fn gated(scan: &str) -> World {
+        World::new(&World::SAMPLE_CONFIG.replacen(
+            "          within_seconds: 60\n",
+            &format!("          within_seconds: 60\n        scan: {scan}\n"),
+            1,
+        ))
+    }
+
+    fn push(w: &World, hex: char, tag: &str, id: &str) -> Push {
+        let digest = w.image(hex).digest;
+        w.registry.push("acme/web", Some(tag), &digest);
+        Push {
+            event_id: id.into(),
+            account: "123456789012".into(),
+            region: "eu-west-1".into(),
+            repository: crate::domain::Repository::parse("acme/web").unwrap(),
+            digest,
+            tag: Some(Tag::parse(tag).unwrap()),
+            pushed_at: w.clock.now(),
+        }
+    }
+
+    use crate::domain::Tag;
+
+    fn counts(of: &[(&str, u64)]) -> Counts {
+        Counts::from_aws(of.iter().copied())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_scan_event_is_made_up_for_by_the_reconciler_asking_ecr() {
+        let w = gated("{ max: { critical: 0 } }");
+        let out = w
+            .deployer()
+            .on_push(&push(&w, 'a', "v1", "e1"))
+            .await
+            .unwrap();
+        assert!(
+            matches!(out[0].outcome, EnvOutcome::AwaitingScan { .. }),
+            "{out:?}"
+        );
+        let status = w
+            .control()
+            .status(
+                Some(&crate::fakes::app("web")),
+                Some(&crate::fakes::env_name("staging")),
+            )
+            .await
+            .unwrap();
+        let shown = serde_json::to_value(&status[0]).unwrap();
+        assert_eq!(
+            shown["awaiting_scan"]["digest"],
+            w.image('a').digest.as_str(),
+            "{shown}"
+        );
+        assert_eq!(
+            shown["awaiting_scan"]["until"], "2026-11-20T10:15:00Z",
+            "{shown}"
+        );
+        // A pass before the scan is done leaves it waiting.
+        let report = w.tracker().reconcile().await.unwrap();
+        assert!(report.actions.is_empty(), "{report:?}");
+        assert!(w.target.started().is_empty());
+        w.registry
+            .scanned(&w.image('a').digest, counts(&[("LOW", 3)]));
+        let report = w.tracker().reconcile().await.unwrap();
+        assert!(
+            report.actions[0]
+                .action
+                .starts_with("image waiting for its scan: started"),
+            "{report:?}"
+        );
+        assert!(w.target.last().image.ends_with(&"a".repeat(64)));
+        let state = w.state("staging");
+        assert!(state.awaiting_scan.is_none());
+        assert_eq!(
+            state.scan_of(&w.image('a').digest).unwrap().scanner,
+            Scanner::Registry
+        );
+        let status = w
+            .control()
+            .status(
+                Some(&crate::fakes::app("web")),
+                Some(&crate::fakes::env_name("staging")),
+            )
+            .await
+            .unwrap();
+        let shown = serde_json::to_value(&status[0]).unwrap();
+        assert_eq!(shown["awaiting_scan"], serde_json::Value::Null, "{shown}");
+        assert_eq!(
+            shown["scans"][0]["counts"],
+            serde_json::json!({"low": 3}),
+            "{shown}"
+        );
+        assert_eq!(shown["scans"][0]["scanner"], "registry", "{shown}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_result_in_time_hold_blocks_and_deploy_deploys() {
+        for (on_missing, blocked) in [("hold", true), ("deploy", false)] {
+            let w = gated(&format!(
+                "{{ max: {{ critical: 0 }}, wait_seconds: 300, on_missing: {on_missing} }}"
+            ));
+            w.deployer()
+                .on_push(&push(&w, 'a', "v1", "e1"))
+                .await
+                .unwrap();
+            w.clock.advance(std::time::Duration::from_secs(299));
+            w.tracker().reconcile().await.unwrap();
+            assert!(w.state("staging").awaiting_scan.is_some(), "{on_missing}");
+            w.clock.advance(std::time::Duration::from_secs(1));
+            let report = w.tracker().reconcile().await.unwrap();
+            let action = &report.actions[0].action;
+            if blocked {
+                assert!(
+                    action.contains("blocked") && action.contains("within 300 s"),
+                    "{action}"
+                );
+                assert!(w.target.started().is_empty());
+                assert_eq!(w.events.types().last(), Some(&"Deployment Blocked"));
+            } else {
+                assert!(action.contains("started"), "{action}");
+                assert_eq!(w.target.started().len(), 1);
+            }
+            assert!(w.state("staging").awaiting_scan.is_none());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deploy_by_hand_passes_the_gate_and_a_newer_push_supersedes_the_waiting_one() {
+        let w = gated("{ max: { critical: 0 } }");
+        w.deployer()
+            .on_push(&push(&w, 'a', "v1", "e1"))
+            .await
+            .unwrap();
+        w.clock.advance(std::time::Duration::from_secs(5));
+        w.deployer()
+            .on_push(&push(&w, 'b', "v2", "e2"))
+            .await
+            .unwrap();
+        let waiting = w.state("staging").awaiting_scan.unwrap();
+        assert_eq!(waiting.request.image.digest, w.image('b').digest);
+        // The older one's result comes: nothing waits for it any more.
+        let older = ScanEvent {
+            event_id: "s1".into(),
+            account: "123456789012".into(),
+            region: "eu-west-1".into(),
+            repository: "acme/web".into(),
+            digest: w.image('a').digest,
+            counts: Counts::default(),
+            scanner: Scanner::Basic,
+            at: w.clock.now(),
+        };
+        let report = w.deployer().on_scan(&older).await.unwrap();
+        assert!(report.decided.is_empty(), "{report:?}");
+        assert!(w.target.started().is_empty());
+        // A push of the older digest now: older than the one waiting.
+        let mut again = push(&w, 'a', "v1", "e3");
+        again.pushed_at -= time::Duration::seconds(5);
+        let out = w.deployer().on_push(&again).await.unwrap();
+        assert!(
+            matches!(&out[0].outcome, EnvOutcome::Skipped { reason, .. } if reason == "a newer image waits for its vulnerability scan"),
+            "{out:?}"
+        );
+        // By hand, an image with critical findings still deploys: a person decided.
+        w.registry
+            .scanned(&w.image('c').digest, counts(&[("CRITICAL", 4)]));
+        w.registry
+            .push("acme/web", Some("v3"), &w.image('c').digest);
+        let out = w
+            .deployer()
+            .manual(&ManualDeploy {
+                app: crate::fakes::app("web"),
+                environment: crate::fakes::env_name("staging"),
+                wanted: Wanted::Digest(w.image('c').digest),
+                requested_by: Some("alice".into()),
+                reason: None,
+            })
+            .await
+            .unwrap();
+        assert!(matches!(out.outcome, EnvOutcome::Started { .. }), "{out:?}");
     }
 }

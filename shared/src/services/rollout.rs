@@ -77,7 +77,10 @@ impl std::fmt::Display for EnvOutcome {
                 image,
             } => write!(f, "{image} waits for {waiting_for}: {reason}"),
             EnvOutcome::AwaitingScan { until, image } => {
-                write!(f, "{image} waits for its vulnerability scan (at most until {until})")
+                write!(
+                    f,
+                    "{image} waits for its vulnerability scan (at most until {until})"
+                )
             }
             EnvOutcome::Blocked { reason, image } => write!(f, "blocked {image}: {reason}"),
         }

@@ -233,17 +233,17 @@ impl Tracker {
         for (app, env, env_config) in config.environments() {
             report.checked += 1;
             let delivered = self.core.deliver_left_over(app, env).await;
-            let reconciled = match delivered {
-                Ok(n) => self
-                    .reconcile_env(&config, app, env, env_config)
-                    .await
-                    .map(|action| match (n, action) {
-                        (0, action) => action,
-                        (n, None) => Some(format!("delivered {n} recorded events")),
-                        (n, Some(a)) => Some(format!("delivered {n} recorded events; {a}")),
-                    }),
-                Err(e) => Err(e),
-            };
+            let reconciled =
+                match delivered {
+                    Ok(n) => self.reconcile_env(&config, app, env, env_config).await.map(
+                        |action| match (n, action) {
+                            (0, action) => action,
+                            (n, None) => Some(format!("delivered {n} recorded events")),
+                            (n, Some(a)) => Some(format!("delivered {n} recorded events; {a}")),
+                        },
+                    ),
+                    Err(e) => Err(e),
+                };
             match reconciled {
                 Ok(Some(action)) => {
                     info!(app = %app, env = %env, %action, "reconciled");

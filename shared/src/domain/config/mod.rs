@@ -106,10 +106,12 @@ pub enum Notice {
     RollbackFailed,
     ApprovalNeeded,
     Revoked,
+    /// The vulnerability gate refused an image.
+    Blocked,
 }
 
 impl Notice {
-    pub const ALL: [Notice; 7] = [
+    pub const ALL: [Notice; 8] = [
         Notice::Started,
         Notice::Verified,
         Notice::Failed,
@@ -117,6 +119,7 @@ impl Notice {
         Notice::RollbackFailed,
         Notice::ApprovalNeeded,
         Notice::Revoked,
+        Notice::Blocked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -128,6 +131,7 @@ impl Notice {
             Notice::RollbackFailed => "rollback_failed",
             Notice::ApprovalNeeded => "approval_needed",
             Notice::Revoked => "revoked",
+            Notice::Blocked => "blocked",
         }
     }
 }
