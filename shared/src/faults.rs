@@ -554,6 +554,9 @@ enum Stimulus {
     Push(char, &'static str),
     /// A request typed in the console.
     Console(Function, Value),
+    /// ECR basic scanning completes for a digest, with this many critical findings: ECR
+    /// has the result from now on, and announces it with `ECR Image Scan`.
+    Scan(char, u64),
 }
 
 /// When a stimulus comes: once everything before it settled, or at once.
@@ -746,6 +749,33 @@ impl<'a> Sim<'a> {
                     "detail": {
                         "result": "SUCCESS", "repository-name": "acme/web",
                         "image-digest": digest.as_str(), "action-type": "PUSH", "image-tag": tag
+                    }
+                });
+                self.inbox.push_back(Delivery {
+                    function: Function::Deployer,
+                    payload: event,
+                    attempt: 1,
+                });
+            }
+            Stimulus::Scan(hex, critical) => {
+                let digest = self.image(hex);
+                let counts = [("CRITICAL", critical), ("LOW", 4)];
+                self.registry.scanned(
+                    &digest,
+                    crate::domain::scan::Counts::from_aws(counts.iter().copied()),
+                );
+                self.ids += 1;
+                let at = self.clock.now();
+                let event = json!({
+                    "version": "0", "id": format!("scan-{}", self.ids),
+                    "detail-type": "ECR Image Scan", "source": "aws.ecr",
+                    "account": "123456789012", "region": "eu-west-1",
+                    "time": at.format(&time::format_description::well_known::Rfc3339).unwrap(),
+                    "resources": [],
+                    "detail": {
+                        "scan-status": "COMPLETE", "repository-name": "acme/web",
+                        "image-digest": digest.as_str(), "image-tags": [],
+                        "finding-severity-counts": { "CRITICAL": critical, "LOW": 4 }
                     }
                 });
                 self.inbox.push_back(Delivery {
@@ -1040,6 +1070,13 @@ impl<'a> Sim<'a> {
             if let Some(lease) = &state.lease {
                 broken.push(format!("{place}: still held by {}", lease.deployment_id));
             }
+            // Past every deadline, nothing may still wait for its scan.
+            if let Some(waiting) = &state.awaiting_scan {
+                broken.push(format!(
+                    "{place}: {} still waits for its scan",
+                    waiting.request.image.digest
+                ));
+            }
             if let Some((_, want, frozen)) = self
                 .scenario
                 .expect
@@ -1200,6 +1237,15 @@ apps:
     )
 }
 
+/// `config(SSM)` with staging's pushes gated on their scan: no critical finding.
+fn scanned() -> String {
+    config(SSM).replacen(
+        "        smoke:\n",
+        "        scan: { max: { critical: 0 }, wait_seconds: 900, on_missing: hold }\n        smoke:\n",
+        1,
+    )
+}
+
 /// `config(SSM)` with staging watching an alarm for ten minutes after its smoke tests
 /// (longer than a verification may take without a watch).
 fn watched() -> String {
@@ -1244,7 +1290,7 @@ impl Scenario {
 }
 
 fn scenarios() -> Vec<Scenario> {
-    use Stimulus::{Console, Push};
+    use Stimulus::{Console, Push, Scan};
     use When::{AtOnce, Settled};
     let control = |payload| Console(Function::Control, payload);
     let revoke = |hex: char| {
@@ -1428,6 +1474,29 @@ fn scenarios() -> Vec<Scenario> {
                 "an alarm in the watch after the smoke tests → rollback",
                 &['a', 'c'],
                 vec![(Settled, Push('a', "v1")), (Settled, Push('c', "v3"))],
+                vec![("staging", Some('a'), false)],
+            )
+        },
+        Scenario {
+            config: scanned(),
+            ..Scenario::ssm(
+                "a push waits for its scan, within the thresholds → verified",
+                &['a'],
+                vec![(Settled, Push('a', "v1")), (AtOnce, Scan('a', 0))],
+                vec![("staging", Some('a'), false)],
+            )
+        },
+        Scenario {
+            config: scanned(),
+            ..Scenario::ssm(
+                "a scan over the thresholds blocks the push; the verified image stays",
+                &['a', 'c'],
+                vec![
+                    (Settled, Scan('a', 0)),
+                    (Settled, Push('a', "v1")),
+                    (Settled, Push('c', "v3")),
+                    (AtOnce, Scan('c', 2)),
+                ],
                 vec![("staging", Some('a'), false)],
             )
         },

@@ -607,4 +607,88 @@ mod tests {
             1_700_000_000
         );
     }
+
+    #[tokio::test]
+    async fn scan_findings_read_as_counts_and_a_missing_or_unfinished_scan_is_no_result() {
+        use aws_sdk_ecr::operation::describe_image_scan_findings::DescribeImageScanFindingsOutput;
+        use aws_sdk_ecr::types::error::ScanNotFoundException;
+        use aws_sdk_ecr::types::{FindingSeverity, ImageScanFindings, ImageScanStatus, ScanStatus};
+        let complete = mock!(Client::describe_image_scan_findings)
+            .match_requests(|r| {
+                r.repository_name() == Some("acme/web")
+                    && r.image_id().and_then(|i| i.image_digest()) == Some(DIGEST)
+            })
+            .then_output(|| {
+                DescribeImageScanFindingsOutput::builder()
+                    .image_scan_status(
+                        ImageScanStatus::builder()
+                            .status(ScanStatus::Complete)
+                            .build(),
+                    )
+                    .image_scan_findings(
+                        ImageScanFindings::builder()
+                            .finding_severity_counts(FindingSeverity::Critical, 2)
+                            .finding_severity_counts(FindingSeverity::Medium, 9)
+                            .build(),
+                    )
+                    .build()
+            });
+        let clean = mock!(Client::describe_image_scan_findings).then_output(|| {
+            DescribeImageScanFindingsOutput::builder()
+                .image_scan_status(
+                    ImageScanStatus::builder()
+                        .status(ScanStatus::Active)
+                        .build(),
+                )
+                .image_scan_findings(ImageScanFindings::builder().build())
+                .build()
+        });
+        let running = mock!(Client::describe_image_scan_findings).then_output(|| {
+            DescribeImageScanFindingsOutput::builder()
+                .image_scan_status(
+                    ImageScanStatus::builder()
+                        .status(ScanStatus::InProgress)
+                        .build(),
+                )
+                .build()
+        });
+        let never = mock!(Client::describe_image_scan_findings).then_error(|| {
+            DescribeImageScanFindingsError::ScanNotFoundException(
+                ScanNotFoundException::builder().message("no scan").build(),
+            )
+        });
+        let gone = mock!(Client::describe_image_scan_findings).then_error(|| {
+            DescribeImageScanFindingsError::ImageNotFoundException(
+                ImageNotFoundException::builder().message("gone").build(),
+            )
+        });
+        let client = mock_client!(
+            aws_sdk_ecr,
+            RuleMode::Sequential,
+            [&complete, &clean, &running, &never, &gone],
+            |c| c.region(aws_sdk_ecr::config::Region::new("eu-west-1"))
+        );
+        let ecr = EcrRegistry::new(client);
+        let digest = Digest::parse(DIGEST).unwrap();
+        let ScanState::Complete(counts) = ecr.scan(&repo(), &digest).await.unwrap() else {
+            panic!("a complete scan")
+        };
+        assert_eq!(counts.to_string(), "critical 2, medium 9");
+        assert_eq!(
+            ecr.scan(&repo(), &digest).await.unwrap(),
+            ScanState::Complete(Counts::default())
+        );
+        assert_eq!(
+            ecr.scan(&repo(), &digest).await.unwrap(),
+            ScanState::NoResult("IN_PROGRESS".into())
+        );
+        assert_eq!(
+            ecr.scan(&repo(), &digest).await.unwrap(),
+            ScanState::NoResult("NOT_SCANNED".into())
+        );
+        assert!(matches!(
+            ecr.scan(&repo(), &digest).await,
+            Err(RegistryError::NotFound(_))
+        ));
+    }
 }

@@ -560,6 +560,74 @@ apps:
     }
 
     #[test]
+    fn a_bad_scan_gate_is_named_with_its_path_and_a_good_one_holds_for_fifteen_minutes() {
+        use crate::domain::scan::{OnMissing, Severity};
+        let with = |scan: &str| {
+            GOOD.replace(
+                "deploy_on_push: { tags:",
+                &format!("scan: {scan}\n        deploy_on_push: {{ tags:"),
+            )
+        };
+        for (scan, path, says) in [
+            ("{ wait_seconds: 900 }", "scan.max", "at least one severity"),
+            (
+                "{ max: {} }",
+                "scan.max",
+                "critical, high, medium, low, informational, undefined",
+            ),
+            (
+                "{ max: { severe: 0 } }",
+                "scan.max.severe",
+                "not a severity",
+            ),
+            (
+                "{ max: { high: 2000000 } }",
+                "scan.max.high",
+                "use 0 to 1000000",
+            ),
+            (
+                "{ max: { critical: 0 }, wait_seconds: 5 }",
+                "scan.wait_seconds",
+                "use 30 to 86400 seconds",
+            ),
+            (
+                "{ max: { critical: 0 }, on_missing: skip }",
+                "scan.on_missing",
+                "not hold or deploy",
+            ),
+            (
+                "{ max: { critical: 0 }, thresholds: {} }",
+                "scan",
+                "thresholds",
+            ),
+        ] {
+            let found = problems(&with(scan));
+            assert_eq!(found.len(), 1, "{scan}: {found:?}");
+            assert!(
+                found[0]
+                    .0
+                    .starts_with(&format!("apps.web.environments.staging.{path}")),
+                "{scan}: {found:?}"
+            );
+            assert!(found[0].1.contains(says), "{scan}: {found:?}");
+        }
+        let config = Config::from_yaml(&with("{ max: { critical: 0, high: 5 } }")).unwrap();
+        let scan = config
+            .env(
+                &AppName::parse("web").unwrap(),
+                &EnvName::parse("staging").unwrap(),
+            )
+            .unwrap()
+            .scan
+            .clone()
+            .unwrap();
+        assert_eq!(scan.max.get(&Severity::Critical), Some(&0));
+        assert_eq!(scan.max.get(&Severity::High), Some(&5));
+        assert_eq!(scan.wait, Duration::from_secs(900));
+        assert_eq!(scan.on_missing, OnMissing::Hold);
+    }
+
+    #[test]
     fn wrong_types_are_named_with_their_path() {
         let yaml = GOOD.replace("within_seconds: 120", "within_seconds: soon");
         let found = problems(&yaml);
