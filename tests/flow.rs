@@ -1016,3 +1016,50 @@ async fn watched_alarms_are_read_with_describe_alarms() {
     assert_eq!(states[0].value, AlarmValue::Alarm);
     assert_eq!(states[0].reason, "Threshold Crossed: 12 > 5");
 }
+
+/// The vulnerability gate against ECR's API (moto): an image never scanned waits
+/// (`ScanNotFoundException`); once scanned, the reconciler reads its findings with
+/// `DescribeImageScanFindings` and blocks it above the thresholds, and nothing runs.
+#[tokio::test]
+async fn an_image_waits_for_its_scan_and_the_findings_ecr_reports_block_it() {
+    let config = CONFIG.replacen(
+        "        smoke:\n",
+        "        scan: { max: { critical: 0, high: 0 } }\n        smoke:\n",
+        1,
+    );
+    let w = World::start(&config)
+        .await
+        .expect("moto and the resources of template.yaml start");
+    let results = push(&w, "v1.0.0", &digest('a')).await;
+    assert!(
+        matches!(results[0].outcome, EnvOutcome::AwaitingScan { .. }),
+        "{results:?}"
+    );
+    let report = w.tracker.reconcile().await.unwrap();
+    assert!(report.actions.is_empty(), "not scanned yet: {report:?}");
+    let ecr = aws_sdk_ecr::Client::new(&w.sdk);
+    ecr.start_image_scan()
+        .repository_name("acme/web")
+        .image_id(
+            aws_sdk_ecr::types::ImageIdentifier::builder()
+                .image_digest(digest('a').as_str())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("StartImageScan");
+    let report = w.tracker.reconcile().await.unwrap();
+    assert_eq!(report.actions.len(), 1, "{report:?}");
+    assert!(
+        report.actions[0]
+            .action
+            .contains("its vulnerability scan found high 1 > 0"),
+        "{report:?}"
+    );
+    assert!(
+        w.commands().await.unwrap().is_empty(),
+        "nothing was sent to a host"
+    );
+    let blocked = w.published.last_detail("Deployment Blocked");
+    assert_eq!(blocked.digest.as_ref(), Some(&digest('a')));
+}
