@@ -84,8 +84,7 @@ impl Counts {
             if let Some(severity) = Severity::from_aws(key)
                 && n > 0
             {
-                let n = u32::try_from(n).unwrap_or(u32::MAX);
-                *out.entry(severity).or_insert(0u32) = n;
+                out.insert(severity, u32::try_from(n).unwrap_or(u32::MAX));
             }
         }
         Counts(out)
@@ -203,8 +202,8 @@ pub enum Verdict {
 }
 
 impl ScanPolicy {
-    /// The verdict on an image whose result is `result` (none yet), waited for since
-    /// `until - wait`, at `now`.
+    /// The verdict at `now` on an image whose scan result is `result` (`None`: not known
+    /// yet) and that waits until `until` (`None`: it has not started waiting).
     pub fn verdict(
         &self,
         result: Option<&ScanResult>,

@@ -26,8 +26,9 @@ use crate::services::{Deployer, InputError, ServiceError};
 pub enum Input {
     /// An image pushed to ECR.
     Push(PushEvent),
-    /// An ECR event that deploys nothing (a deletion, a failed push), and why.
-    NotAPush(String),
+    /// An event that deploys nothing (a deletion, a failed push, a scan not complete), and
+    /// why.
+    Ignored(String),
     /// A vulnerability scan's result (ECR basic scanning, or Amazon Inspector).
     Scan(ScanEvent),
     /// A digest verified somewhere: its environment is free, it may be promoted, and the
@@ -205,7 +206,7 @@ fn deploy(r: DeployRequest) -> Result<ManualDeploy, InputError> {
 fn ecr_push(envelope: &Envelope) -> Result<Input, InputError> {
     let action: EcrDetail = envelope.detail()?;
     if action.action_type != "PUSH" || action.result != "SUCCESS" {
-        return Ok(Input::NotAPush(format!(
+        return Ok(Input::Ignored(format!(
             "not a successful image push ({} {})",
             action.action_type, action.result
         )));
@@ -256,7 +257,7 @@ fn scan(envelope: &Envelope, scanner: Scanner) -> Result<Input, InputError> {
         _ => "COMPLETE",
     };
     if d.scan_status != complete {
-        return Ok(Input::NotAPush(format!(
+        return Ok(Input::Ignored(format!(
             "not a completed scan (scan-status {})",
             d.scan_status
         )));
@@ -299,7 +300,7 @@ pub async fn run(deployer: &Deployer, input: Input) -> Result<Value, ServiceErro
                 "reason": format!("no app deploys repository {}", crate::inbound::quote(&push.repository)),
             })),
         },
-        Input::NotAPush(reason) => respond(&json!({ "outcome": "ignored", "reason": reason })),
+        Input::Ignored(reason) => respond(&json!({ "outcome": "ignored", "reason": reason })),
         Input::Scan(scan) => respond(&deployer.on_scan(&scan).await?),
         Input::Verified(verified) => {
             let started = deployer

@@ -390,16 +390,9 @@ pub(crate) async fn place(
             )
             .with_image(&request.image, request.tag.as_ref(), request.kind);
             if dirty {
-                let outbox = core.outbox(vec![event]);
-                let commit = Commit {
-                    outbox: outbox.clone(),
-                    ..Commit::env(state).claiming(claim.clone())
-                };
-                match core.store.commit(commit).await {
-                    Err(StoreError::Duplicate(_)) => return Ok(duplicate(result, image)),
-                    other => other?,
+                if !commit_env(core, state, claim, vec![event]).await? {
+                    return Ok(duplicate(result, image));
                 }
-                core.announce(outbox).await;
             } else if let Err(e) = core.events.publish(&[event]).await {
                 // Nothing changed, so nothing waits on this event: it is only said.
                 warn!(error = %e, "could not announce the skipped image");
@@ -425,17 +418,10 @@ pub(crate) async fn place(
                 now,
             )
             .with_image(&request.image, request.tag.as_ref(), request.kind);
-            let outbox = core.outbox(vec![event]);
-            let commit = Commit {
-                outbox: outbox.clone(),
-                ..Commit::env(state).claiming(claim.clone())
-            };
-            match core.store.commit(commit).await {
-                Err(StoreError::Duplicate(_)) => return Ok(duplicate(result, image)),
-                other => other?,
+            if !commit_env(core, state, claim, vec![event]).await? {
+                return Ok(duplicate(result, image));
             }
             info!(app = %app, env = %env, behind = ?behind, digest = %request.image.digest, "queued");
-            core.announce(outbox).await;
             Ok(result(EnvOutcome::Queued { behind, image }))
         }
         Admission::Start => {
@@ -455,6 +441,27 @@ pub(crate) async fn place(
             }))
         }
     }
+}
+
+/// Commits the environment alone, with `events` recorded in the same write under `claim`,
+/// then delivers them. `false`: the claim was taken already, so this was done before.
+pub(crate) async fn commit_env(
+    core: &Core,
+    state: &mut EnvState,
+    claim: Option<String>,
+    events: Vec<LifecycleEvent>,
+) -> Result<bool, ServiceError> {
+    let outbox = core.outbox(events);
+    let commit = Commit {
+        outbox: outbox.clone(),
+        ..Commit::env(state).claiming(claim)
+    };
+    match core.store.commit(commit).await {
+        Err(StoreError::Duplicate(_)) => return Ok(false),
+        other => other?,
+    }
+    core.announce(outbox).await;
+    Ok(true)
 }
 
 impl Deployer {
@@ -579,7 +586,7 @@ impl Deployer {
     }
 }
 
-fn duplicate(result: impl FnOnce(EnvOutcome) -> EnvResult, image: String) -> EnvResult {
+pub(crate) fn duplicate(result: impl FnOnce(EnvOutcome) -> EnvResult, image: String) -> EnvResult {
     info!("this event was already handled; deploying nothing");
     result(EnvOutcome::Skipped {
         reason: "this event was already handled".into(),

@@ -8,7 +8,7 @@
 
 use tracing::{info, warn};
 
-use super::deploy::{Placing, place};
+use super::deploy::{Placing, commit_env, duplicate, place};
 use super::rollout::{EnvOutcome, EnvResult};
 use super::{Core, ServiceError, retry_on_conflict};
 use crate::domain::scan::{AwaitingScan, Counts, ScanPolicy, ScanResult, Scanner, Verdict};
@@ -16,7 +16,7 @@ use crate::domain::{
     AppName, Config, Digest, EnvName, EnvState, EventType, Kind, LifecycleEvent, Request,
     SkipReason,
 };
-use crate::ports::{Commit, ImageRegistry, RegistryError, ScanState, StoreError, Target};
+use crate::ports::{ImageRegistry, RegistryError, ScanState, Target};
 
 /// Whether the gate applies to `request`: pushes and promotions do; a deploy by hand and a
 /// rollback (of a verified image) do not.
@@ -172,26 +172,14 @@ pub(crate) async fn hold(
         }
     };
     let event = event.with_image(&request.image, request.tag.as_ref(), request.kind);
-    let outbox = core.outbox(vec![event]);
-    let commit = Commit {
-        outbox: outbox.clone(),
-        ..Commit::env(state).claiming(claim)
-    };
     let result = |outcome| EnvResult {
         app: app.clone(),
         environment: env.clone(),
         outcome,
     };
-    match core.store.commit(commit).await {
-        Err(StoreError::Duplicate(_)) => {
-            return Ok(result(EnvOutcome::Skipped {
-                reason: "this event was already handled".into(),
-                image,
-            }));
-        }
-        other => other?,
+    if !commit_env(core, state, claim, vec![event]).await? {
+        return Ok(duplicate(result, image));
     }
-    core.announce(outbox).await;
     Ok(result(outcome))
 }
 
@@ -231,7 +219,7 @@ pub(crate) async fn settle(
             }
             let Some(waiting) = state.awaiting_scan.clone() else {
                 if dirty {
-                    write(core, &mut state, settle.claim.clone()).await?;
+                    commit_env(core, &mut state, settle.claim.clone(), Vec::new()).await?;
                 }
                 return Ok(None);
             };
@@ -257,7 +245,7 @@ pub(crate) async fn settle(
             match verdict {
                 Verdict::Wait => {
                     if dirty {
-                        write(core, &mut state, settle.claim.clone()).await?;
+                        commit_env(core, &mut state, settle.claim.clone(), Vec::new()).await?;
                     }
                     Ok(None)
                 }
@@ -300,19 +288,6 @@ pub(crate) async fn settle(
         },
     )
     .await
-}
-
-/// Writes the environment alone (a result recorded), under `claim`; a claim already
-/// taken means the event was handled.
-async fn write(
-    core: &Core,
-    state: &mut EnvState,
-    claim: Option<String>,
-) -> Result<(), ServiceError> {
-    match core.store.commit(Commit::env(state).claiming(claim)).await {
-        Err(StoreError::Duplicate(_)) | Ok(_) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// A completed scan, as `ECR Image Scan` or `Inspector2 Scan` delivers it.
@@ -429,6 +404,19 @@ mod tests {
 
     use crate::domain::Tag;
 
+    /// `status` of web/staging, as the console shows it.
+    async fn staging_status(w: &World) -> serde_json::Value {
+        let status = w
+            .control()
+            .status(
+                Some(&crate::fakes::app("web")),
+                Some(&crate::fakes::env_name("staging")),
+            )
+            .await
+            .unwrap();
+        serde_json::to_value(&status[0]).unwrap()
+    }
+
     fn counts(of: &[(&str, u64)]) -> Counts {
         Counts::from_aws(of.iter().copied())
     }
@@ -445,15 +433,7 @@ mod tests {
             matches!(out[0].outcome, EnvOutcome::AwaitingScan { .. }),
             "{out:?}"
         );
-        let status = w
-            .control()
-            .status(
-                Some(&crate::fakes::app("web")),
-                Some(&crate::fakes::env_name("staging")),
-            )
-            .await
-            .unwrap();
-        let shown = serde_json::to_value(&status[0]).unwrap();
+        let shown = staging_status(&w).await;
         assert_eq!(
             shown["awaiting_scan"]["digest"],
             w.image('a').digest.as_str(),
@@ -483,15 +463,7 @@ mod tests {
             state.scan_of(&w.image('a').digest).unwrap().scanner,
             Scanner::Registry
         );
-        let status = w
-            .control()
-            .status(
-                Some(&crate::fakes::app("web")),
-                Some(&crate::fakes::env_name("staging")),
-            )
-            .await
-            .unwrap();
-        let shown = serde_json::to_value(&status[0]).unwrap();
+        let shown = staging_status(&w).await;
         assert_eq!(shown["awaiting_scan"], serde_json::Value::Null, "{shown}");
         assert_eq!(
             shown["scans"][0]["counts"],
