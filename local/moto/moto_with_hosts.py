@@ -11,7 +11,7 @@ This launcher starts the ordinary moto server with three changes:
     (status, exit code, output), and the command's status follows from its invocations;
   * CancelCommand (unimplemented in moto) marks pending invocations Cancelled and running
     ones Cancelling, which the agent turns into a killed script and a Cancelled invocation.
-Everything else is moto, untouched. Arguments are moto_server's.
+ECR's layer downloads come from ecr_layers.py. Everything else is moto, untouched. Arguments are moto_server's.
 """
 
 import datetime
@@ -24,6 +24,8 @@ from moto.core.responses import EmptyResult
 from moto.moto_server import werkzeug_app
 from moto.ssm import models as ssm
 from moto.ssm import responses as ssm_responses
+
+import ecr_layers
 
 REPORT_PATH = "/_pushdeploy_local/ssm/invocation"
 TERMINAL = {"Success", "Failed", "TimedOut", "Cancelled", "Undeliverable", "Terminated"}
@@ -142,6 +144,7 @@ class _App(werkzeug_app.DomainDispatcherApplication):
 
 
 server.DomainDispatcherApplication = _App
+ecr_layers.install()
 
 if __name__ == "__main__":
     server.main(sys.argv[1:])

@@ -55,12 +55,14 @@ impl Moto {
     }
 
     /// Like `start`, listening on `host`: `0.0.0.0` lets containers reach the server through
-    /// their gateway (`host.containers.internal`), as `sam local invoke` needs.
+    /// their gateway (`host.containers.internal`), as `sam local invoke` needs. ECR's layer
+    /// downloads, which moto lacks, are added (see `local/moto/ecr_layers.py`).
     pub fn start_on(log: &Path, host: &str) -> anyhow::Result<Self> {
         let port = free_port()?;
-        let program = venv_tool("moto_server");
-        let mut command = Command::new(&program);
-        command.args(["-H", host, "-p", &port.to_string()]);
+        let mut command = Command::new(venv_tool("python3"));
+        command
+            .arg(workspace_root().join("local/moto/moto_layers.py"))
+            .args(["-H", host, "-p", &port.to_string()]);
         Self::spawn(command, port, log)
     }
 

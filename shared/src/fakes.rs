@@ -296,6 +296,8 @@ struct RegistryInner {
     calls: Vec<&'static str>,
     /// Completed scans, by digest.
     scans: HashMap<Digest, crate::domain::scan::Counts>,
+    /// What images are built for, by digest; not given: `linux/amd64`.
+    platforms: HashMap<Digest, crate::domain::platform::ImagePlatforms>,
 }
 
 /// A registry in memory: tags point at digests; digests may be deleted.
@@ -326,6 +328,16 @@ impl FakeRegistry {
             .unwrap()
             .scans
             .insert(digest.clone(), counts);
+    }
+
+    /// What the image `digest` is built for, as its manifest or config says from now on
+    /// (until then, `linux/amd64`).
+    pub fn built_for(&self, digest: &Digest, platforms: crate::domain::platform::ImagePlatforms) {
+        self.inner
+            .lock()
+            .unwrap()
+            .platforms
+            .insert(digest.clone(), platforms);
     }
 
     /// Pushes an image; each push is one second after the one before.
@@ -517,6 +529,28 @@ impl ImageRegistry for FakeRegistry {
             None => crate::ports::ScanState::NoResult("IN_PROGRESS".into()),
         })
     }
+
+    async fn platforms(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<crate::domain::platform::ImagePlatforms, RegistryError> {
+        use crate::domain::platform::{ImagePlatforms, Platform};
+        let inner = self.inner.lock().unwrap();
+        if !inner
+            .images
+            .contains(&(repository.to_string(), digest.clone()))
+        {
+            return Err(RegistryError::NotFound(format!(
+                "image {digest} not found in repository {repository}"
+            )));
+        }
+        Ok(inner
+            .platforms
+            .get(digest)
+            .cloned()
+            .unwrap_or_else(|| ImagePlatforms::Known(vec![Platform::linux_amd64()])))
+    }
 }
 
 #[async_trait]
@@ -657,6 +691,8 @@ struct TargetInner {
     /// Handles shaped as each kind of target writes them (`ssm:…`, `ecs:…`, `codedeploy:…`)
     /// instead of `fake:cmd-N`.
     realistic: bool,
+    /// The platform the target says it runs (as an ECS task definition's `runtimePlatform`).
+    declares: Option<crate::domain::platform::Platform>,
 }
 
 /// A target that records rollouts; their status is whatever the test sets.
@@ -666,6 +702,12 @@ pub struct FakeTarget {
 }
 
 impl FakeTarget {
+    /// The target says it runs `platform` from now on, as an ECS task definition's
+    /// `runtimePlatform` does.
+    pub fn declare_platform(&self, platform: crate::domain::platform::Platform) {
+        self.inner.lock().unwrap().declares = Some(platform);
+    }
+
     pub fn started(&self) -> Vec<StartedRollout> {
         self.inner.lock().unwrap().started.clone()
     }
@@ -786,6 +828,13 @@ impl Target for FakeTarget {
             .get(target_ref.as_str())
             .cloned()
             .ok_or_else(|| TargetError::NotFound(format!("no rollout {target_ref}")))
+    }
+
+    async fn platform(
+        &self,
+        _config: &TargetConfig,
+    ) -> Result<Option<crate::domain::platform::Platform>, TargetError> {
+        Ok(self.inner.lock().unwrap().declares.clone())
     }
 
     async fn cancel(&self, target_ref: &TargetRef) -> Result<(), TargetError> {

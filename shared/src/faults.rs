@@ -366,6 +366,18 @@ impl Target for FaultyTarget {
             })
             .await
     }
+
+    async fn platform(
+        &self,
+        config: &TargetConfig,
+    ) -> Result<Option<crate::domain::platform::Platform>, TargetError> {
+        let read = self.inner.platform(config);
+        self.faults
+            .around("Target::platform", read, || {
+                TargetError::Transient(lost("DescribeTaskDefinition"))
+            })
+            .await
+    }
 }
 
 struct FaultyRegistry {
@@ -410,6 +422,19 @@ impl ImageRegistry for FaultyRegistry {
         self.faults
             .around("ImageRegistry::scan", read, || {
                 RegistryError::Transient(lost("DescribeImageScanFindings"))
+            })
+            .await
+    }
+
+    async fn platforms(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<crate::domain::platform::ImagePlatforms, RegistryError> {
+        let read = self.inner.platforms(repository, digest);
+        self.faults
+            .around("ImageRegistry::platforms", read, || {
+                RegistryError::Transient(lost("BatchGetImage"))
             })
             .await
     }
@@ -577,6 +602,8 @@ struct Scenario {
     rollbacks_fail: bool,
     /// Digests that set off their environment's watched alarms while they run.
     alarming: &'static [char],
+    /// Digests built for linux/arm64 only (every target runs linux/amd64).
+    arm64: &'static [char],
     stimuli: Vec<(When, Stimulus)>,
     /// Per environment at the end: the digest it runs, and whether it is frozen.
     expect: Vec<(&'static str, Option<char>, bool)>,
@@ -626,6 +653,14 @@ impl<'a> Sim<'a> {
         let events = RecordingPublisher::default();
         let target = FakeTarget::realistic();
         let registry = FakeRegistry::new(World::REGISTRY);
+        for hex in scenario.arm64 {
+            registry.built_for(
+                &Digest::parse(&format!("sha256:{}", hex.to_string().repeat(64))).unwrap(),
+                crate::domain::platform::ImagePlatforms::Known(vec![
+                    crate::domain::platform::Platform::parse("linux/arm64").unwrap(),
+                ]),
+            );
+        }
         let clock = ManualClock::new(World::START);
         let core = Core {
             store: Arc::new(FaultyStore {
@@ -1054,6 +1089,28 @@ impl<'a> Sim<'a> {
                 broken.push(format!("deployment {id} has {n} target actions"));
             }
         }
+        // An image built for another platform never reaches a target, and its refusal is
+        // announced.
+        for hex in self.scenario.arm64 {
+            let digest = self.image(*hex);
+            if self
+                .target
+                .started()
+                .iter()
+                .any(|s| s.image.ends_with(digest.as_str()))
+            {
+                broken.push(format!("{digest}, built for linux/arm64, was started"));
+            }
+            let announced = published.iter().any(|e| {
+                e.detail_type == EventType::DeploymentBlocked
+                    && e.deployment().and_then(|d| d.digest.as_ref()) == Some(&digest)
+            });
+            if !announced {
+                broken.push(format!(
+                    "{digest}, built for linux/arm64, was never announced blocked"
+                ));
+            }
+        }
         for (app, env, _) in self.config.environments() {
             let state = self.store.env_state(app, env).await.unwrap();
             let place = format!("{app}/{env}");
@@ -1276,6 +1333,7 @@ impl Scenario {
             fail_on_target: &[],
             rollbacks_fail: false,
             alarming: &[],
+            arm64: &[],
             stimuli,
             expect,
         }
@@ -1497,6 +1555,15 @@ fn scenarios() -> Vec<Scenario> {
                     (Settled, Push('c', "v3")),
                     (AtOnce, Scan('c', 2)),
                 ],
+                vec![("staging", Some('a'), false)],
+            )
+        },
+        Scenario {
+            arm64: &['b'],
+            ..Scenario::ssm(
+                "a push built for another platform is refused; the verified image stays",
+                &['a', 'b'],
+                vec![(Settled, Push('a', "v1")), (Settled, Push('b', "v2"))],
                 vec![("staging", Some('a'), false)],
             )
         },

@@ -333,6 +333,13 @@ impl Target for Watched {
         self.inner.status(target_ref).await
     }
 
+    async fn platform(
+        &self,
+        config: &TargetConfig,
+    ) -> Result<Option<pushdeploy::domain::platform::Platform>, TargetError> {
+        self.inner.platform(config).await
+    }
+
     async fn cancel(&self, target_ref: &TargetRef) -> Result<(), TargetError> {
         self.inner.cancel(target_ref).await
     }

@@ -1,5 +1,7 @@
 //! The image registry on Amazon ECR: `DescribeImages` by tag or by digest; the listing,
-//! manifests and batch deletes of the janitor; `PutImage` to move an environment's tag.
+//! manifests and batch deletes of the janitor; `PutImage` to move an environment's tag;
+//! an image's platforms from its manifest (`BatchGetImage`) or its config blob
+//! (`GetDownloadUrlForLayer`, then one HTTPS GET of the URL ECR signs).
 
 use async_trait::async_trait;
 use aws_sdk_ecr::Client;
@@ -10,12 +12,13 @@ use aws_sdk_ecr::types::ImageIdentifier;
 use time::OffsetDateTime;
 
 use super::aws::failed;
+use crate::domain::platform::{self, ImagePlatforms, Platform};
 use crate::domain::retention::StoredImage;
 use crate::domain::scan::Counts;
 use crate::domain::{Digest, PinnedImage, Registry, Repository, Tag};
 use crate::ports::{
-    DeleteFailure, ImageCatalog, ImagePage, ImageRegistry, ListedImage, MAX_PAGE, RegistryError,
-    ResolvedImage, ScanState, TagMove, TagWriter,
+    CallError, DeleteFailure, ImageCatalog, ImagePage, ImageRegistry, ListedImage, MAX_PAGE,
+    RegistryError, ResolvedImage, ScanState, TagMove, TagWriter,
 };
 
 /// Media types of an image index (a multi-platform image).
@@ -32,13 +35,23 @@ const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.docker.distribution.manifest.v1+prettyjws",
 ];
 
+/// The most of a config blob read: configs are a few kilobytes.
+const MAX_CONFIG: usize = 4 * 1024 * 1024;
+
 pub struct EcrRegistry {
     client: Client,
+    /// Reads config blobs from the URLs `GetDownloadUrlForLayer` gives.
+    blobs: reqwest::Client,
 }
 
 impl EcrRegistry {
     pub fn new(client: Client) -> Self {
-        Self { client }
+        let blobs = reqwest::Client::builder()
+            .user_agent(concat!("pushdeploy/", env!("CARGO_PKG_VERSION")))
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        Self { client, blobs }
     }
 
     async fn describe(
@@ -195,6 +208,137 @@ impl ImageRegistry for EcrRegistry {
             })
             .unwrap_or_default();
         Ok(ScanState::Complete(counts))
+    }
+
+    async fn platforms(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<ImagePlatforms, RegistryError> {
+        let (_, manifest, media_type) = self
+            .manifests(repository, std::slice::from_ref(digest))
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                RegistryError::NotFound(format!(
+                    "image {digest} not found in repository {repository}"
+                ))
+            })?;
+        let manifest: serde_json::Value = serde_json::from_str(&manifest).map_err(|e| {
+            RegistryError::Unreadable(format!("the manifest of {digest} is not JSON: {e}"))
+        })?;
+        let media_type = media_type
+            .or_else(|| manifest["mediaType"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if INDEX_TYPES.contains(&media_type.as_str()) || manifest.get("manifests").is_some() {
+            return Ok(match platform::index_platforms(&manifest) {
+                listed if listed.is_empty() => {
+                    ImagePlatforms::Unknown("its image index names no platform".into())
+                }
+                listed => ImagePlatforms::Known(listed),
+            });
+        }
+        if manifest["schemaVersion"] == 1 {
+            // Schema 1 manifests name the architecture; they were Linux-only.
+            return Ok(match manifest["architecture"].as_str() {
+                Some(arch) => ImagePlatforms::Known(vec![Platform::new("linux", arch, None)]),
+                None => ImagePlatforms::Unknown("its manifest names no architecture".into()),
+            });
+        }
+        let config = &manifest["config"];
+        let config_type = config["mediaType"].as_str().unwrap_or_default();
+        if !CONFIG_TYPES.contains(&config_type) {
+            return Ok(ImagePlatforms::Unknown(format!(
+                "it is not a container image (its config is {config_type:?})"
+            )));
+        }
+        let Some(config_digest) = config["digest"].as_str() else {
+            return Ok(ImagePlatforms::Unknown(
+                "its manifest names no config".into(),
+            ));
+        };
+        self.config_platform(repository, config_digest).await
+    }
+}
+
+/// Media types of a container image's config, which names its platform.
+const CONFIG_TYPES: &[&str] = &[
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+
+impl EcrRegistry {
+    /// The platform an image's config blob names, read through the URL ECR signs for it.
+    async fn config_platform(
+        &self,
+        repository: &Repository,
+        config_digest: &str,
+    ) -> Result<ImagePlatforms, RegistryError> {
+        use aws_sdk_ecr::operation::get_download_url_for_layer::GetDownloadUrlForLayerError;
+        let out = self
+            .client
+            .get_download_url_for_layer()
+            .repository_name(repository.as_str())
+            .layer_digest(config_digest)
+            .send()
+            .await;
+        let url = match out {
+            Ok(out) => out.download_url().unwrap_or_default().to_owned(),
+            Err(SdkError::ServiceError(e))
+                if matches!(
+                    e.err(),
+                    GetDownloadUrlForLayerError::LayersNotFoundException(_)
+                        | GetDownloadUrlForLayerError::LayerInaccessibleException(_)
+                ) =>
+            {
+                return Ok(ImagePlatforms::Unknown(format!(
+                    "ECR holds no readable config blob {config_digest} for it"
+                )));
+            }
+            Err(e) => return Err(failed(e, "GetDownloadUrlForLayer")),
+        };
+        let lost =
+            |what: String| RegistryError::Transient(CallError::said("GET config blob", what));
+        let mut response = self
+            .blobs
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| lost(format!("reading config blob {config_digest}: {e}")))?;
+        let status = response.status();
+        if status.is_server_error() {
+            return Err(lost(format!(
+                "reading config blob {config_digest}: HTTP {status}"
+            )));
+        }
+        if !status.is_success() {
+            return Err(RegistryError::Unreadable(format!(
+                "reading config blob {config_digest}: HTTP {status}"
+            )));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| lost(format!("reading config blob {config_digest}: {e}")))?
+        {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_CONFIG {
+                return Err(RegistryError::Unreadable(format!(
+                    "config blob {config_digest} is larger than {MAX_CONFIG} bytes"
+                )));
+            }
+        }
+        let config: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            RegistryError::Unreadable(format!("config blob {config_digest} is not JSON: {e}"))
+        })?;
+        Ok(match platform::config_platform(&config) {
+            Some(p) => ImagePlatforms::Known(vec![p]),
+            None => ImagePlatforms::Unknown(format!(
+                "its config {config_digest} names no OS or architecture"
+            )),
+        })
     }
 }
 

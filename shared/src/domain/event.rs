@@ -194,6 +194,10 @@ pub struct EventDetail {
     /// On `Deployment Blocked`: the scan's findings per severity (absent: no result).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub findings: Option<super::scan::Counts>,
+    /// On `Deployment Blocked` for the platform: what the image is built for, and what the
+    /// target runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platforms: Option<super::platform::Mismatch>,
     /// The event's own id, the same on every delivery of it (EventBridge gives each
     /// delivery a new envelope id): what consumers claim to handle an event once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -259,6 +263,7 @@ impl LifecycleEvent {
                 expires_at: None,
                 by: None,
                 findings: None,
+                platforms: None,
                 event_id: None,
                 at: deployment.updated_at,
             })),
@@ -292,6 +297,7 @@ impl LifecycleEvent {
                 expires_at: None,
                 by: None,
                 findings: None,
+                platforms: None,
                 event_id: None,
                 at,
             })),
@@ -328,6 +334,14 @@ impl LifecycleEvent {
     pub fn with_findings(mut self, findings: Option<super::scan::Counts>) -> Self {
         if let Detail::Deployment(d) = &mut self.detail {
             d.findings = findings;
+        }
+        self
+    }
+
+    /// With the platforms that refused an image (`Deployment Blocked`).
+    pub fn with_platforms(mut self, platforms: Option<super::platform::Mismatch>) -> Self {
+        if let Detail::Deployment(d) = &mut self.detail {
+            d.platforms = platforms;
         }
         self
     }

@@ -9,6 +9,7 @@ pub mod image;
 pub mod lifecycle;
 pub mod names;
 pub mod notice;
+pub mod platform;
 pub mod policy;
 pub mod retention;
 pub mod scan;

@@ -64,6 +64,10 @@ pub fn text(notice: Notice, d: &EventDetail) -> String {
         Notice::RollbackFailed => format!(
             "🚨 {place}: rolling back {image} failed{reason}; the environment is frozen and needs a person{id}"
         ),
+        // A platform refusal says itself what to change; deploying by hand would not start.
+        Notice::Blocked if d.platforms.is_some() => {
+            format!("🛡️ {place}: {image} was not deployed{reason}")
+        }
         Notice::Blocked => format!(
             "🛡️ {place}: {image} was not deployed{reason}. Fix the image and push again, or deploy it by hand to override"
         ),
@@ -240,6 +244,21 @@ mod tests {
         assert_eq!(
             text(Notice::Blocked, &d),
             "🛡️ web/staging: v1.4.0 (3f2c7b1d9e8a) was not deployed: its vulnerability scan found critical 2 > 0 (this environment allows critical 0, high 5). Fix the image and push again, or deploy it by hand to override"
+        );
+    }
+
+    #[test]
+    fn an_image_for_another_platform_says_both_and_no_override() {
+        let d = detail(json!({
+            "app": "web", "environment": "staging",
+            "digest": "sha256:3f2c7b1d9e8a4c6b5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e",
+            "tag": "v1.4.0", "platforms": {"image": ["linux/arm64"], "target": "linux/amd64"},
+            "reason": "the image is built for linux/arm64, but web/staging runs linux/amd64 (as its `platform` says): build the image for linux/amd64, or change the environment's `platform` if its hosts run another",
+            "at": "2026-11-20T14:30:00Z"
+        }));
+        assert_eq!(
+            text(Notice::Blocked, &d),
+            "🛡️ web/staging: v1.4.0 (3f2c7b1d9e8a) was not deployed: the image is built for linux/arm64, but web/staging runs linux/amd64 (as its `platform` says): build the image for linux/amd64, or change the environment's `platform` if its hosts run another"
         );
     }
 

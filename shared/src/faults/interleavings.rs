@@ -271,6 +271,7 @@ async fn run(seed: u64, trace: bool) -> (Vec<String>, usize) {
         fail_on_target: &[],
         rollbacks_fail: false,
         alarming: &[],
+        arm64: &[],
         stimuli: Vec::new(),
         expect: Vec::new(),
     };

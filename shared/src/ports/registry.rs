@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::CallError;
+use crate::domain::platform::ImagePlatforms;
 use crate::domain::retention::StoredImage;
 use crate::domain::scan::Counts;
 use crate::domain::{Digest, PinnedImage, Repository, Tag};
@@ -56,6 +57,15 @@ pub trait ImageRegistry: Send + Sync {
         repository: &Repository,
         digest: &Digest,
     ) -> Result<ScanState, RegistryError>;
+
+    /// What the image is built for: an image index's platforms, or a single image's config's
+    /// (`BatchGetImage`, then the config blob through `GetDownloadUrlForLayer`).
+    /// `NotFound` when the image is no longer in the repository.
+    async fn platforms(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<ImagePlatforms, RegistryError>;
 }
 
 /// What ECR knows of an image's scan.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::CallError;
+use crate::domain::platform::Platform;
 use crate::domain::{Deployment, TargetConfig};
 
 /// A target's handle on a rollout, prefixed with the kind of target: `ssm:<command-id>`,
@@ -146,6 +147,13 @@ pub trait Target: Send + Sync {
     /// Housekeeping once a started rollout is recorded (ECS: deregistering revisions beyond
     /// `keep_revisions`). Best effort: failures are the target's to log.
     async fn tidy(&self, _started: &Started, _config: &TargetConfig) {}
+
+    /// The platform the target itself says it runs (an ECS task definition's
+    /// `runtimePlatform`); `None` when it says none, and the environment's `platform`
+    /// decides.
+    async fn platform(&self, _config: &TargetConfig) -> Result<Option<Platform>, TargetError> {
+        Ok(None)
+    }
 }
 
 /// Every kind of target a function can reach, chosen by the environment's configuration
@@ -202,5 +210,9 @@ impl Target for Targets {
         if let Ok(target) = self.get(config.kind()) {
             target.tidy(started, config).await;
         }
+    }
+
+    async fn platform(&self, config: &TargetConfig) -> Result<Option<Platform>, TargetError> {
+        self.get(config.kind())?.platform(config).await
     }
 }

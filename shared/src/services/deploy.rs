@@ -8,9 +8,9 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use super::error::Names;
-use super::gate;
 use super::rollout::{EnvOutcome, EnvResult, launch, start_queued};
 use super::{Core, InputError, Refusal, ServiceError, retry_on_conflict};
+use super::{gate, platform};
 use crate::domain::approval;
 use crate::domain::{
     Admission, AppName, Config, Deployment, Digest, EnvName, EnvState, EventType, Kind,
@@ -273,9 +273,10 @@ impl Deployer {
         }
     }
 
-    /// Starts, queues or skips one request on one environment; with a `scan` policy, an
-    /// automatic one first passes the vulnerability gate (it may wait for its scan, or be
-    /// blocked).
+    /// Starts, queues or skips one request on one environment. One it would start or queue
+    /// is first checked for its platform (refused when built for none the target runs),
+    /// then, with a `scan` policy, an automatic one passes the vulnerability gate (it may
+    /// wait for its scan, or be blocked).
     pub(super) async fn admit(
         &self,
         config: &Config,
@@ -300,6 +301,29 @@ impl Deployer {
                 }
                 let mut admission = state.admit(&request, env_config.only_newer);
                 let mut dirty = false;
+                if matches!(admission, Admission::Start | Admission::Queue { .. })
+                    && request.kind != Kind::Rollback
+                    && let Some(refused) = platform::check(
+                        self.registry.as_ref(),
+                        self.target.as_ref(),
+                        env_config,
+                        app,
+                        env,
+                        &request,
+                    )
+                    .await?
+                {
+                    return gate::hold(
+                        &self.core,
+                        app,
+                        env,
+                        &mut state,
+                        &request,
+                        refused,
+                        claim.clone(),
+                    )
+                    .await;
+                }
                 if let (Some(policy), Admission::Start | Admission::Queue { .. }) =
                     (gated, &admission)
                 {

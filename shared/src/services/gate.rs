@@ -39,9 +39,12 @@ pub(crate) enum Held {
     Wait {
         until: time::OffsetDateTime,
     },
+    /// Refused: by the scan's findings (`counts`), for no result in time, or because the
+    /// image is built for another platform than its target's (`platforms`).
     Block {
         reason: String,
         counts: Option<Counts>,
+        platforms: Option<crate::domain::platform::Mismatch>,
     },
 }
 
@@ -82,7 +85,11 @@ pub(crate) async fn check(
             state.awaiting_scan = None;
             Check::Pass { recorded }
         }
-        Verdict::Block { reason, counts } => Check::Held(Held::Block { reason, counts }),
+        Verdict::Block { reason, counts } => Check::Held(Held::Block {
+            reason,
+            counts,
+            platforms: None,
+        }),
         Verdict::Wait => Check::Held(Held::Wait {
             until: now + policy.wait,
         }),
@@ -117,7 +124,7 @@ async fn ask(
 }
 
 /// Records a held request: it waits for its scan (announced by `Scan Awaited`), or it is
-/// blocked (`Deployment Blocked`, with the findings).
+/// blocked (`Deployment Blocked`, with the findings or the platforms).
 pub(crate) async fn hold(
     core: &Core,
     app: &AppName,
@@ -153,8 +160,12 @@ pub(crate) async fn hold(
                 },
             )
         }
-        Held::Block { reason, counts } => {
-            info!(app = %app, env = %env, digest = %request.image.digest, %reason, "blocked by the vulnerability gate");
+        Held::Block {
+            reason,
+            counts,
+            platforms,
+        } => {
+            info!(app = %app, env = %env, digest = %request.image.digest, %reason, "blocked");
             (
                 LifecycleEvent::environment(
                     EventType::DeploymentBlocked,
@@ -163,7 +174,8 @@ pub(crate) async fn hold(
                     Some(reason.clone()),
                     now,
                 )
-                .with_findings(counts),
+                .with_findings(counts)
+                .with_platforms(platforms),
                 EnvOutcome::Blocked {
                     reason,
                     image: image.clone(),
@@ -257,7 +269,11 @@ pub(crate) async fn settle(
                         env,
                         &mut state,
                         &request,
-                        Held::Block { reason, counts },
+                        Held::Block {
+                            reason,
+                            counts,
+                            platforms: None,
+                        },
                         settle.claim.clone(),
                     )
                     .await

@@ -7,6 +7,7 @@ pub mod error;
 pub mod gate;
 pub mod janitor;
 pub mod notify;
+pub mod platform;
 pub mod promote;
 pub mod rollback;
 pub mod rollout;

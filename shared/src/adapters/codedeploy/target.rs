@@ -323,6 +323,21 @@ impl Target for CodeDeploy {
         }
     }
 
+    /// Blue/green on ECS: the service's task definition's `runtimePlatform`. EC2 hosts say
+    /// nothing: the environment's `platform` decides.
+    async fn platform(
+        &self,
+        config: &TargetConfig,
+    ) -> Result<Option<crate::domain::platform::Platform>, TargetError> {
+        match config {
+            TargetConfig::CodeDeploy(CodeDeployTarget {
+                platform: CodeDeployPlatform::Ecs { service, .. },
+                ..
+            }) => self.ecs.runtime_platform(service).await,
+            _ => Ok(None),
+        }
+    }
+
     /// A deployment that ran too long is stopped without CodeDeploy's rollback: pushdeploy's
     /// own rollback to the last verified digest follows, and CodeDeploy would refuse it
     /// while a rollback of its own ran in the group.

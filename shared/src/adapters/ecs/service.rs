@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use super::super::aws::failed;
 use super::target_ref;
 use crate::domain::config::EcsTarget;
+use crate::domain::platform::Platform;
 use crate::domain::{Deployment, TargetConfig};
 use crate::ports::{RolloutStatus, Started, Target, TargetError, TargetRef};
 
@@ -150,6 +151,32 @@ impl EcsService {
             TargetError::Invalid(format!("ECS returned no task definition {arn}"))
         })?;
         Ok((definition, tags))
+    }
+
+    /// The platform the service's task definition names in its `runtimePlatform`; `None`
+    /// when it names none (ECS then runs it on X86_64 Linux on Fargate, or on whatever the
+    /// container instances are).
+    pub(crate) async fn runtime_platform(
+        &self,
+        ecs: &EcsTarget,
+    ) -> Result<Option<Platform>, TargetError> {
+        let service = self.service(&ecs.cluster, &ecs.service).await?;
+        let Some(current) = service.task_definition() else {
+            return Ok(None);
+        };
+        let (definition, _) = self.task_definition(current).await?;
+        Ok(definition.runtime_platform().and_then(|runtime| {
+            let arch = match runtime.cpu_architecture()?.as_str() {
+                "X86_64" => "amd64",
+                "ARM64" => "arm64",
+                other => other,
+            };
+            let os = match runtime.operating_system_family().map(|f| f.as_str()) {
+                None | Some("LINUX") => "linux",
+                Some(_) => "windows",
+            };
+            Some(Platform::new(os, arch, None))
+        }))
     }
 
     /// Registers `definition` as a new revision of its family; returns its ARN.
@@ -449,6 +476,13 @@ impl Target for EcsService {
     async fn tidy(&self, started: &Started, config: &TargetConfig) {
         if let TargetConfig::Ecs(ecs) = config {
             self.prune_service(ecs, started.before.as_deref()).await;
+        }
+    }
+
+    async fn platform(&self, config: &TargetConfig) -> Result<Option<Platform>, TargetError> {
+        match config {
+            TargetConfig::Ecs(ecs) => self.runtime_platform(ecs).await,
+            _ => Ok(None),
         }
     }
 

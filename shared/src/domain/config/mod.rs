@@ -165,6 +165,9 @@ pub struct EnvConfig {
     /// The vulnerability gate: automatic deploys wait for the image's scan result and
     /// are refused above its thresholds.
     pub scan: Option<crate::domain::scan::ScanPolicy>,
+    /// What the target's hosts run (`linux/arm64`, …): images built for another platform
+    /// are refused. An ECS task definition's `runtimePlatform` wins; `None`: `linux/amd64`.
+    pub platform: Option<crate::domain::platform::Platform>,
 }
 
 /// Alarms that must stay out of `ALARM` for a while after the smoke tests pass.
@@ -625,6 +628,37 @@ apps:
         assert_eq!(scan.max.get(&Severity::High), Some(&5));
         assert_eq!(scan.wait, Duration::from_secs(900));
         assert_eq!(scan.on_missing, OnMissing::Hold);
+    }
+
+    #[test]
+    fn a_bad_platform_is_named_with_its_path_and_a_good_one_is_normalized() {
+        use crate::domain::platform::Platform;
+        let with = |platform: &str| {
+            GOOD.replace(
+                "deploy_on_push: { tags:",
+                &format!("platform: {platform}\n        deploy_on_push: {{ tags:"),
+            )
+        };
+        let found = problems(&with("arm64"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "apps.web.environments.staging.platform");
+        assert!(found[0].1.contains("e.g. linux/amd64"), "{found:?}");
+        let staging = |yaml: &str| {
+            Config::from_yaml(yaml)
+                .unwrap()
+                .env(
+                    &AppName::parse("web").unwrap(),
+                    &EnvName::parse("staging").unwrap(),
+                )
+                .unwrap()
+                .platform
+                .clone()
+        };
+        assert_eq!(
+            staging(&with("linux/aarch64")),
+            Some(Platform::parse("linux/arm64").unwrap())
+        );
+        assert_eq!(staging(GOOD), None, "no platform: the default applies");
     }
 
     #[test]

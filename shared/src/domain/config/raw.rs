@@ -72,6 +72,7 @@ pub struct Env {
     pub only_newer: bool,
     pub watch: Option<Watch>,
     pub scan: Option<Scan>,
+    pub platform: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
+use crate::domain::platform::Platform;
 use crate::domain::scan::{OnMissing, ScanPolicy, Severity};
 
 /// Collects problems while walking the raw document.
@@ -350,6 +351,10 @@ impl raw::Env {
         let scan = self
             .scan
             .and_then(|s| s.validate(c, &format!("{path}.scan")));
+        let platform = self
+            .platform
+            .as_deref()
+            .and_then(|p| c.ok(&format!("{path}.platform"), Platform::parse(p)));
         if c.problems.len() > before {
             return None;
         }
@@ -363,6 +368,7 @@ impl raw::Env {
             only_newer: self.only_newer,
             watch,
             scan,
+            platform,
         })
     }
 }
