@@ -507,6 +507,51 @@ async fn with_a_semver_policy_and_only_newer_a_lower_hotfix_pushed_after_1_4_0_d
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_built_for_arm64_is_refused_for_the_amd64_host_and_the_running_version_stays() {
+    let s = Scene::start().await;
+    let v1 = s.image("v1", Behaviour::Good).await;
+    let arm = s
+        .stack
+        .build_for(
+            &s.app.repository,
+            &s.app.version("v2", Behaviour::Good),
+            Some("linux/arm64"),
+        )
+        .await
+        .expect("the image builds from busybox-static");
+    let pushed_v1 = s.push(&v1, "v1").await;
+    let first = s.started(&pushed_v1.digest, "push").await;
+    s.event("Deployment Verified", &first).await;
+
+    let pushed_arm = s.push(&arm, "v2").await;
+    let blocked = s
+        .stack
+        .timeline
+        .wait_for("the arm64 image blocked", STEP, |entries| {
+            entries
+                .iter()
+                .find(|e| {
+                    e.is_event("Deployment Blocked")
+                        && e.field("digest") == Some(pushed_arm.digest.as_str())
+                })
+                .cloned()
+        })
+        .await
+        .unwrap_or_else(|e| s.fail(e));
+    let reason = blocked.field("reason").unwrap_or_default().to_owned();
+    assert!(
+        reason.starts_with("the image is built for linux/arm64, but web/staging runs linux/amd64"),
+        "{blocked:?}"
+    );
+    assert!(s.serving().await.starts_with("web v1:"));
+    assert_eq!(s.stack.host.ran().len(), 1, "only v1 ran on the host");
+    let running = s.running().await;
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert!(running[0].1.ends_with(&pushed_v1.digest), "{running:?}");
+    assert!(s.stack.router.dead_letters().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alarm_going_off_after_the_smoke_tests_passed_ends_with_the_previous_version_serving() {
     const ALARM: &str = "web-staging-5xx";
     let s = Scene::start_configured(

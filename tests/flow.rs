@@ -1063,3 +1063,91 @@ async fn an_image_waits_for_its_scan_and_the_findings_ecr_reports_block_it() {
     let blocked = w.published.last_detail("Deployment Blocked");
     assert_eq!(blocked.digest.as_ref(), Some(&digest('a')));
 }
+
+/// Records in ECR (moto) a single image built for `platform`: its config blob uploaded
+/// through ECR's layer API, its manifest naming it, under `image` (moto takes the digest
+/// it is given).
+async fn put_built_for(w: &World, tag: &str, image: &Digest, os: &str, architecture: &str) {
+    let ecr = aws_sdk_ecr::Client::new(&w.sdk);
+    let config = serde_json::json!({ "architecture": architecture, "os": os, "rootfs": { "type": "layers", "diff_ids": [] } })
+        .to_string();
+    let upload = ecr
+        .initiate_layer_upload()
+        .repository_name("acme/web")
+        .send()
+        .await
+        .expect("InitiateLayerUpload");
+    let upload_id = upload.upload_id().unwrap().to_owned();
+    ecr.upload_layer_part()
+        .repository_name("acme/web")
+        .upload_id(&upload_id)
+        .part_first_byte(0)
+        .part_last_byte(config.len() as i64 - 1)
+        .layer_part_blob(aws_sdk_ecr::primitives::Blob::new(config.clone()))
+        .send()
+        .await
+        .expect("UploadLayerPart");
+    let done = ecr
+        .complete_layer_upload()
+        .repository_name("acme/web")
+        .upload_id(&upload_id)
+        // moto computes the digest from the bytes, as ECR does, and answers with it.
+        .layer_digests("sha256:0")
+        .send()
+        .await
+        .expect("CompleteLayerUpload");
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "size": config.len(), "digest": done.layer_digest().unwrap() },
+        "layers": []
+    });
+    ecr.put_image()
+        .repository_name("acme/web")
+        .image_manifest(manifest.to_string())
+        .image_manifest_media_type("application/vnd.oci.image.manifest.v1+json")
+        .image_digest(image.as_str())
+        .image_tag(tag)
+        .send()
+        .await
+        .expect("PutImage");
+}
+
+/// The platform check against ECR's API (moto): a single image's config blob, read
+/// through the URL `GetDownloadUrlForLayer` gives, says it is built for linux/arm64; the
+/// push to amd64 hosts is refused naming both, and nothing is sent to a host. An image
+/// built for linux/amd64 rolls out.
+#[tokio::test]
+async fn an_image_built_for_another_platform_than_the_hosts_is_refused_before_any_command() {
+    let w = world().await;
+    let arm = digest('e');
+    put_built_for(&w, "v1.0.0", &arm, "linux", "arm64").await;
+    let event = w.push_event("v1.0.0", &arm).unwrap();
+    let results = on_push_event(&w, event).await.unwrap();
+    let EnvOutcome::Blocked { reason, .. } = &results[0].outcome else {
+        panic!("{results:?}")
+    };
+    assert!(
+        reason.starts_with("the image is built for linux/arm64, but web/staging runs linux/amd64"),
+        "{reason}"
+    );
+    assert!(
+        w.commands().await.unwrap().is_empty(),
+        "nothing was sent to a host"
+    );
+    let blocked = w.published.last_detail("Deployment Blocked");
+    assert_eq!(blocked.digest.as_ref(), Some(&arm));
+    assert_eq!(
+        serde_json::to_value(&blocked.platforms).unwrap(),
+        serde_json::json!({ "image": ["linux/arm64"], "target": "linux/amd64" })
+    );
+    let amd = digest('f');
+    put_built_for(&w, "v1.0.1", &amd, "linux", "amd64").await;
+    let event = w.push_event("v1.0.1", &amd).unwrap();
+    let results = on_push_event(&w, event).await.unwrap();
+    assert!(
+        matches!(results[0].outcome, EnvOutcome::Started { .. }),
+        "{results:?}"
+    );
+    assert_eq!(w.commands().await.unwrap().len(), 1);
+}

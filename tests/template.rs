@@ -1218,6 +1218,7 @@ fn each_function_is_granted_exactly_the_actions_its_adapters_call() {
                 "ecr:BatchGetImage",
                 "ecr:PutImage",
                 "ecr:DescribeImageScanFindings",
+                "ecr:GetDownloadUrlForLayer",
                 "ssm:SendCommand",
             ],
         ),

@@ -59,6 +59,17 @@ impl Builder {
         repository: &str,
         version: &AppVersion,
     ) -> anyhow::Result<BuiltImage> {
+        self.build_for(repository, version, None).await
+    }
+
+    /// Like `build`, for `platform` (`linux/arm64`, …) instead of this machine's: nothing
+    /// runs during the build, so no emulator is needed, but this machine cannot run it.
+    pub async fn build_for(
+        &self,
+        repository: &str,
+        version: &AppVersion,
+        platform: Option<&str>,
+    ) -> anyhow::Result<BuiltImage> {
         let context = self.dir.join(format!("context-{}", version.label));
         let www = context.join("www");
         std::fs::create_dir_all(&www)?;
@@ -83,15 +94,15 @@ impl Builder {
             ),
         )?;
         let local = format!("localhost/{repository}:{}", version.label);
+        let context_dir = context.display().to_string();
+        let mut args = vec!["build", "--quiet", "-t", &local];
+        if let Some(platform) = platform {
+            args.extend(["--platform", platform]);
+        }
+        args.push(&context_dir);
         let out = self
             .podman
-            .output(&[
-                "build",
-                "--quiet",
-                "-t",
-                &local,
-                &context.display().to_string(),
-            ])
+            .output(&args)
             .await
             .with_context(|| format!("building {local}"))?;
         self.append_log(&format!("built {local}: {}", out.trim()));

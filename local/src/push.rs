@@ -33,8 +33,10 @@ pub async fn ensure_repository(ecr: &aws_sdk_ecr::Client, repository: &str) -> a
 }
 
 /// Records in ECR (moto) the image the registry holds under `digest`, tagged `tag`: the
-/// manifest is the registry's own, so ECR's digest and the registry's agree. Recording the
-/// same image under the same tag again (a push repeated) is done already, as in ECR.
+/// manifest is the registry's own, so ECR's digest and the registry's agree, and a single
+/// image's config blob is uploaded through ECR's layer API, as a push to ECR stores it (the
+/// deployer reads its platform there). Recording the same image under the same tag again (a
+/// push repeated) is done already, as in ECR.
 pub async fn record_in_ecr(
     sdk: &SdkConfig,
     registry: &LocalRegistry,
@@ -49,7 +51,17 @@ pub async fn record_in_ecr(
             manifest.digest
         );
     }
-    let put = aws_sdk_ecr::Client::new(sdk)
+    let ecr = aws_sdk_ecr::Client::new(sdk);
+    let config = serde_json::from_str::<serde_json::Value>(&manifest.body)
+        .ok()
+        .and_then(|m| m["config"]["digest"].as_str().map(str::to_owned));
+    if let Some(config) = config {
+        let blob = registry.blob(repository, &config).await?;
+        upload_layer(&ecr, repository, &config, blob)
+            .await
+            .with_context(|| format!("uploading config blob {config} to ECR"))?;
+    }
+    let put = ecr
         .put_image()
         .repository_name(repository)
         .image_manifest(&manifest.body)
@@ -68,6 +80,42 @@ pub async fn record_in_ecr(
         }
         Err(e) => Err(anyhow!(e).context("PutImage")),
     }
+}
+
+/// Uploads blob `digest` through ECR's layer API, in one part.
+async fn upload_layer(
+    ecr: &aws_sdk_ecr::Client,
+    repository: &str,
+    digest: &str,
+    blob: Vec<u8>,
+) -> anyhow::Result<()> {
+    let upload = ecr
+        .initiate_layer_upload()
+        .repository_name(repository)
+        .send()
+        .await
+        .context("InitiateLayerUpload")?;
+    let id = upload
+        .upload_id()
+        .context("InitiateLayerUpload gave no upload id")?;
+    let last = i64::try_from(blob.len()).unwrap_or(i64::MAX) - 1;
+    ecr.upload_layer_part()
+        .repository_name(repository)
+        .upload_id(id)
+        .part_first_byte(0)
+        .part_last_byte(last)
+        .layer_part_blob(aws_sdk_ecr::primitives::Blob::new(blob))
+        .send()
+        .await
+        .context("UploadLayerPart")?;
+    ecr.complete_layer_upload()
+        .repository_name(repository)
+        .upload_id(id)
+        .layer_digests(digest)
+        .send()
+        .await
+        .context("CompleteLayerUpload")?;
+    Ok(())
 }
 
 /// Publishes the `ECR Image Action` event ECR sends for a successful push; returns its id.

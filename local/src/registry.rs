@@ -130,6 +130,28 @@ impl LocalRegistry {
     }
 }
 
+impl LocalRegistry {
+    /// The bytes of blob `digest` of `repository` (a layer, or an image's config).
+    pub async fn blob(&self, repository: &str, digest: &str) -> anyhow::Result<Vec<u8>> {
+        let url = format!(
+            "http://127.0.0.1:{}/v2/{repository}/blobs/{digest}",
+            self.port
+        );
+        let response = self
+            .client
+            .get(&url)
+            .basic_auth("AWS", Some(ecr_password()))
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("GET {url}: {status}");
+        }
+        Ok(response.bytes().await?.to_vec())
+    }
+}
+
 /// A bcrypt salt; it only has to differ between runs, not be secret.
 fn salt() -> [u8; 16] {
     use std::hash::{BuildHasher, Hasher};

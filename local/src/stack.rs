@@ -399,13 +399,30 @@ impl Stack {
         repository: &str,
         version: &AppVersion,
     ) -> anyhow::Result<BuiltImage> {
-        let image = self.builder.build(repository, version).await?;
+        self.build_for(repository, version, None).await
+    }
+
+    /// Builds an app version into an image for `platform` (`None`: this machine's).
+    pub async fn build_for(
+        &self,
+        repository: &str,
+        version: &AppVersion,
+        platform: Option<&str>,
+    ) -> anyhow::Result<BuiltImage> {
+        let image = self
+            .builder
+            .build_for(repository, version, platform)
+            .await?;
+        let built_for = platform.map(|p| format!(" for {p}")).unwrap_or_default();
         self.timeline.note(
             Source::Harness,
             "built",
             None,
-            json!({ "image": image.local }),
-            &format!("{} from busybox-static, nothing pulled", image.local),
+            json!({ "image": image.local, "platform": platform }),
+            &format!(
+                "{}{built_for} from busybox-static, nothing pulled",
+                image.local
+            ),
         );
         Ok(image)
     }

@@ -257,6 +257,12 @@ impl World {
                 return Err(e.context("PutImage"));
             }
         }
+        self.push_event(tag, digest)
+    }
+
+    /// The `ECR Image Action` event AWS sends for a push of `digest` under `tag`, for an
+    /// image already recorded in ECR.
+    pub fn push_event(&self, tag: &str, digest: &Digest) -> anyhow::Result<Value> {
         let n = {
             let mut pushes = self.pushes.lock().unwrap();
             *pushes += 1;

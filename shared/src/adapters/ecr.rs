@@ -835,4 +835,135 @@ mod tests {
             Err(RegistryError::NotFound(_))
         ));
     }
+
+    /// Serves `body` once over HTTP on loopback, as the URL ECR signs for a blob would;
+    /// returns the URL.
+    fn serve_once(body: &'static str) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/blob", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(answer.as_bytes()).unwrap();
+        });
+        url
+    }
+
+    fn stored(manifest: serde_json::Value, media_type: &'static str) -> aws_smithy_mocks::Rule {
+        use aws_sdk_ecr::operation::batch_get_image::BatchGetImageOutput;
+        use aws_sdk_ecr::types::Image;
+        let manifest = manifest.to_string();
+        mock!(Client::batch_get_image)
+            .match_requests(|r| {
+                r.image_ids().first().and_then(|i| i.image_digest()) == Some(DIGEST)
+            })
+            .then_output(move || {
+                BatchGetImageOutput::builder()
+                    .images(
+                        Image::builder()
+                            .image_id(ImageIdentifier::builder().image_digest(DIGEST).build())
+                            .image_manifest(manifest.clone())
+                            .image_manifest_media_type(media_type)
+                            .build(),
+                    )
+                    .build()
+            })
+    }
+
+    #[tokio::test]
+    async fn platforms_come_from_an_index_or_the_config_blob_and_an_artifact_or_missing_config_is_unknown()
+     {
+        use aws_sdk_ecr::operation::get_download_url_for_layer::{
+            GetDownloadUrlForLayerError, GetDownloadUrlForLayerOutput,
+        };
+        use aws_sdk_ecr::types::error::LayersNotFoundException;
+        use serde_json::json;
+        const CONFIG: &str =
+            "sha256:feedfeedfeedfeedfeedfeedfeedfeedfeedfeedfeedfeedfeedfeedfeedfeed";
+        let index = stored(
+            json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [
+                    { "digest": "sha256:1", "platform": { "os": "linux", "architecture": "arm64" } },
+                    { "digest": "sha256:2", "platform": { "os": "unknown", "architecture": "unknown" } }
+                ]
+            }),
+            "application/vnd.oci.image.index.v1+json",
+        );
+        let image = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": { "mediaType": "application/vnd.docker.container.image.v1+json", "size": 50, "digest": CONFIG },
+            "layers": []
+        });
+        let single = stored(
+            image.clone(),
+            "application/vnd.docker.distribution.manifest.v2+json",
+        );
+        let url = serve_once(r#"{"architecture":"arm","os":"linux","variant":"v7","rootfs":{}}"#);
+        let download = mock!(Client::get_download_url_for_layer)
+            .match_requests(|r| r.layer_digest() == Some(CONFIG))
+            .then_output(move || {
+                GetDownloadUrlForLayerOutput::builder()
+                    .download_url(url.clone())
+                    .layer_digest(CONFIG)
+                    .build()
+            });
+        let no_config = stored(
+            image,
+            "application/vnd.docker.distribution.manifest.v2+json",
+        );
+        let missing = mock!(Client::get_download_url_for_layer).then_error(|| {
+            GetDownloadUrlForLayerError::LayersNotFoundException(
+                LayersNotFoundException::builder()
+                    .message("no such layer")
+                    .build(),
+            )
+        });
+        let helm = stored(
+            json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": { "mediaType": "application/vnd.cncf.helm.config.v1+json", "size": 2, "digest": CONFIG },
+                "layers": []
+            }),
+            "application/vnd.oci.image.manifest.v1+json",
+        );
+        let client = mock_client!(
+            aws_sdk_ecr,
+            RuleMode::Sequential,
+            [&index, &single, &download, &no_config, &missing, &helm],
+            |c| c.region(aws_sdk_ecr::config::Region::new("eu-west-1"))
+        );
+        let ecr = EcrRegistry::new(client);
+        let digest = Digest::parse(DIGEST).unwrap();
+        let platforms = |list: &[&str]| {
+            ImagePlatforms::Known(list.iter().map(|p| Platform::parse(p).unwrap()).collect())
+        };
+        assert_eq!(
+            ecr.platforms(&repo(), &digest).await.unwrap(),
+            platforms(&["linux/arm64"]),
+            "an index's platforms, attestations left out"
+        );
+        assert_eq!(
+            ecr.platforms(&repo(), &digest).await.unwrap(),
+            platforms(&["linux/arm/v7"]),
+            "a single image's config, read from the URL ECR signs"
+        );
+        let ImagePlatforms::Unknown(why) = ecr.platforms(&repo(), &digest).await.unwrap() else {
+            panic!("a config ECR does not hold is unknown")
+        };
+        assert!(why.contains(CONFIG), "{why}");
+        let ImagePlatforms::Unknown(why) = ecr.platforms(&repo(), &digest).await.unwrap() else {
+            panic!("an artifact is unknown")
+        };
+        assert!(why.contains("not a container image"), "{why}");
+    }
 }

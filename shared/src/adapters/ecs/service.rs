@@ -984,4 +984,46 @@ apps:
         // keep_revisions 1: web:8 (new) kept as the newest, web:7 (before) protected.
         assert_eq!(deregister.num_calls(), 6);
     }
+
+    #[tokio::test]
+    async fn the_platform_is_the_running_task_definitions_runtime_platform_or_none() {
+        use aws_sdk_ecs::types::{CpuArchitecture, OsFamily, RuntimePlatform};
+        let graviton = mock!(Client::describe_task_definition).then_output(|| {
+            let mut definition = definition(CURRENT, "x");
+            definition.runtime_platform = Some(
+                RuntimePlatform::builder()
+                    .cpu_architecture(CpuArchitecture::Arm64)
+                    .operating_system_family(OsFamily::Linux)
+                    .build(),
+            );
+            DescribeTaskDefinitionOutput::builder()
+                .task_definition(definition)
+                .build()
+        });
+        let unsaid = mock!(Client::describe_task_definition).then_output(|| {
+            DescribeTaskDefinitionOutput::builder()
+                .task_definition(definition(CURRENT, "x"))
+                .build()
+        });
+        let (first, again) = (
+            describe(service(CURRENT, Vec::new())),
+            describe(service(CURRENT, Vec::new())),
+        );
+        let client = mock_client!(
+            aws_sdk_ecs,
+            RuleMode::Sequential,
+            [&first, &graviton, &again, &unsaid]
+        );
+        let ecs = EcsService::new(client);
+        let (_, config) = fixture(&digest("01"));
+        assert_eq!(
+            ecs.platform(&config).await.unwrap(),
+            Some(Platform::parse("linux/arm64").unwrap())
+        );
+        assert_eq!(
+            ecs.platform(&config).await.unwrap(),
+            None,
+            "a task definition naming no runtimePlatform leaves it to the environment"
+        );
+    }
 }
