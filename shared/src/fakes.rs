@@ -300,6 +300,22 @@ struct RegistryInner {
     platforms: HashMap<Digest, crate::domain::platform::ImagePlatforms>,
 }
 
+impl RegistryInner {
+    /// `NotFound` unless the repository holds the image, as ECR answers.
+    fn holds(&self, repository: &Repository, digest: &Digest) -> Result<(), RegistryError> {
+        if self
+            .images
+            .contains(&(repository.to_string(), digest.clone()))
+        {
+            Ok(())
+        } else {
+            Err(RegistryError::NotFound(format!(
+                "image {digest} not found in repository {repository}"
+            )))
+        }
+    }
+}
+
 /// A registry in memory: tags point at digests; digests may be deleted.
 #[derive(Clone)]
 pub struct FakeRegistry {
@@ -516,14 +532,7 @@ impl ImageRegistry for FakeRegistry {
         digest: &Digest,
     ) -> Result<crate::ports::ScanState, RegistryError> {
         let inner = self.inner.lock().unwrap();
-        if !inner
-            .images
-            .contains(&(repository.to_string(), digest.clone()))
-        {
-            return Err(RegistryError::NotFound(format!(
-                "image {digest} not found in repository {repository}"
-            )));
-        }
+        inner.holds(repository, digest)?;
         Ok(match inner.scans.get(digest) {
             Some(counts) => crate::ports::ScanState::Complete(counts.clone()),
             None => crate::ports::ScanState::NoResult("IN_PROGRESS".into()),
@@ -537,14 +546,7 @@ impl ImageRegistry for FakeRegistry {
     ) -> Result<crate::domain::platform::ImagePlatforms, RegistryError> {
         use crate::domain::platform::{ImagePlatforms, Platform};
         let inner = self.inner.lock().unwrap();
-        if !inner
-            .images
-            .contains(&(repository.to_string(), digest.clone()))
-        {
-            return Err(RegistryError::NotFound(format!(
-                "image {digest} not found in repository {repository}"
-            )));
-        }
+        inner.holds(repository, digest)?;
         Ok(inner
             .platforms
             .get(digest)

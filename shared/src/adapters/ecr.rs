@@ -215,16 +215,7 @@ impl ImageRegistry for EcrRegistry {
         repository: &Repository,
         digest: &Digest,
     ) -> Result<ImagePlatforms, RegistryError> {
-        let (_, manifest, media_type) = self
-            .manifests(repository, std::slice::from_ref(digest))
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| {
-                RegistryError::NotFound(format!(
-                    "image {digest} not found in repository {repository}"
-                ))
-            })?;
+        let (manifest, media_type) = self.manifest(repository, digest).await?;
         let manifest: serde_json::Value = serde_json::from_str(&manifest).map_err(|e| {
             RegistryError::Unreadable(format!("the manifest of {digest} is not JSON: {e}"))
         })?;
@@ -343,6 +334,25 @@ impl EcrRegistry {
 }
 
 impl EcrRegistry {
+    /// The stored manifest of one image, with its media type; `NotFound` when it is gone.
+    async fn manifest(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<(String, Option<String>), RegistryError> {
+        let (_, manifest, media_type) = self
+            .manifests(repository, std::slice::from_ref(digest))
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                RegistryError::NotFound(format!(
+                    "image {digest} not found in repository {repository}"
+                ))
+            })?;
+        Ok((manifest, media_type))
+    }
+
     /// The stored manifests of these digests, with their media types.
     async fn manifests(
         &self,
@@ -519,16 +529,7 @@ impl TagWriter for EcrRegistry {
         tag: &Tag,
     ) -> Result<TagMove, RegistryError> {
         use aws_sdk_ecr::operation::put_image::PutImageError;
-        let (_, manifest, media_type) = self
-            .manifests(repository, std::slice::from_ref(digest))
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| {
-                RegistryError::NotFound(format!(
-                    "image {digest} not found in repository {repository}"
-                ))
-            })?;
+        let (manifest, media_type) = self.manifest(repository, digest).await?;
         let result = self
             .client
             .put_image()
