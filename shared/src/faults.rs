@@ -39,6 +39,7 @@ use crate::ports::{
 use crate::services::{Control, Core, Deployer, Rollback, ServiceError, Tracker, Verifier};
 
 mod interleavings;
+mod seams;
 
 /// What goes wrong at the armed call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,9 +112,19 @@ struct Faults {
     calls: Mutex<Vec<&'static str>>,
     armed: Mutex<Option<(usize, Fault)>>,
     killed: AtomicBool,
-    /// When set, every port call first gives way a seeded number of times (0 to 2), so
-    /// invocations running at once interleave at their AWS requests (`interleavings`).
-    pace: Mutex<Option<Rng>>,
+    /// Port calls that fail every time, as they would in an outage (by name, as counted).
+    failing: Mutex<BTreeSet<&'static str>>,
+    /// When set, every port call first gives way, so invocations running at once interleave
+    /// at their AWS requests (`interleavings`).
+    pace: Mutex<Option<Pace>>,
+}
+
+/// How often a port call gives way first.
+enum Pace {
+    /// A seeded number of times, 0 to 2.
+    Seeded(Rng),
+    /// Once: invocations polled in turn go call by call, in step.
+    Lockstep,
 }
 
 /// A future that is pending once, asking to be polled again: a point where another
@@ -139,10 +150,19 @@ impl Future for GiveWay {
 impl Faults {
     /// Gives way before a port call, as many times as the pace says.
     async fn pace(&self) {
-        let times = self.pace.lock().unwrap().as_mut().map_or(0, |r| r.below(3));
+        let times = match self.pace.lock().unwrap().as_mut() {
+            None => 0,
+            Some(Pace::Seeded(rng)) => rng.below(3),
+            Some(Pace::Lockstep) => 1,
+        };
         for _ in 0..times {
             GiveWay(false).await;
         }
+    }
+
+    /// Whether calls named `what` fail for now (an outage).
+    fn out(&self, what: &'static str) -> bool {
+        self.failing.lock().unwrap().contains(what)
     }
 
     /// The fault of this call, if it is the armed one.
@@ -175,6 +195,9 @@ impl Faults {
         error: impl FnOnce() -> E,
     ) -> Result<T, E> {
         self.pace().await;
+        if self.out(what) {
+            return Err(error());
+        }
         match self.call(what) {
             None => effect.await,
             Some(Fault::Before) => Err(error()),
@@ -251,6 +274,9 @@ impl StateStore for FaultyStore {
 
     async fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError> {
         self.faults.pace().await;
+        if self.faults.out("StateStore::commit") {
+            return Err(StoreError::Transient(lost("TransactWriteItems")));
+        }
         match self.faults.call("StateStore::commit") {
             None => self.inner.commit(commit).await,
             Some(Fault::Before) => Err(StoreError::Transient(lost("TransactWriteItems"))),
@@ -307,6 +333,9 @@ impl EventPublisher for FaultyPublisher {
             return self.inner.publish(events).await;
         }
         self.faults.uncount();
+        if self.faults.out("EventPublisher::publish") {
+            return Err(PublishError::Transient(lost("PutEvents")));
+        }
         let publish = self.inner.publish(events);
         self.faults
             .around("EventPublisher::publish", publish, || {
@@ -638,6 +667,11 @@ struct Sim<'a> {
     routed: usize,
     dead: Vec<String>,
     ids: usize,
+    /// Functions whose invocations fail (an outage: a VPC without a route, no concurrency
+    /// left). The tracker's scheduled passes always run.
+    down: BTreeSet<Function>,
+    /// The targets no longer finish rollouts (they hang, or nobody hears of them).
+    stalled: bool,
 }
 
 const DOCUMENT: &str = "pushdeploy-deploy";
@@ -747,7 +781,23 @@ impl<'a> Sim<'a> {
             routed: 0,
             dead: Vec::new(),
             ids: 0,
+            down: BTreeSet::new(),
+            stalled: false,
         }
+    }
+
+    /// The stored state of an environment of `web`.
+    async fn state(&self, env: &str) -> EnvState {
+        self.store
+            .env_state(&web(), &EnvName::parse(env).unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// The deployments of an environment of `web`, oldest first.
+    fn deployments(&self, env: &str) -> Vec<Deployment> {
+        self.store
+            .deployments(&web(), &EnvName::parse(env).unwrap())
     }
 
     fn image(&self, hex: char) -> Digest {
@@ -845,14 +895,7 @@ impl<'a> Sim<'a> {
             }
             let before = self.fingerprint();
             self.clock.advance(Duration::from_secs(60));
-            self.ids += 1;
-            let schedule = json!({
-                "version": "0", "id": format!("schedule-{}", self.ids),
-                "detail-type": "Scheduled Event", "source": "aws.events",
-                "account": "123456789012", "region": "eu-west-1",
-                "time": self.clock.now().format(&time::format_description::well_known::Rfc3339).unwrap(),
-                "resources": [], "detail": {}
-            });
+            let schedule = self.schedule();
             self.inbox.push_back(Delivery {
                 function: Function::Tracker,
                 payload: schedule,
@@ -869,6 +912,35 @@ impl<'a> Sim<'a> {
                 quiet_rounds = 0;
             }
         }
+    }
+
+    /// The reconcile schedule's event, as EventBridge sends it now.
+    fn schedule(&mut self) -> Value {
+        self.ids += 1;
+        json!({
+            "version": "0", "id": format!("schedule-{}", self.ids),
+            "detail-type": "Scheduled Event", "source": "aws.events",
+            "account": "123456789012", "region": "eu-west-1",
+            "time": self.clock.now().format(&time::format_description::well_known::Rfc3339).unwrap(),
+            "resources": [], "detail": {}
+        })
+    }
+
+    /// Runs these invocations at once, call by call in step (each gives way before every
+    /// AWS call, and they are polled in turn): their answers, in order.
+    async fn in_step(&self, invocations: Vec<(Function, Value)>) -> Vec<Result<Value, String>> {
+        *self.faults.pace.lock().unwrap() = Some(Pace::Lockstep);
+        let answers = futures::future::join_all(
+            invocations
+                .into_iter()
+                .map(|(function, payload)| self.handle(function, payload)),
+        )
+        .await;
+        *self.faults.pace.lock().unwrap() = None;
+        answers
+            .into_iter()
+            .map(|a| a.map_err(|e| e.chain()))
+            .collect()
     }
 
     /// CloudWatch announces each watched alarm whose state changed since it last did, on
@@ -917,12 +989,14 @@ impl<'a> Sim<'a> {
     }
 
     fn has_rollouts_in_progress(&self) -> bool {
-        self.target.started().iter().any(|s| {
-            matches!(
-                futures::executor::block_on(self.target.status(&s.target_ref)),
-                Ok(RolloutStatus::InProgress)
-            )
-        })
+        // Stalled targets finish nothing: waiting for them changes nothing.
+        !self.stalled
+            && self.target.started().iter().any(|s| {
+                matches!(
+                    futures::executor::block_on(self.target.status(&s.target_ref)),
+                    Ok(RolloutStatus::InProgress)
+                )
+            })
     }
 
     /// Delivers everything waiting, and what that publishes, as EventBridge would.
@@ -976,6 +1050,10 @@ impl<'a> Sim<'a> {
     /// One invocation of `function`'s entrypoint: its answer, or its error ("killed" when
     /// the function was).
     async fn invoke(&mut self, function: Function, payload: Value) -> Result<Value, String> {
+        let scheduled = payload["detail-type"] == "Scheduled Event";
+        if self.down.contains(&function) && !scheduled {
+            return Err(format!("{} is unavailable", function.name()));
+        }
         self.faults.killed.store(false, Ordering::SeqCst);
         let faults = self.faults.clone();
         let call = self.handle(function, payload.clone());
@@ -1030,6 +1108,9 @@ impl<'a> Sim<'a> {
     /// The targets finish the rollouts in progress that `now` picks. Whether any did.
     fn finish_rollouts_where(&mut self, mut now: impl FnMut() -> bool) -> bool {
         let mut finished = false;
+        if self.stalled {
+            return false;
+        }
         for s in self.target.started() {
             let in_progress = matches!(
                 futures::executor::block_on(self.target.status(&s.target_ref)),
@@ -1213,6 +1294,11 @@ impl<'a> Sim<'a> {
         }
         broken
     }
+}
+
+/// The app every scenario deploys.
+fn web() -> AppName {
+    AppName::parse("web").unwrap()
 }
 
 /// The status event a target sends when a rollout ends.

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! Requested ─▶ RollingOut ─▶ RolledOut ─▶ Verifying ─▶ Verified
-//!     │             │                          │
-//!     └─────────────┴──────────▶ Failed ◀──────┘
+//!     │             │             │            │
+//!     └─────────────┴─────────────┴─▶ Failed ◀─┘
 //!                                   │ ├─▶ (terminal when there is nothing to roll back to)
 //!                                   ▼ └─▶ RollbackFailed
 //!                              RollingBack ─▶ RolledBack | RollbackFailed
@@ -126,7 +126,9 @@ pub fn transition(phase: Phase, step: Step) -> Result<Outcome, InvalidTransition
         (P::RollingOut, S::RolloutSucceeded) => P::RolledOut,
         (P::RolledOut, S::VerificationStarted) => P::Verifying,
         (P::Verifying, S::VerificationPassed) => P::Verified,
-        (P::Verifying, S::VerificationFailed) => P::Failed,
+        // A rolled-out deployment whose verification never began (the verifier could not
+        // take it before its lease ran out) fails its verification all the same.
+        (P::RolledOut | P::Verifying, S::VerificationFailed) => P::Failed,
         (P::Failed, S::RollbackStarted) => P::RollingBack,
         (P::Failed, S::RollbackFailed) => P::RollbackFailed,
         (P::RollingBack, S::RollbackSucceeded) => P::RolledBack,

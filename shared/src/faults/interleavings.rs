@@ -19,12 +19,11 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use time::format_description::well_known::Rfc3339;
 
-use super::{ATTEMPTS, Delivery, Rng, Scenario, Sim, Stimulus, config};
+use super::{ATTEMPTS, Delivery, Pace, Rng, Scenario, Sim, Stimulus, config};
 use crate::domain::{AppName, EnvName, Kind, Phase};
 use crate::entrypoints::Function;
-use crate::ports::{Clock, StateStore};
+use crate::ports::StateStore;
 
 /// How many seeded runs `make test` makes (`PUSHDEPLOY_INTERLEAVING_RUNS` for more).
 const RUNS: u64 = 300;
@@ -165,17 +164,7 @@ impl Run<'_> {
                 json!({ "action": "abort", "app": "web", "environment": env(self),
                         "reason": "wrong build", "by": "alice" }),
             ),
-            _ => {
-                self.sim.ids += 1;
-                let schedule = json!({
-                    "version": "0", "id": format!("schedule-{}", self.sim.ids),
-                    "detail-type": "Scheduled Event", "source": "aws.events",
-                    "account": "123456789012", "region": "eu-west-1",
-                    "time": self.sim.clock.now().format(&Rfc3339).unwrap(),
-                    "resources": [], "detail": {}
-                });
-                Stimulus::Console(Function::Tracker, schedule)
-            }
+            _ => Stimulus::Console(Function::Tracker, self.sim.schedule()),
         };
         self.say(|| format!("  stimulus {stimulus:?}"));
         self.sim.stimulate(stimulus).await;
@@ -276,7 +265,7 @@ async fn run(seed: u64, trace: bool) -> (Vec<String>, usize) {
         expect: Vec::new(),
     };
     let sim = Sim::new(&scenario, None);
-    *sim.faults.pace.lock().unwrap() = Some(Rng::new(seed.rotate_left(29)));
+    *sim.faults.pace.lock().unwrap() = Some(Pace::Seeded(Rng::new(seed.rotate_left(29))));
     let mut run = Run {
         sim,
         rng: Rng::new(seed),

@@ -285,25 +285,69 @@ pub(crate) fn due_to_start(dep: &Deployment, now: time::OffsetDateTime) -> bool 
         && (dep.retry_at.is_some_and(|at| at <= now) || now - dep.updated_at > STALE_AFTER)
 }
 
+/// What [`resume`] did with a deployment due to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resumed {
+    /// The target already ran an action for it: that action is its rollout.
+    Adopted,
+    /// It was sent to its target.
+    Started,
+    /// Another invocation took its start first (or started it): left to that one.
+    TakenElsewhere,
+}
+
 /// Starts a `Requested` deployment that holds its environment, adopting the action the
 /// target already has for it when there is one (its start took effect though nobody
-/// recorded it).
+/// recorded it). Two invocations may find the same deployment due at once (two reconcile
+/// passes, a pass and its Lambda retry, a repeated rollback by hand): each first claims the
+/// start with a conditional write, and only the one whose claim wins asks the target and
+/// sends it, so no deployment is sent twice.
 pub(crate) async fn resume(
     core: &Core,
     target: &dyn Target,
     env: &EnvConfig,
     dep: &mut Deployment,
-) -> Result<bool, ServiceError> {
+) -> Result<Resumed, ServiceError> {
+    if !claim_start(core, dep).await? {
+        info!(deployment_id = %dep.id, phase = ?dep.phase, "another invocation is starting this deployment; leaving it to that one");
+        return Ok(Resumed::TakenElsewhere);
+    }
     match target.find(dep, &env.target).await? {
         Some(started) => {
             adopt(core, target, env, dep, started).await?;
-            Ok(true)
+            Ok(Resumed::Adopted)
         }
         None => {
             launch(core, target, env, dep).await?;
-            Ok(false)
+            Ok(Resumed::Started)
         }
     }
+}
+
+/// Takes the start of a deployment that is due to start: the write moves its next due time
+/// `STALE_AFTER` ahead, longer than any function that starts rollouts runs, so every other
+/// invocation leaves it until this one has sent it, been refused (which makes it due again
+/// at once), or stopped. `false`: it is not due any more (another invocation took it first,
+/// or it started).
+async fn claim_start(core: &Core, dep: &mut Deployment) -> Result<bool, ServiceError> {
+    let id = dep.id.clone();
+    retry_on_conflict(
+        || format!("claiming the start of {id}"),
+        async |attempt| {
+            if attempt > 0 {
+                core.reread(dep).await?;
+            }
+            let now = core.clock.now();
+            if !due_to_start(dep, now) {
+                return Ok(false);
+            }
+            dep.retry_at = None;
+            dep.updated_at = now;
+            core.store.commit(Commit::deployment(dep)).await?;
+            Ok(true)
+        },
+    )
+    .await
 }
 
 /// A deployment that never touched its target fails and the environment goes back to what
@@ -672,10 +716,10 @@ mod tests {
         assert!(w.events.types().is_empty());
         // Whoever runs next starts it; the target had not taken it, so it is started.
         let mut stored = stored;
-        let adopted = resume(&w.core(), &w.target, &staging(&w), &mut stored)
+        let resumed = resume(&w.core(), &w.target, &staging(&w), &mut stored)
             .await
             .unwrap();
-        assert!(!adopted);
+        assert_eq!(resumed, Resumed::Started);
         assert_eq!(w.target.started().len(), 1);
         assert_eq!(w.events.types(), vec!["Rollout Started"]);
     }
@@ -684,12 +728,15 @@ mod tests {
     async fn a_start_whose_answer_was_lost_is_adopted_not_started_twice() {
         let w = World::sample();
         let mut dep = holding(&w, 'a', None).await;
-        // The target took the rollout; the function stopped before recording it.
+        // The target took the rollout; the function stopped before recording it, and is
+        // found out once it has not been heard of for longer than any function runs.
         w.target.start(&dep, &staging(&w).target).await.unwrap();
-        let adopted = resume(&w.core(), &w.target, &staging(&w), &mut dep)
+        w.clock
+            .advance(STALE_AFTER + std::time::Duration::from_secs(1));
+        let resumed = resume(&w.core(), &w.target, &staging(&w), &mut dep)
             .await
             .unwrap();
-        assert!(adopted);
+        assert_eq!(resumed, Resumed::Adopted);
         assert_eq!(w.target.started().len(), 1, "no second action");
         let stored = w.deployments("staging").pop().unwrap();
         assert_eq!(stored.phase, Phase::RollingOut);

@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
-use super::rollout::{EnvResult, advance, due_to_start, fail_unstarted, resume, start_queued};
+use super::rollout::{
+    EnvResult, Resumed, advance, due_to_start, fail_unstarted, resume, start_queued,
+};
 use super::{Core, ServiceError};
 use crate::domain::{
     AppName, Deployment, DeploymentId, EnvConfig, EnvName, EnvState, EventType, Kind,
@@ -313,14 +315,16 @@ impl Tracker {
             }
             Err(e) => return Err(e.into()),
         };
-        if dep.aborted.is_some() {
-            return self.on_aborted(app, env, &dep.id).await;
-        }
         let now = self.core.clock.now();
         let age: Duration = (now - dep.updated_at).try_into().unwrap_or(Duration::ZERO);
         let held: Duration = (now - lease.since).try_into().unwrap_or(Duration::ZERO);
+        // First, whatever the deployment waits for: past the limit nothing it waits for
+        // (a cancel, a status, a hand-off) is waited for any longer.
         if !dep.phase.is_final() && held > lease_limit(env_config) {
             return self.expire(dep, env_config).await.map(Some);
+        }
+        if dep.aborted.is_some() {
+            return self.on_aborted(app, env, &dep.id).await;
         }
         match dep.phase {
             Phase::Requested if held > env_config.rollout_timeout => {
@@ -343,15 +347,13 @@ impl Tracker {
                     dep.id
                 )))
             }
-            Phase::Requested if due_to_start(&dep, now) => {
-                let adopted =
-                    resume(&self.core, self.target.as_ref(), env_config, &mut dep).await?;
-                Ok(Some(if adopted {
-                    format!("adopted the rollout of {}", dep.id)
-                } else {
-                    format!("started deployment {}", dep.id)
-                }))
-            }
+            Phase::Requested if due_to_start(&dep, now) => Ok(
+                match resume(&self.core, self.target.as_ref(), env_config, &mut dep).await? {
+                    Resumed::Adopted => Some(format!("adopted the rollout of {}", dep.id)),
+                    Resumed::Started => Some(format!("started deployment {}", dep.id)),
+                    Resumed::TakenElsewhere => None,
+                },
+            ),
             Phase::RollingOut => {
                 let Some(target_ref) = dep.target_ref.as_deref().and_then(TargetRef::parse) else {
                     let reason = "rolling out without a target handle".to_owned();
@@ -640,7 +642,13 @@ impl Tracker {
                 )
                 .await?;
             }
-            // Failed and waiting for a rollback that never came: free the environment.
+            // A rollback that never ended is a failed rollback: the deployment it replaced
+            // ends, and the environment is frozen for a person to look.
+            Phase::Failed if dep.kind == Kind::Rollback => {
+                super::rollout::rollback_failed(&self.core, &mut dep, &reason).await?
+            }
+            // Failed (or aborted) and waiting for a rollback or a cancel that never came:
+            // free the environment.
             _ => super::rollout::end_without_rollback(&self.core, &mut dep, &reason).await?,
         }
         Ok(format!("expired deployment {}: {reason}", dep.id))
