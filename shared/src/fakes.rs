@@ -298,6 +298,8 @@ struct RegistryInner {
     scans: HashMap<Digest, crate::domain::scan::Counts>,
     /// What images are built for, by digest; not given: `linux/amd64`.
     platforms: HashMap<Digest, crate::domain::platform::ImagePlatforms>,
+    /// Repositories created before any image was pushed to them.
+    created: HashSet<String>,
 }
 
 impl RegistryInner {
@@ -354,6 +356,15 @@ impl FakeRegistry {
             .unwrap()
             .platforms
             .insert(digest.clone(), platforms);
+    }
+
+    /// Creates an empty repository (one an image was pushed to exists already).
+    pub fn create_repository(&self, repository: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .created
+            .insert(repository.to_owned());
     }
 
     /// Pushes an image; each push is one second after the one before.
@@ -571,6 +582,7 @@ impl ImageCatalog for FakeRegistry {
             .map(|(_, d)| d)
             .collect();
         if digests.is_empty()
+            && !inner.created.contains(repository.as_str())
             && !inner
                 .pushed_at
                 .keys()

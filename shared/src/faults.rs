@@ -32,11 +32,14 @@ use crate::fakes::{
 use crate::metrics::{Meter, Sink};
 use crate::ports::{
     AlarmError, AlarmState, AlarmValue, Alarms, CallError, Clock, Commit, ConfigLoadError,
-    ConfigSource, EventPublisher, HttpProbe, ImageRegistry, OutboxEntry, ProbeError, ProbeResponse,
+    ConfigSource, DeleteFailure, EventPublisher, HttpProbe, ImageCatalog, ImagePage,
+    ImageRegistry, OutboxEntry, ProbeError, ProbeResponse,
     PublishError, RegistryError, ResolvedImage, RolloutStatus, Started, StateStore, StoreError,
     TagMove, TagWriter, Target, TargetError, TargetRef,
 };
-use crate::services::{Control, Core, Deployer, Rollback, ServiceError, Tracker, Verifier};
+use crate::services::{
+    Control, Core, Deployer, Janitor, Rollback, ServiceError, Tracker, Verifier,
+};
 
 mod interleavings;
 mod seams;
@@ -73,6 +76,7 @@ impl Fault {
                 | "Target::start"
                 | "Target::cancel"
                 | "TagWriter::move_tag"
+                | "ImageCatalog::delete"
         );
         match self {
             Fault::Before | Fault::Killed => true,
@@ -470,6 +474,48 @@ impl ImageRegistry for FaultyRegistry {
 }
 
 #[async_trait]
+impl ImageCatalog for FaultyRegistry {
+    async fn list_page(
+        &self,
+        repository: &Repository,
+        next: Option<String>,
+    ) -> Result<ImagePage, RegistryError> {
+        let read = self.inner.list_page(repository, next);
+        self.faults
+            .around("ImageCatalog::list_page", read, || {
+                RegistryError::Transient(lost("DescribeImages"))
+            })
+            .await
+    }
+
+    async fn index_children(
+        &self,
+        repository: &Repository,
+        indexes: &[Digest],
+    ) -> Result<Vec<(Digest, Vec<Digest>)>, RegistryError> {
+        let read = self.inner.index_children(repository, indexes);
+        self.faults
+            .around("ImageCatalog::index_children", read, || {
+                RegistryError::Transient(lost("BatchGetImage"))
+            })
+            .await
+    }
+
+    async fn delete(
+        &self,
+        repository: &Repository,
+        digests: &[Digest],
+    ) -> Result<Vec<DeleteFailure>, RegistryError> {
+        let write = ImageCatalog::delete(&self.inner, repository, digests);
+        self.faults
+            .around("ImageCatalog::delete", write, || {
+                RegistryError::Transient(lost("BatchDeleteImage"))
+            })
+            .await
+    }
+}
+
+#[async_trait]
 impl TagWriter for FaultyRegistry {
     async fn move_tag(
         &self,
@@ -611,6 +657,10 @@ enum Stimulus {
     /// ECR basic scanning completes for a digest, with this many critical findings: ECR
     /// has the result from now on, and announces it with `ECR Image Scan`.
     Scan(char, u64),
+    /// EventBridge holds back deliveries of this lifecycle event until `Release` (a slow
+    /// delivery, a function out of concurrency): others overtake them.
+    HoldBack(EventType),
+    Release,
 }
 
 /// When a stimulus comes: once everything before it settled, or at once.
@@ -660,6 +710,7 @@ struct Sim<'a> {
     verifier: Verifier,
     rollback: Rollback,
     control: Control,
+    janitor: Janitor,
     alarms: Arc<ModelAlarms>,
     /// What each watched alarm was last announced as (in `ALARM` or not).
     alarm_was: BTreeMap<String, bool>,
@@ -672,6 +723,11 @@ struct Sim<'a> {
     down: BTreeSet<Function>,
     /// The targets no longer finish rollouts (they hang, or nobody hears of them).
     stalled: bool,
+    /// Deliveries of this event wait in `held_back` (`Stimulus::HoldBack`).
+    hold_back: Option<EventType>,
+    held_back: Vec<Delivery>,
+    /// Rollouts of images the registry did not hold any more when they were pulled.
+    pulled_missing: Vec<String>,
 }
 
 const DOCUMENT: &str = "pushdeploy-deploy";
@@ -687,6 +743,7 @@ impl<'a> Sim<'a> {
         let events = RecordingPublisher::default();
         let target = FakeTarget::realistic();
         let registry = FakeRegistry::new(World::REGISTRY);
+        registry.create_repository("acme/web");
         for hex in scenario.arm64 {
             registry.built_for(
                 &Digest::parse(&format!("sha256:{}", hex.to_string().repeat(64))).unwrap(),
@@ -764,8 +821,12 @@ impl<'a> Sim<'a> {
             },
             rollback: Rollback {
                 core: core.clone(),
-                registry: faulty_registry,
+                registry: faulty_registry.clone(),
                 target: faulty_target,
+            },
+            janitor: Janitor {
+                core: core.clone(),
+                catalog: faulty_registry,
             },
             control: Control { core },
             alarms,
@@ -783,6 +844,9 @@ impl<'a> Sim<'a> {
             ids: 0,
             down: BTreeSet::new(),
             stalled: false,
+            hold_back: None,
+            held_back: Vec::new(),
+            pulled_missing: Vec::new(),
         }
     }
 
@@ -875,6 +939,11 @@ impl<'a> Sim<'a> {
                 payload,
                 attempt: 1,
             }),
+            Stimulus::HoldBack(kind) => self.hold_back = Some(kind),
+            Stimulus::Release => {
+                self.hold_back = None;
+                self.inbox.extend(self.held_back.drain(..));
+            }
         }
         self.clock.advance(Duration::from_secs(1));
     }
@@ -883,6 +952,13 @@ impl<'a> Sim<'a> {
     /// until nothing changes any more.
     async fn settle(&mut self) {
         let mut quiet_rounds = 0;
+        // The janitor's schedule comes round while things happen, not only when all is quiet.
+        let janitor = self.schedule();
+        self.inbox.push_back(Delivery {
+            function: Function::Janitor,
+            payload: janitor,
+            attempt: 1,
+        });
         for _ in 0..200 {
             self.drain().await;
             if self.announce_alarms() {
@@ -1037,11 +1113,16 @@ impl<'a> Sim<'a> {
                 if function == Function::Notifier {
                     continue;
                 }
-                self.inbox.push_back(Delivery {
+                let delivery = Delivery {
                     function,
                     payload: delivered(event, &id),
                     attempt: 1,
-                });
+                };
+                if self.hold_back == Some(event.detail_type) {
+                    self.held_back.push(delivery);
+                } else {
+                    self.inbox.push_back(delivery);
+                }
             }
         }
         self.routed = events.len();
@@ -1095,7 +1176,8 @@ impl<'a> Sim<'a> {
             Function::Verifier => entrypoints::verifier::handle(&self.verifier, event).await,
             Function::Rollback => entrypoints::rollback::handle(&self.rollback, event).await,
             Function::Control => entrypoints::control::handle(&self.control, event).await,
-            Function::Janitor | Function::Notifier => Ok(Value::Null),
+            Function::Janitor => entrypoints::janitor::handle(&self.janitor, false, event).await,
+            Function::Notifier => Ok(Value::Null),
         }
     }
 
@@ -1132,9 +1214,24 @@ impl<'a> Sim<'a> {
                 .into_iter()
                 .find(|d| d.id == s.deployment_id)
                 .map(|d| d.kind);
-            let fails = self.scenario.fail_on_target.contains(&hex)
+            // The hosts pull the image by digest: one the registry no longer holds fails.
+            let pulled = s
+                .image
+                .rsplit_once('@')
+                .and_then(|(_, d)| Digest::parse(d).ok())
+                .is_some_and(|d| self.registry.exists("acme/web", &d));
+            if !pulled {
+                self.pulled_missing.push(format!(
+                    "deployment {} pulled {}, which the registry no longer holds",
+                    s.deployment_id, s.image
+                ));
+            }
+            let fails = !pulled
+                || self.scenario.fail_on_target.contains(&hex)
                 || (self.scenario.rollbacks_fail && kind == Some(crate::domain::Kind::Rollback));
-            let status = if fails {
+            let status = if !pulled {
+                RolloutStatus::Failed("manifest unknown: the image is not in the registry".into())
+            } else if fails {
                 RolloutStatus::Failed("exit 1 on the target".into())
             } else {
                 RolloutStatus::Succeeded
@@ -1292,6 +1389,60 @@ impl<'a> Sim<'a> {
         for dead in &self.dead {
             broken.push(format!("dead letter: {dead}"));
         }
+        broken.extend(self.pulled_missing.iter().cloned());
+        broken.extend(self.needed_but_deleted().await);
+        broken
+    }
+
+    /// The digests some environment still needs that the registry no longer holds: what
+    /// runs and what it would roll back to, what is rolling out or rolling back and what it
+    /// would restore, what is queued, waits for approval or was approved, and what waits
+    /// for its scan.
+    async fn needed_but_deleted(&self) -> Vec<String> {
+        let mut broken = Vec::new();
+        let keep_verified = self
+            .config
+            .app(&web())
+            .and_then(|a| a.retention.as_ref())
+            .map_or(crate::domain::environment::KEEP_VERIFIED, |r| r.keep_verified);
+        for (app, env, _) in self.config.environments() {
+            let state = self.store.env_state(app, env).await.unwrap();
+            let mut needed: Vec<(Digest, &str)> = Vec::new();
+            if let Some(c) = &state.current {
+                needed.push((c.digest.clone(), "current"));
+            }
+            for v in state.verified.iter().take(keep_verified) {
+                needed.push((v.digest.clone(), "verified"));
+            }
+            if let Some(q) = &state.queued {
+                needed.push((q.image.digest.clone(), "queued"));
+            }
+            for p in [&state.pending, &state.approved].into_iter().flatten() {
+                needed.push((p.digest().clone(), "waiting to be promoted"));
+            }
+            if let Some(w) = &state.awaiting_scan {
+                needed.push((w.request.image.digest.clone(), "waiting for its scan"));
+            }
+            if let Some(holder) = state.holder()
+                && let Some(d) = self
+                    .store
+                    .deployments(app, env)
+                    .into_iter()
+                    .find(|d| &d.id == holder)
+            {
+                needed.push((d.image.digest.clone(), "rolling out or back"));
+                if let Some(previous) = d.previous {
+                    needed.push((previous.digest, "restored if the rollout fails"));
+                }
+            }
+            for (digest, why) in needed {
+                if !self.registry.exists("acme/web", &digest) {
+                    broken.push(format!(
+                        "{app}/{env}: {digest} ({why}) was deleted from the registry"
+                    ));
+                }
+            }
+        }
         broken
     }
 }
@@ -1362,6 +1513,7 @@ apps:
   web:
     repository: acme/web
     registry: 123456789012.dkr.ecr.eu-west-1.amazonaws.com
+    retention: {{ keep_newest: 1 }}
     environments:
       staging:
         deploy_on_push: {{ tags: ["v*"] }}
@@ -1434,7 +1586,7 @@ impl Scenario {
 }
 
 fn scenarios() -> Vec<Scenario> {
-    use Stimulus::{Console, Push, Scan};
+    use Stimulus::{Console, HoldBack, Push, Release, Scan};
     use When::{AtOnce, Settled};
     let control = |payload| Console(Function::Control, payload);
     let revoke = |hex: char| {
@@ -1442,6 +1594,12 @@ fn scenarios() -> Vec<Scenario> {
             "action": "revoke", "app": "web", "environment": "staging",
             "digest": format!("sha256:{}", hex.to_string().repeat(64)),
             "reason": "a bad release found later", "by": "alice"
+        }))
+    };
+    let approve = |hex: char| {
+        control(json!({
+            "action": "approve", "app": "web", "environment": "production",
+            "digest": format!("sha256:{}", hex.to_string().repeat(64)), "by": "alice"
         }))
     };
     let verified = |name| {
@@ -1481,18 +1639,24 @@ fn scenarios() -> Vec<Scenario> {
         Scenario::ssm(
             "staging → production with an approval",
             &['a'],
-            vec![
-                (Settled, Push('a', "v1")),
-                (
-                    Settled,
-                    control(json!({
-                        "action": "approve", "app": "web", "environment": "production",
-                        "digest": format!("sha256:{}", "a".repeat(64)), "by": "alice"
-                    })),
-                ),
-            ],
+            vec![(Settled, Push('a', "v1")), (Settled, approve('a'))],
             vec![
                 ("staging", Some('a'), false),
+                ("production", Some('a'), false),
+            ],
+        ),
+        Scenario::ssm(
+            "a newer verification between an approval and its delivery",
+            &['a', 'c'],
+            vec![
+                (Settled, Push('a', "v1")),
+                (Settled, HoldBack(EventType::PromotionApproved)),
+                (AtOnce, approve('a')),
+                (Settled, Push('c', "v3")),
+                (Settled, Release),
+            ],
+            vec![
+                ("staging", Some('c'), false),
                 ("production", Some('a'), false),
             ],
         ),
@@ -1636,12 +1800,30 @@ fn scenarios() -> Vec<Scenario> {
                 "a scan over the thresholds blocks the push; the verified image stays",
                 &['a', 'c'],
                 vec![
+                    // Never deployed: the janitor deletes it.
+                    (Settled, Push('e', "build-0")),
                     (Settled, Scan('a', 0)),
                     (Settled, Push('a', "v1")),
                     (Settled, Push('c', "v3")),
                     (AtOnce, Scan('c', 2)),
                 ],
                 vec![("staging", Some('a'), false)],
+            )
+        },
+        Scenario {
+            config: scanned(),
+            ..Scenario::ssm(
+                "a push waiting for its scan outlives newer pushes and the janitor",
+                &['a', 'c', 'd'],
+                vec![
+                    (Settled, Scan('a', 0)),
+                    (Settled, Push('a', "v1")),
+                    (Settled, Push('c', "v3")),
+                    // Not a tag staging deploys: only the newest image in the repository.
+                    (Settled, Push('d', "build-4")),
+                    (Settled, Scan('c', 0)),
+                ],
+                vec![("staging", Some('c'), false)],
             )
         },
         Scenario {

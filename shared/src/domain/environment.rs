@@ -139,6 +139,10 @@ pub struct EnvState {
     /// A promotion waiting for approval or for its digest to be verified at the source.
     #[serde(default)]
     pub pending: Option<Pending>,
+    /// An approved promotion whose place in `pending` a newer one took before the deployer
+    /// started it: a person decided it, so it still deploys (on its `Promotion Approved`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved: Option<Pending>,
     /// What became of earlier pending promotions, newest first.
     #[serde(default)]
     pub decisions: Vec<Decision>,
@@ -240,6 +244,7 @@ impl EnvState {
             verified: Vec::new(),
             quarantined: BTreeMap::new(),
             pending: None,
+            approved: None,
             decisions: Vec::new(),
             revoked: BTreeMap::new(),
             awaiting_scan: None,
@@ -544,8 +549,10 @@ impl EnvState {
 
 /// Promotions held here.
 impl EnvState {
-    /// Holds a promotion here, superseding any other. Holding the same digest again changes
-    /// nothing, except that a digest once waiting for verification now waits for approval.
+    /// Holds a promotion here, superseding any other not yet approved. Holding the same
+    /// digest again changes nothing, except that a digest once waiting for verification now
+    /// waits for approval. An approved one is not superseded: it moves aside to `approved`,
+    /// where it waits for the deployer to start it (of two approved, the newer goes).
     /// Returns the promotion it superseded.
     pub fn hold(&mut self, pending: Pending, now: OffsetDateTime) -> Option<Pending> {
         if let Some(p) = &self.pending
@@ -558,8 +565,42 @@ impl EnvState {
         }
         let by = pending.digest().clone();
         let previous = self.pending.replace(pending)?;
+        if previous.approved.is_some() {
+            let aside = previous.digest().clone();
+            let older = self.approved.replace(previous)?;
+            self.decide(
+                older.digest().clone(),
+                Outcome::Superseded { by: aside },
+                now,
+            );
+            return Some(older);
+        }
         self.decide(previous.digest().clone(), Outcome::Superseded { by }, now);
         Some(previous)
+    }
+
+    /// The approved promotion of `digest` not started yet, wherever it waits.
+    pub fn approved_promotion(&self, digest: &Digest) -> Option<&Pending> {
+        [self.pending.as_ref(), self.approved.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|p| p.digest() == digest && p.approved.is_some())
+    }
+
+    /// Takes the promotion of `digest` out of `pending` and `approved` once it goes ahead:
+    /// what became of it is recorded (approved by someone, or deployed without waiting).
+    pub fn settle_promotion(&mut self, digest: &Digest, now: OffsetDateTime) {
+        let settled = [
+            self.pending.take_if(|p| p.digest() == digest),
+            self.approved.take_if(|p| p.digest() == digest),
+        ];
+        for p in settled.into_iter().flatten() {
+            let outcome = match p.approved {
+                Some(a) => Outcome::Approved { by: a.by },
+                None => Outcome::Deployed,
+            };
+            self.decide(digest.clone(), outcome, now);
+        }
     }
 
     /// Checks that `digest` may be approved or rejected now, and returns the pending
@@ -570,6 +611,19 @@ impl EnvState {
         now: OffsetDateTime,
     ) -> Result<&mut Pending, ApprovalError> {
         let env = self.environment.clone();
+        if let Some(aside) = self.approved.as_ref().filter(|p| p.digest() == digest)
+            && let Some(approved) = &aside.approved
+        {
+            return Err(ApprovalError::AlreadyDecided {
+                env,
+                digest: digest.clone(),
+                what: format!(
+                    "was already approved by {} at {}",
+                    approved.by,
+                    rfc3339(approved.at)
+                ),
+            });
+        }
         let Some(pending) = &self.pending else {
             return Err(self
                 .explain(digest)
@@ -625,9 +679,9 @@ impl EnvState {
         approving: bool,
     ) -> Option<OffsetDateTime> {
         if approving
-            && let Some(pending) = &self.pending
-            && pending.digest() == digest
-            && let Some(approved) = &pending.approved
+            && let Some(approved) = self
+                .approved_promotion(digest)
+                .and_then(|p| p.approved.as_ref())
         {
             return (approved.by == by).then_some(approved.at);
         }
@@ -1055,6 +1109,65 @@ mod tests {
         assert_eq!(s.revoked.len(), KEEP_REVOKED);
         assert!(!s.is_revoked(&image(0).digest), "the oldest is forgotten");
         assert!(s.is_revoked(&image(KEEP_REVOKED as u8).digest));
+    }
+
+    fn promotion(n: u8, approved_by: Option<&str>) -> Pending {
+        let at = datetime!(2026-01-01 12:00 UTC);
+        Pending {
+            image: image(n),
+            tag: None,
+            from: EnvName::parse("staging").unwrap(),
+            waiting_for: Waiting::Approval,
+            pushed_at: at,
+            since: at,
+            expires_at: Some(at + time::Duration::days(1)),
+            reason: "verified in staging".into(),
+            approved: approved_by.map(|by| super::super::approval::Approved { by: by.into(), at }),
+        }
+    }
+
+    #[test]
+    fn an_approved_promotion_is_set_aside_not_superseded_and_of_two_approved_the_newer_goes() {
+        let mut s = state();
+        let at = datetime!(2026-01-01 13:00 UTC);
+        assert!(s.hold(promotion(1, Some("alice")), at).is_none());
+        // A newer verification: its approval is asked for; the approved one still goes.
+        assert!(s.hold(promotion(2, None), at).is_none());
+        assert_eq!(s.pending.as_ref().unwrap().digest(), &image(2).digest);
+        assert_eq!(
+            s.approved_promotion(&image(1).digest).unwrap().digest(),
+            &image(1).digest
+        );
+        assert!(s.decisions.is_empty(), "nothing was superseded");
+        // Approving the one set aside again is answered as already decided.
+        assert!(matches!(
+            s.pending_for(&image(1).digest, at),
+            Err(ApprovalError::AlreadyDecided { .. })
+        ));
+        assert!(s.same_decision(&image(1).digest, "alice", true).is_some());
+        // A third verification while the second is approved: the older approved one is
+        // superseded by the newer approved one.
+        s.pending.as_mut().unwrap().approved = Some(super::super::approval::Approved {
+            by: "bob".into(),
+            at,
+        });
+        let superseded = s.hold(promotion(3, None), at).unwrap();
+        assert_eq!(superseded.digest(), &image(1).digest);
+        assert_eq!(
+            s.decisions[0].outcome,
+            Outcome::Superseded {
+                by: image(2).digest
+            }
+        );
+        assert_eq!(s.approved.as_ref().unwrap().digest(), &image(2).digest);
+        // Once it goes ahead, it leaves its slot, recorded as approved.
+        s.settle_promotion(&image(2).digest, at);
+        assert!(s.approved.is_none());
+        assert_eq!(
+            s.decisions[0].outcome,
+            Outcome::Approved { by: "bob".into() }
+        );
+        assert_eq!(s.pending.as_ref().unwrap().digest(), &image(3).digest);
     }
 
     proptest! {

@@ -111,3 +111,54 @@ async fn an_aborted_rollout_that_cannot_be_cancelled_frees_its_environment_past_
         aborted.reason
     );
 }
+
+/// A person approves v1 for production; before the deployer hears of it, staging verifies
+/// v2, whose own approval is requested. The approval is a decision, not a wish: v1 deploys,
+/// and v2 waits for its own.
+#[tokio::test(start_paused = true)]
+async fn an_approval_overtaken_by_a_newer_verification_still_deploys_what_was_approved() {
+    let scenarios = super::scenarios();
+    let scenario = scenarios
+        .iter()
+        .find(|s| s.name == "a newer verification between an approval and its delivery")
+        .unwrap();
+    let mut sim = Sim::new(scenario, None);
+    sim.run().await;
+    let broken = sim.broken().await;
+    assert!(broken.is_empty(), "{broken:?}");
+    let production = sim.state("production").await;
+    assert_eq!(
+        production.current.map(|c| c.digest),
+        Some(sim.image('a')),
+        "what was approved runs"
+    );
+    assert_eq!(
+        production.pending.map(|p| p.digest().clone()),
+        Some(sim.image('c')),
+        "the newer digest waits for its own approval"
+    );
+}
+
+/// An image waits for its vulnerability scan (up to a day) while newer images are pushed;
+/// the janitor, keeping only the newest, must keep it too: when the scan clears it, it
+/// deploys, and its pull must find it.
+#[tokio::test(start_paused = true)]
+async fn the_janitor_keeps_an_image_waiting_for_its_scan_however_many_are_pushed_after_it() {
+    let scenarios = super::scenarios();
+    let scenario = scenarios
+        .iter()
+        .find(|s| s.name == "a push waiting for its scan outlives newer pushes and the janitor")
+        .unwrap();
+    let mut sim = Sim::new(scenario, None);
+    sim.run().await;
+    let broken = sim.broken().await;
+    assert!(broken.is_empty(), "{broken:?}");
+    assert!(
+        sim.registry.exists("acme/web", &sim.image('c')),
+        "the image that waited is in the registry"
+    );
+    assert!(
+        !sim.registry.exists("acme/web", &sim.image('e')),
+        "an image nothing needs is deleted all the same"
+    );
+}

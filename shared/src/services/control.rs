@@ -578,7 +578,7 @@ impl Control {
                 continue;
             }
             let state = self.core.store.env_state(a, e).await?;
-            if let Some(p) = state.pending {
+            for p in [state.approved, state.pending].into_iter().flatten() {
                 out.push(PendingSummary {
                     app: a.clone(),
                     environment: e.clone(),

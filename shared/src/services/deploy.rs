@@ -11,7 +11,6 @@ use super::error::Names;
 use super::rollout::{EnvOutcome, EnvResult, launch, start_queued};
 use super::{Core, InputError, Refusal, ServiceError, retry_on_conflict};
 use super::{gate, platform};
-use crate::domain::approval;
 use crate::domain::{
     Admission, AppName, Config, Deployment, Digest, EnvName, EnvState, EventType, Kind,
     LifecycleEvent, PinnedImage, Registry, Repository, Request, Tag,
@@ -652,17 +651,7 @@ pub(crate) fn unknown_env(config: &Config, app: &AppName, env: &EnvName) -> Serv
 
 /// A promotion held for this digest is done waiting once the digest goes ahead.
 fn settle_pending(state: &mut EnvState, request: &Request, now: OffsetDateTime) {
-    if let Some(p) = state
-        .pending
-        .take_if(|p| p.digest() == &request.image.digest)
-    {
-        let digest = p.digest().clone();
-        let outcome = match p.approved {
-            Some(a) => approval::Outcome::Approved { by: a.by },
-            None => approval::Outcome::Deployed,
-        };
-        state.decide(digest, outcome, now);
-    }
+    state.settle_promotion(&request.image.digest, now);
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Keeping repositories small: deletes the images no retention rule keeps and no
 //! environment needs. Digests that are running, recently verified, rolling out, about to
-//! be restored, queued, or waiting for approval are never deleted, in any environment of
-//! any app.
+//! be restored, queued, waiting for approval or approved, or waiting for their
+//! vulnerability scan are never deleted, in any environment of any app.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -304,7 +304,8 @@ pub fn rules_by_repository(config: &Config) -> BTreeMap<Repository, RetentionRul
 }
 
 /// The digests some environment needs, with why: what runs, the last verified ones, what
-/// is rolling out and what it would restore, and what is queued.
+/// is rolling out and what it would restore, what is queued, what waits to be promoted or
+/// was approved, and what waits for its scan.
 pub async fn in_use(
     store: &dyn crate::ports::StateStore,
     config: &Config,
@@ -335,6 +336,18 @@ pub async fn in_use(
                     "waiting for {} to promote into {app}/{env}",
                     pending.waiting_for
                 ),
+            );
+        }
+        if let Some(approved) = &state.approved {
+            need(
+                approved.digest(),
+                format!("approved to promote into {app}/{env}"),
+            );
+        }
+        if let Some(waiting) = &state.awaiting_scan {
+            need(
+                &waiting.request.image.digest,
+                format!("waiting for its vulnerability scan in {app}/{env}"),
             );
         }
         if let Some(lease) = &state.lease {

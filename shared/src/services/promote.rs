@@ -5,13 +5,13 @@
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::deploy::Deployer;
-use super::deploy::{unknown_app, unknown_env};
+use super::deploy::{commit_env, duplicate, unknown_app, unknown_env};
 use super::rollout::{EnvOutcome, EnvResult};
 use super::{InputError, Refusal, ServiceError, retry_on_conflict};
-use crate::domain::approval::{ApprovalError, Pending, Waiting};
+use crate::domain::approval::{ApprovalError, Outcome, Pending, Waiting};
 use crate::domain::config::{Approval, Config, Promotion};
 use crate::domain::{
     AppName, Digest, EnvName, EventType, Kind, LifecycleEvent, PinnedImage, Request, Tag,
@@ -228,11 +228,17 @@ impl Deployer {
     ) -> Result<Option<EnvResult>, ServiceError> {
         let config = self.core.config.load().await?;
         let state = self.core.store.env_state(app, env).await?;
-        let state_revoked = state.revoked;
-        let Some(pending) = state.pending.filter(|p| p.digest() == digest) else {
-            info!(%app, %env, %digest, "the approved promotion is no longer pending");
-            return Ok(None);
+        let Some(pending) = state.approved_promotion(digest).cloned() else {
+            if state.pending.as_ref().is_some_and(|p| p.digest() == digest) {
+                return Err(ApprovalError::NotApproved {
+                    env: env.clone(),
+                    digest: digest.clone(),
+                }
+                .into());
+            }
+            return self.approval_overtaken(app, env, digest, event_id).await;
         };
+        let state_revoked = state.revoked;
         let Some(approved) = &pending.approved else {
             return Err(ApprovalError::NotApproved {
                 env: env.clone(),
@@ -268,6 +274,67 @@ impl Deployer {
             self.admit(&config, app, env, request, Some(event_id.to_owned()))
                 .await?,
         ))
+    }
+
+    /// A `Promotion Approved` whose promotion no longer waits here. One that went ahead
+    /// already (a repeated delivery) changes nothing; one a later approval overtook is
+    /// announced as skipped, saying which deploys instead, so that no decision a person made
+    /// vanishes unsaid.
+    async fn approval_overtaken(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        digest: &Digest,
+        event_id: &str,
+    ) -> Result<Option<EnvResult>, ServiceError> {
+        retry_on_conflict(
+            || format!("announcing what became of the approval of {digest} in {app}/{env}"),
+            async |_| {
+                let mut state = self.core.store.env_state(app, env).await?;
+                let decided = state.decisions.iter().find(|d| &d.digest == digest);
+                let reason = match decided.map(|d| &d.outcome) {
+                    Some(Outcome::Approved { .. } | Outcome::Deployed) => {
+                        info!(%app, %env, %digest, "the approved promotion went ahead already");
+                        return Ok(None);
+                    }
+                    Some(Outcome::Superseded { by }) => format!(
+                        "{digest} was approved, but {by} was approved after it and deploys instead"
+                    ),
+                    _ => format!(
+                        "{digest} was approved but no longer waits here, so nothing deploys it; promote it by hand if it should still go"
+                    ),
+                };
+                let now = self.core.clock.now();
+                let mut event = LifecycleEvent::environment(
+                    EventType::DeploymentSkipped,
+                    app,
+                    env,
+                    Some(reason.clone()),
+                    now,
+                );
+                if let crate::domain::Detail::Deployment(d) = &mut event.detail {
+                    d.digest = Some(digest.clone());
+                    d.kind = Some(Kind::Promotion);
+                }
+                let outcome = EnvOutcome::Skipped {
+                    reason,
+                    image: digest.to_string(),
+                };
+                let result = |outcome| EnvResult {
+                    app: app.clone(),
+                    environment: env.clone(),
+                    outcome,
+                };
+                if !commit_env(&self.core, &mut state, Some(event_id.to_owned()), vec![event])
+                    .await?
+                {
+                    return Ok(Some(duplicate(result, digest.to_string())));
+                }
+                warn!(%app, %env, %digest, "an approved promotion was overtaken by a later approval");
+                Ok(Some(result(outcome)))
+            },
+        )
+        .await
     }
 
     /// Promotes at once, or holds the digest for approval.
@@ -455,6 +522,57 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(w.events.types().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_approval_a_later_approval_overtook_is_announced_as_skipped_once() {
+        let w = World::sample();
+        let d = w.deployer();
+        let (a, p) = (app("web"), env_name("production"));
+        d.on_source_verified(&verified(&w, 'a', "e1"))
+            .await
+            .unwrap();
+        w.control()
+            .approve(&a, &p, &w.image('a').digest, "alice")
+            .await
+            .unwrap();
+        d.on_source_verified(&verified(&w, 'b', "e2"))
+            .await
+            .unwrap();
+        w.control()
+            .approve(&a, &p, &w.image('b').digest, "bob")
+            .await
+            .unwrap();
+        d.on_source_verified(&verified(&w, 'c', "e3"))
+            .await
+            .unwrap();
+        w.events.clear();
+        let out = d
+            .on_approved(&a, &p, &w.image('a').digest, "pa-1")
+            .await
+            .unwrap()
+            .unwrap();
+        let EnvOutcome::Skipped { reason, .. } = &out.outcome else {
+            panic!("{out:?}")
+        };
+        assert!(
+            reason.contains("was approved after it and deploys instead"),
+            "{reason}"
+        );
+        assert_eq!(w.events.types(), vec!["Deployment Skipped"]);
+        // Delivered again, it says nothing more.
+        d.on_approved(&a, &p, &w.image('a').digest, "pa-1")
+            .await
+            .unwrap();
+        assert_eq!(w.events.types().len(), 1);
+        // The approved one that overtook it deploys.
+        let out = d
+            .on_approved(&a, &p, &w.image('b').digest, "pa-2")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(out.outcome, EnvOutcome::Started { .. }), "{out:?}");
+        assert_eq!(w.target.last().image, w.image('b').to_string());
     }
 
     #[tokio::test]
