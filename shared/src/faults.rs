@@ -32,10 +32,10 @@ use crate::fakes::{
 use crate::metrics::{Meter, Sink};
 use crate::ports::{
     AlarmError, AlarmState, AlarmValue, Alarms, CallError, Clock, Commit, ConfigLoadError,
-    ConfigSource, DeleteFailure, EventPublisher, HttpProbe, ImageCatalog, ImagePage,
-    ImageRegistry, OutboxEntry, ProbeError, ProbeResponse,
-    PublishError, RegistryError, ResolvedImage, RolloutStatus, Started, StateStore, StoreError,
-    TagMove, TagWriter, Target, TargetError, TargetRef,
+    ConfigSource, DeleteFailure, EventPublisher, HttpProbe, ImageCatalog, ImagePage, ImageRegistry,
+    OutboxEntry, ProbeError, ProbeResponse, PublishError, RegistryError, ResolvedImage,
+    RolloutStatus, Started, StateStore, StoreError, TagMove, TagWriter, Target, TargetError,
+    TargetRef,
 };
 use crate::services::{
     Control, Core, Deployer, Janitor, Rollback, ServiceError, Tracker, Verifier,
@@ -1033,15 +1033,19 @@ impl<'a> Sim<'a> {
             changed = true;
             self.ids += 1;
             let value = if now { "ALARM" } else { "OK" };
+            let at = self.clock.now();
+            let cloudwatch_time = time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]+0000"
+            );
             let event = json!({
                 "version": "0", "id": format!("alarm-{}", self.ids),
                 "detail-type": "CloudWatch Alarm State Change", "source": "aws.cloudwatch",
                 "account": "123456789012", "region": "eu-west-1",
-                "time": "2026-11-20T10:00:00Z",
+                "time": at.format(&time::format_description::well_known::Rfc3339).unwrap(),
                 "resources": [format!("arn:aws:cloudwatch:eu-west-1:123456789012:alarm:{name}")],
                 "detail": {
                     "alarmName": name,
-                    "state": { "value": value, "reason": "Threshold Crossed", "timestamp": "2026-11-20T10:00:00.000+0000" },
+                    "state": { "value": value, "reason": "Threshold Crossed", "timestamp": at.format(cloudwatch_time).unwrap() },
                     "previousState": { "value": if now { "OK" } else { "ALARM" }, "reason": "", "timestamp": "2026-11-20T09:59:00.000+0000" }
                 }
             });
@@ -1404,7 +1408,9 @@ impl<'a> Sim<'a> {
             .config
             .app(&web())
             .and_then(|a| a.retention.as_ref())
-            .map_or(crate::domain::environment::KEEP_VERIFIED, |r| r.keep_verified);
+            .map_or(crate::domain::environment::KEEP_VERIFIED, |r| {
+                r.keep_verified
+            });
         for (app, env, _) in self.config.environments() {
             let state = self.store.env_state(app, env).await.unwrap();
             let mut needed: Vec<(Digest, &str)> = Vec::new();

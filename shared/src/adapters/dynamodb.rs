@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 
 use super::aws::failed;
 use crate::domain::{AppName, Deployment, DeploymentId, EnvName, EnvState};
-use crate::ports::{Commit, OutboxEntry, StateStore, StoreError};
+use crate::ports::{CallError, Commit, OutboxEntry, StateStore, StoreError};
 
 /// How long a claimed event id is remembered: longer than EventBridge retries (24 h).
 const CLAIM_TTL_SECONDS: i64 = 7 * 24 * 3600;
@@ -492,6 +492,29 @@ fn transaction_error(
                 if conflicting {
                     return StoreError::Conflict(what.join(", "));
                 }
+                // An item over its table's capacity cancels the whole transaction: it is
+                // throttling, and passes.
+                let throttled = cancelled.cancellation_reasons().iter().find(|r| {
+                    matches!(
+                        r.code(),
+                        Some("ThrottlingError" | "ProvisionedThroughputExceeded")
+                    )
+                });
+                if let Some(reason) = throttled {
+                    let said = format!(
+                        "TransactionCanceledException: {}{}",
+                        reason.code().unwrap_or_default(),
+                        reason
+                            .message()
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default()
+                    );
+                    return StoreError::Throttled(CallError::new(
+                        "TransactWriteItems",
+                        said,
+                        Box::new(error),
+                    ));
+                }
             }
             TransactWriteItemsError::TransactionInProgressException(_) => {
                 return StoreError::Conflict(what.join(", "));
@@ -584,6 +607,25 @@ mod tests {
             matches!(err, StoreError::Conflict(ref what) if what == "environment web/staging"),
             "{err:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_transaction_cancelled_by_throttling_is_retryable_throttling_not_a_conflict() {
+        for code in ["ThrottlingError", "ProvisionedThroughputExceeded"] {
+            let rule =
+                mock!(Client::transact_write_items).then_error(move || cancelled(&["None", code]));
+            let store = DynamoStore::new(mock_client!(aws_sdk_dynamodb, [&rule]), "t");
+            let mut state = EnvState::new(app(), env());
+            let mut dep = deployment();
+            let err = store
+                .commit(Commit::env(&mut state).with(&mut dep))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Throttled(_)), "{code}: {err:?}");
+            let service = crate::services::ServiceError::Store(err);
+            assert_eq!(service.error_type(), "Retryable", "{code}");
+            assert!(service.chain().contains(code), "{}", service.chain());
+        }
     }
 
     #[tokio::test]

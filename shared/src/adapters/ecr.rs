@@ -289,18 +289,23 @@ impl EcrRegistry {
             }
             Err(e) => return Err(failed(e, "GetDownloadUrlForLayer")),
         };
-        let lost =
-            |what: String| RegistryError::Transient(CallError::said("GET config blob", what));
-        let mut response = self
-            .blobs
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| lost(format!("reading config blob {config_digest}: {e}")))?;
+        // The URL is signed with the function's session token: no error message, and so no
+        // log line, may repeat it.
+        let lost = |e: reqwest::Error| {
+            RegistryError::Transient(CallError::said(
+                "GET config blob",
+                format!(
+                    "reading config blob {config_digest}: {}",
+                    crate::services::error::chain(&e.without_url())
+                ),
+            ))
+        };
+        let mut response = self.blobs.get(&url).send().await.map_err(lost)?;
         let status = response.status();
         if status.is_server_error() {
-            return Err(lost(format!(
-                "reading config blob {config_digest}: HTTP {status}"
+            return Err(RegistryError::Transient(CallError::said(
+                "GET config blob",
+                format!("reading config blob {config_digest}: HTTP {status}"),
             )));
         }
         if !status.is_success() {
@@ -309,11 +314,7 @@ impl EcrRegistry {
             )));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| lost(format!("reading config blob {config_digest}: {e}")))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(lost)? {
             body.extend_from_slice(&chunk);
             if body.len() > MAX_CONFIG {
                 return Err(RegistryError::Unreadable(format!(
@@ -854,6 +855,52 @@ mod tests {
             stream.write_all(answer.as_bytes()).unwrap();
         });
         url
+    }
+
+    #[tokio::test]
+    async fn a_config_blob_that_cannot_be_read_is_reported_without_its_signed_url() {
+        use aws_sdk_ecr::operation::get_download_url_for_layer::GetDownloadUrlForLayerOutput;
+        use serde_json::json;
+        const CONFIG: &str =
+            "sha256:feedfeedfeedfeedfeedfeedfeedfeedfeedfeedfeedfeedfeedfeedfeedfeed";
+        let image = stored(
+            json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": { "mediaType": "application/vnd.docker.container.image.v1+json", "size": 50, "digest": CONFIG },
+                "layers": []
+            }),
+            "application/vnd.docker.distribution.manifest.v2+json",
+        );
+        // Nothing listens there: the GET fails to connect.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "http://{}/blob?X-Amz-Security-Token=SESSIONSECRET&X-Amz-Signature=SIGNATURE",
+            closed.local_addr().unwrap()
+        );
+        drop(closed);
+        let download = mock!(Client::get_download_url_for_layer).then_output(move || {
+            GetDownloadUrlForLayerOutput::builder()
+                .download_url(url.clone())
+                .layer_digest(CONFIG)
+                .build()
+        });
+        let client = mock_client!(
+            aws_sdk_ecr,
+            RuleMode::Sequential,
+            [&image, &download],
+            |c| c.region(aws_sdk_ecr::config::Region::new("eu-west-1"))
+        );
+        let err = EcrRegistry::new(client)
+            .platforms(&repo(), &Digest::parse(DIGEST).unwrap())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RegistryError::Transient(_)), "{err:?}");
+        let said = format!("{err} {err:?}");
+        assert!(said.contains(CONFIG), "{said}");
+        for secret in ["SESSIONSECRET", "SIGNATURE", "X-Amz"] {
+            assert!(!said.contains(secret), "{said}");
+        }
     }
 
     fn stored(manifest: serde_json::Value, media_type: &'static str) -> aws_smithy_mocks::Rule {

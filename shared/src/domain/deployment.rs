@@ -96,6 +96,14 @@ pub struct Deployment {
         skip_serializing_if = "Option::is_none"
     )]
     pub retry_at: Option<OffsetDateTime>,
+    /// While `Verifying`, after its smoke tests passed: when the watch of the environment's
+    /// alarms began. An alarm's change from before then is not this image's doing.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub watch_since: Option<OffsetDateTime>,
     /// While `Verifying`, after its smoke tests passed: the environment's alarms are
     /// watched until then, and only then is it verified.
     #[serde(
@@ -161,6 +169,7 @@ impl Deployment {
             previous: None,
             aborted: None,
             retry_at: None,
+            watch_since: None,
             watch_until: None,
             history: vec![HistoryEntry {
                 at: now,

@@ -1030,7 +1030,14 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(out["approved"], Value::Null, "{out}");
+        assert_eq!(out["approved"]["outcome"], "skipped", "{out}");
+        assert!(
+            out["approved"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("no longer waits here, so nothing deploys it"),
+            "{out}"
+        );
         assert!(w.target.started().is_empty());
     }
 

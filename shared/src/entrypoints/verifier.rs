@@ -5,6 +5,7 @@
 use lambda_runtime::LambdaEvent;
 use serde::Deserialize;
 use serde_json::Value;
+use time::OffsetDateTime;
 
 use super::{ALARM_STATE_CHANGE, Function, check_routed};
 use crate::domain::{AppName, DeploymentId, EnvName};
@@ -26,6 +27,8 @@ pub enum Input {
         name: String,
         state: String,
         reason: String,
+        /// When CloudWatch says the state changed (`detail.state.timestamp`), if readable.
+        changed_at: Option<OffsetDateTime>,
     },
 }
 
@@ -42,6 +45,20 @@ struct AlarmStateDetail {
     value: String,
     #[serde(default)]
     reason: String,
+    #[serde(default)]
+    timestamp: Option<String>,
+}
+
+/// A time as CloudWatch writes it in alarm events (`2026-11-20T10:06:00.000+0000`), or in
+/// RFC 3339.
+fn alarm_time(text: &str) -> Option<OffsetDateTime> {
+    use time::format_description::well_known::Rfc3339;
+    const CLOUDWATCH: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond][offset_hour sign:mandatory][offset_minute]"
+    );
+    OffsetDateTime::parse(text, &Rfc3339)
+        .or_else(|_| OffsetDateTime::parse(text, CLOUDWATCH))
+        .ok()
 }
 
 pub fn parse(payload: Value) -> Result<Input, InputError> {
@@ -58,6 +75,7 @@ pub fn parse(payload: Value) -> Result<Input, InputError> {
             name: detail.alarm_name,
             state: detail.state.value,
             reason: detail.state.reason,
+            changed_at: detail.state.timestamp.as_deref().and_then(alarm_time),
         });
     }
     let (kind, detail) = envelope.lifecycle()?;
@@ -86,7 +104,12 @@ pub async fn run(verifier: &Verifier, input: Input) -> Result<Value, ServiceErro
             name,
             state,
             reason,
-        } => respond(&verifier.on_alarm(&name, &state, &reason).await?),
+            changed_at,
+        } => respond(
+            &verifier
+                .on_alarm(&name, &state, &reason, changed_at)
+                .await?,
+        ),
     }
 }
 
@@ -279,6 +302,40 @@ mod tests {
         .unwrap();
         assert_eq!(out["outcome"], "watching", "{out}");
         let sample = include_str!("../../../events/verifier/alarm-state-change.json");
+        // An old state change, delivered late: CloudWatch said ALARM a week before the
+        // watch began.
+        let mut old: Value = serde_json::from_str(sample).unwrap();
+        old["detail"]["state"]["timestamp"] = "2026-11-13T10:06:00.000+0000".into();
+        let out = handle(&w.verifier(), crate::fakes::invocation(&old.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(out["failed"], serde_json::json!([]), "{out}");
+        assert!(
+            out["ignored"][0]
+                .as_str()
+                .unwrap()
+                .contains("before the watch"),
+            "{out}"
+        );
+        // A change during the watch that CloudWatch no longer reports (out of order, or
+        // back to OK): the deployment goes on.
+        let reads = w.alarms.calls();
+        let out = handle(&w.verifier(), crate::fakes::invocation(sample))
+            .await
+            .unwrap();
+        assert_eq!(out["failed"], serde_json::json!([]), "{out}");
+        assert_eq!(
+            w.alarms.calls(),
+            reads + 1,
+            "CloudWatch is asked what it says now"
+        );
+        assert_eq!(w.deployments("staging")[0].phase, Phase::Verifying);
+        // In ALARM now: the deployment fails, saying so.
+        w.alarms.set(
+            "web-staging-5xx",
+            crate::ports::AlarmValue::Alarm,
+            "Threshold Crossed: 12 > 5",
+        );
         let out = handle(&w.verifier(), crate::fakes::invocation(sample))
             .await
             .unwrap();
@@ -286,14 +343,25 @@ mod tests {
         let stored = &w.deployments("staging")[0];
         assert_eq!(stored.phase, Phase::Failed);
         assert!(
-            stored
-                .reason
-                .as_deref()
-                .unwrap()
-                .starts_with("alarm web-staging-5xx went into ALARM after the smoke tests passed: Threshold Crossed"),
+            stored.reason.as_deref().unwrap().starts_with(
+                "alarm web-staging-5xx is in ALARM after the smoke tests passed: Threshold Crossed"
+            ),
             "{:?}",
             stored.reason
         );
+    }
+
+    #[test]
+    fn alarm_times_read_as_cloudwatch_writes_them() {
+        assert_eq!(
+            super::alarm_time("2026-11-20T10:06:00.000+0000"),
+            Some(time::macros::datetime!(2026-11-20 10:06 UTC))
+        );
+        assert_eq!(
+            super::alarm_time("2026-11-20T11:06:00.5+01:00"),
+            Some(time::macros::datetime!(2026-11-20 10:06:00.5 UTC))
+        );
+        assert_eq!(super::alarm_time("yesterday"), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -57,8 +57,12 @@ pub enum VerifyOutcome {
 pub struct AlarmOutcome {
     pub alarm: String,
     pub state: String,
-    /// The deployments it failed: those whose environment watches it, in their watch.
+    /// The deployments it failed: those whose environment watches it, in their watch, while
+    /// CloudWatch says a watched alarm is in `ALARM`.
     pub failed: Vec<DeploymentId>,
+    /// Deployments in their watch it did not fail, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<String>,
 }
 
 /// How one smoke check went.
@@ -261,6 +265,7 @@ impl Verifier {
                 }
                 let now = self.core.clock.now();
                 let until = now + watch.for_;
+                dep.watch_since = Some(now);
                 dep.watch_until = Some(until);
                 dep.updated_at = now;
                 self.core.store.commit(Commit::deployment(dep)).await?;
@@ -360,41 +365,65 @@ impl Verifier {
         Ok(None)
     }
 
-    /// A CloudWatch alarm changed state. Going into `ALARM`, it fails every deployment
-    /// watching it (whose smoke tests passed and whose watch has not ended); other changes
-    /// do nothing.
+    /// A CloudWatch alarm changed state. Going into `ALARM`, it may fail every deployment
+    /// watching it (whose smoke tests passed and whose watch has not ended). Events come
+    /// late and out of order, so the event only says when to look: a change from before the
+    /// watch began is ignored, and otherwise CloudWatch is asked what the watched alarms say
+    /// now, exactly as at every pass of the watch. Other changes do nothing.
     #[tracing::instrument(skip_all, fields(alarm = %alarm))]
     pub async fn on_alarm(
         &self,
         alarm: &str,
         state: &str,
         reason: &str,
+        changed_at: Option<OffsetDateTime>,
     ) -> Result<AlarmOutcome, ServiceError> {
         let mut failed = Vec::new();
+        let mut ignored = Vec::new();
         if AlarmValue::parse(state) == Some(AlarmValue::Alarm) {
             let config = self.core.config.load().await?;
             for (app, env, env_config) in config.environments() {
-                if !env_config.watch.as_ref().is_some_and(|w| w.watches(alarm)) {
+                let Some(watch) = env_config.watch.as_ref().filter(|w| w.watches(alarm)) else {
                     continue;
-                }
+                };
                 let state = self.core.store.env_state(app, env).await?;
                 let Some(holder) = state.holder() else {
                     continue;
                 };
                 let mut dep = self.core.store.deployment(app, env, holder).await?;
-                if dep.phase != Phase::Verifying || dep.watch_until.is_none() {
+                let Some(until) = dep.watch_until.filter(|_| dep.phase == Phase::Verifying) else {
+                    continue;
+                };
+                let since = dep.watch_since.unwrap_or(until - watch.for_);
+                if let Some(at) = changed_at.filter(|at| *at < since) {
+                    info!(deployment_id = %dep.id, changed_at = %at, watch_since = %since, "an alarm state from before the watch began; ignored");
+                    ignored.push(format!(
+                        "deployment {}: the change at {} came before the watch began",
+                        dep.id,
+                        rfc3339(at)
+                    ));
                     continue;
                 }
-                let why =
-                    format!("alarm {alarm} went into ALARM after the smoke tests passed: {reason}");
-                self.fail(&mut dep, &why).await?;
-                failed.push(dep.id);
+                match self.alarm_verdict(watch).await? {
+                    Some(why) => {
+                        self.fail(&mut dep, &why).await?;
+                        failed.push(dep.id);
+                    }
+                    None => {
+                        info!(deployment_id = %dep.id, %reason, "CloudWatch no longer reports the alarm in ALARM; the watch goes on");
+                        ignored.push(format!(
+                            "deployment {}: no watched alarm is in ALARM now",
+                            dep.id
+                        ));
+                    }
+                }
             }
         }
         Ok(AlarmOutcome {
             alarm: alarm.to_owned(),
             state: state.to_owned(),
             failed,
+            ignored,
         })
     }
 
@@ -417,6 +446,11 @@ impl Verifier {
         }
         Ok(())
     }
+}
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.to_string())
 }
 
 /// Runs every check in parallel until it passes or the deadline passes.
@@ -622,13 +656,19 @@ mod tests {
             .await
             .unwrap();
         // Another alarm, or this one becoming OK, is no news.
+        let now = Some(w.clock.now());
         for (alarm, state) in [("db-cpu", "ALARM"), ("web-staging-5xx", "OK")] {
-            let out = w.verifier().on_alarm(alarm, state, LOUD).await.unwrap();
+            let out = w
+                .verifier()
+                .on_alarm(alarm, state, LOUD, now)
+                .await
+                .unwrap();
             assert!(out.failed.is_empty(), "{out:?}");
         }
+        w.alarms.set("web-staging-5xx", AlarmValue::Alarm, LOUD);
         let out = w
             .verifier()
-            .on_alarm("web-staging-5xx", "ALARM", LOUD)
+            .on_alarm("web-staging-5xx", "ALARM", LOUD, now)
             .await
             .unwrap();
         assert_eq!(out.failed, vec![dep.id.clone()]);
@@ -637,10 +677,8 @@ mod tests {
         assert_eq!(
             stored.reason.as_deref(),
             Some(
-                format!(
-                    "alarm web-staging-5xx went into ALARM after the smoke tests passed: {LOUD}"
-                )
-                .as_str()
+                format!("alarm web-staging-5xx is in ALARM after the smoke tests passed: {LOUD}")
+                    .as_str()
             )
         );
         assert!(
@@ -655,7 +693,7 @@ mod tests {
         // Delivered again, it changes nothing.
         let again = w
             .verifier()
-            .on_alarm("web-staging-5xx", "ALARM", LOUD)
+            .on_alarm("web-staging-5xx", "ALARM", LOUD, now)
             .await
             .unwrap();
         assert!(again.failed.is_empty());
