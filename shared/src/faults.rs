@@ -1262,6 +1262,34 @@ impl<'a> Sim<'a> {
                     && e.deployment().and_then(|d| d.deployment_id.as_ref()) == Some(id)
             })
         };
+        // Each lifecycle event about a deployment is one change, published once (delivered
+        // at least once: repeats carry its id); hand-overs repeated are internal events.
+        let mut announced: BTreeMap<(DeploymentId, &str), BTreeSet<Option<String>>> =
+            BTreeMap::new();
+        for e in &published {
+            if matches!(
+                e.detail_type,
+                EventType::VerificationDue | EventType::RollbackDue
+            ) {
+                continue;
+            }
+            if let Some(d) = e.deployment()
+                && let Some(id) = &d.deployment_id
+            {
+                announced
+                    .entry((id.clone(), e.detail_type.as_str()))
+                    .or_default()
+                    .insert(d.event_id.clone());
+            }
+        }
+        for ((id, kind), ids) in &announced {
+            if ids.len() > 1 {
+                broken.push(format!(
+                    "deployment {id}: {kind} was published {} times as new events",
+                    ids.len()
+                ));
+            }
+        }
         let mut actions: BTreeMap<DeploymentId, usize> = BTreeMap::new();
         for s in self.target.started() {
             *actions.entry(s.deployment_id).or_default() += 1;

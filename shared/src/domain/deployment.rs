@@ -133,6 +133,10 @@ pub struct Aborted {
     pub reason: String,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// Its rollout had reached the target before it could be stopped, and it was handed to
+    /// the rollback (announced once, with `Rollout Failed`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handed_to_rollback: bool,
 }
 
 /// What is asked of an environment: deploy this image.

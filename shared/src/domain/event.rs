@@ -75,10 +75,19 @@ pub enum EventType {
     /// The vulnerability gate refused an image: over its thresholds, or no result in time.
     #[serde(rename = "Deployment Blocked")]
     DeploymentBlocked,
+    /// Internal: the reconciler hands a deployment to the verifier again (its `Rollout
+    /// Succeeded` was not taken, or its alarm watch goes on). Not a change; the lifecycle
+    /// events above are each published once.
+    #[serde(rename = "Verification Due")]
+    VerificationDue,
+    /// Internal: the reconciler hands a failed deployment to the rollback again (its
+    /// `Rollout Failed` or `Verification Failed` was not taken). Not a change.
+    #[serde(rename = "Rollback Due")]
+    RollbackDue,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 23] = [
+    pub const ALL: [EventType; 25] = [
         EventType::RolloutQueued,
         EventType::RolloutStarted,
         EventType::RolloutSucceeded,
@@ -102,6 +111,8 @@ impl EventType {
         EventType::ImageRevoked,
         EventType::ScanAwaited,
         EventType::DeploymentBlocked,
+        EventType::VerificationDue,
+        EventType::RollbackDue,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -129,6 +140,20 @@ impl EventType {
             EventType::ImageRevoked => "Image Revoked",
             EventType::ScanAwaited => "Scan Awaited",
             EventType::DeploymentBlocked => "Deployment Blocked",
+            EventType::VerificationDue => "Verification Due",
+            EventType::RollbackDue => "Rollback Due",
+        }
+    }
+
+    /// The internal event that hands a deployment over again, for the hand-over this event
+    /// made the first time.
+    pub fn repeated(self) -> Option<Self> {
+        match self {
+            EventType::RolloutSucceeded => Some(EventType::VerificationDue),
+            EventType::RolloutFailed | EventType::VerificationFailed => {
+                Some(EventType::RollbackDue)
+            }
+            _ => None,
         }
     }
 

@@ -217,7 +217,13 @@ pub const ROUTES: &[Route] = &[
         },
     },
     Route::lifecycle(Function::Tracker, &[EventType::DeploymentAborted.as_str()]),
-    Route::lifecycle(Function::Verifier, &[EventType::RolloutSucceeded.as_str()]),
+    Route::lifecycle(
+        Function::Verifier,
+        &[
+            EventType::RolloutSucceeded.as_str(),
+            EventType::VerificationDue.as_str(),
+        ],
+    ),
     Route {
         function: Function::Verifier,
         trigger: Trigger::Rule {
@@ -233,6 +239,7 @@ pub const ROUTES: &[Route] = &[
             EventType::RolloutFailed.as_str(),
             EventType::VerificationFailed.as_str(),
             EventType::ImageRevoked.as_str(),
+            EventType::RollbackDue.as_str(),
         ],
     ),
     Route {

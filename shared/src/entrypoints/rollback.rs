@@ -1,5 +1,6 @@
 //! The rollback function's entrypoint: a `Rollout Failed`, `Verification Failed` or
-//! `Image Revoked` lifecycle event, or a rollback request typed in the console.
+//! `Image Revoked` lifecycle event, the reconciler's `Rollback Due` (a failure handed over
+//! again), or a rollback request typed in the console.
 
 use lambda_runtime::LambdaEvent;
 use serde::Deserialize;

@@ -1,6 +1,7 @@
 //! The verifier's entrypoint: a `Rollout Succeeded` lifecycle event (the same event, pasted
-//! in the console, verifies a rolled-out deployment by hand), or a CloudWatch alarm's
-//! state change.
+//! in the console, verifies a rolled-out deployment by hand), the reconciler's
+//! `Verification Due` (the hand-over repeated, or the alarm watch going on), or a CloudWatch
+//! alarm's state change.
 
 use lambda_runtime::LambdaEvent;
 use serde::Deserialize;

@@ -345,6 +345,7 @@ impl Control {
                     by: by.to_owned(),
                     reason: reason.to_owned(),
                     at: now,
+                    handed_to_rollback: false,
                 };
                 dep.aborted = Some(aborted.clone());
                 let outbox = self

@@ -553,54 +553,79 @@ impl Tracker {
     /// An aborted rollout that touched its target may have left it on an image nobody
     /// verified, or halfway: it is handed to the rollback as a failed rollout is, the
     /// environment held until the rollback has put back the last verified image (or, with
-    /// none, ended the deployment).
+    /// none, ended the deployment). The hand-over is recorded on the deployment with its
+    /// `Rollout Failed`, so that it is announced once; one nobody took is repeated as any is.
     async fn roll_back_aborted(&self, dep: &Deployment) -> Result<Option<String>, ServiceError> {
         let (app, env, id) = (&dep.app, &dep.environment, &dep.id);
+        let mut dep = dep.clone();
         let handed = super::retry_on_conflict(
             || format!("handing aborted deployment {id} to the rollback"),
-            async |_| {
+            async |attempt| {
+                if attempt > 0 {
+                    self.core.reread(&mut dep).await?;
+                }
                 let mut state = self.core.store.env_state(app, env).await?;
                 if !state.is_held_by(id) {
-                    return Ok(None);
+                    return Ok(Handed::Released);
                 }
+                let now = self.core.clock.now();
+                let Some(aborted) = dep.aborted.as_mut() else {
+                    return Ok(Handed::Released);
+                };
+                if aborted.handed_to_rollback {
+                    return Ok(Handed::Before);
+                }
+                aborted.handed_to_rollback = true;
+                dep.updated_at = now;
                 let outbox = self
                     .core
-                    .outbox(vec![LifecycleEvent::of(EventType::RolloutFailed, dep)]);
+                    .outbox(vec![LifecycleEvent::of(EventType::RolloutFailed, &dep)]);
                 self.core
                     .store
                     .commit(Commit {
                         outbox: outbox.clone(),
-                        ..Commit::env(&mut state)
+                        ..Commit::env(&mut state).with(&mut dep)
                     })
                     .await?;
-                Ok(Some(outbox))
+                Ok(Handed::Now(outbox))
             },
         )
         .await?;
-        Ok(Some(match handed {
-            Some(outbox) => {
+        Ok(match handed {
+            Handed::Now(outbox) => {
                 warn!(deployment_id = %id, "the aborted rollout reached its end before it could be stopped; rolling back");
                 self.core.announce(outbox).await;
-                format!(
+                Some(format!(
                     "the rollout of aborted deployment {id} reached its end before it could be stopped; rolling back"
-                )
+                ))
             }
-            None => format!("aborted deployment {id} was already released"),
-        }))
+            // Handed over already: repeated only once nobody took it for a while.
+            Handed::Before => {
+                let age = self.core.clock.now() - dep.updated_at;
+                if age > STALE_AFTER {
+                    return self.hand_over_again(&dep, EventType::RolloutFailed).await;
+                }
+                None
+            }
+            Handed::Released => Some(format!("aborted deployment {id} was already released")),
+        })
     }
 
-    /// Repeats a hand-off nobody took: the same event about the deployment as it stands.
-    /// Nothing changed, so nothing is recorded; the next pass repeats it again if needed.
+    /// Repeats a hand-off nobody took, as the internal event that means "this is due again"
+    /// (`Verification Due`, `Rollback Due`), so that users' rules and audit trails see each
+    /// lifecycle event once. Nothing changed, so nothing is recorded; the next pass repeats
+    /// it again if needed.
     async fn hand_over_again(
         &self,
         dep: &Deployment,
         kind: EventType,
     ) -> Result<Option<String>, ServiceError> {
+        let due = kind.repeated().unwrap_or(kind);
         self.core
             .events
-            .publish(&[LifecycleEvent::of(kind, dep)])
+            .publish(&[LifecycleEvent::of(due, dep)])
             .await?;
-        Ok(Some(format!("repeated {kind} for {}", dep.id)))
+        Ok(Some(format!("handed {} over again ({due})", dep.id)))
     }
 
     /// A deployment that held its environment past every limit ends: whatever it waited
@@ -662,6 +687,16 @@ impl Tracker {
     ) -> Result<Option<EnvResult>, ServiceError> {
         start_queued(&self.core, self.target.as_ref(), app, env).await
     }
+}
+
+/// What became of an aborted deployment's hand-over to the rollback.
+enum Handed {
+    /// Recorded now, with these events to deliver.
+    Now(Vec<crate::ports::OutboxEntry>),
+    /// Recorded by an earlier invocation.
+    Before,
+    /// The environment is no longer held by it.
+    Released,
 }
 
 /// The longest a deployment may hold its environment, whatever it waits for: its rollout,
