@@ -82,6 +82,37 @@ async fn cargo_lambda_watch_serves_the_functions_as_the_readme_says() {
     assert_eq!(env["app"], "web", "{status}");
     assert_eq!(env["environment"], "staging", "{status}");
     assert_eq!(env["target"], "ssm", "{status}");
+
+    // Bytes the runtime itself cannot read as JSON are bad input, said in a few words, not
+    // the runtime's deserialization error.
+    let http = reqwest::Client::new();
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    for body in [
+        deep.into_bytes(),
+        b"{\"action\": \"status\", \"app\": \"w\x00eb\"}".to_vec(),
+        b"{\"action\": \"status\", \"limit\": 1e309}".to_vec(),
+    ] {
+        let shown = String::from_utf8_lossy(&body[..40.min(body.len())]).into_owned();
+        let answer = http
+            .post(format!(
+                "http://127.0.0.1:{port}/2015-03-31/functions/control/invocations"
+            ))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let error: Value = serde_json::from_str(&answer.text().await.unwrap()).unwrap();
+        assert_eq!(
+            error["errorType"], "NonRetryable.InvalidInput",
+            "{shown}: {error}"
+        );
+        let message = error["errorMessage"].as_str().unwrap();
+        assert!(message.len() < 200, "{shown}: {message}");
+        assert!(
+            message.contains("not JSON pushdeploy can read"),
+            "{shown}: {message}"
+        );
+    }
 }
 
 /// The caller's PATH with the project's virtualenv first, as `make` sets it.
