@@ -300,6 +300,8 @@ struct RegistryInner {
     platforms: HashMap<Digest, crate::domain::platform::ImagePlatforms>,
     /// Repositories created before any image was pushed to them.
     created: HashSet<String>,
+    /// Tags moved with `move_tag`, in order: ECR announces each as a push of the tag.
+    moved: Vec<(String, Tag, Digest)>,
 }
 
 impl RegistryInner {
@@ -425,6 +427,11 @@ impl FakeRegistry {
     /// Catalog calls made so far, by operation.
     pub fn calls(&self) -> Vec<&'static str> {
         self.inner.lock().unwrap().calls.clone()
+    }
+
+    /// The tags moved so far (repository, tag, digest), oldest first.
+    pub fn moved(&self) -> Vec<(String, Tag, Digest)> {
+        self.inner.lock().unwrap().moved.clone()
     }
 
     pub fn exists(&self, repository: &str, digest: &Digest) -> bool {
@@ -676,6 +683,9 @@ impl TagWriter for FakeRegistry {
             Some(_) if inner.immutable.contains(repository.as_str()) => Ok(TagMove::Immutable),
             _ => {
                 inner.tags.insert(key, digest.clone());
+                inner
+                    .moved
+                    .push((repository.to_string(), tag.clone(), digest.clone()));
                 Ok(TagMove::Moved)
             }
         }

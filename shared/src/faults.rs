@@ -728,6 +728,10 @@ struct Sim<'a> {
     held_back: Vec<Delivery>,
     /// Rollouts of images the registry did not hold any more when they were pulled.
     pulled_missing: Vec<String>,
+    /// How many of the registry's tag moves have been announced.
+    tags_moved: usize,
+    /// The tags people pushed, with their digests.
+    pushed: BTreeSet<(String, Digest)>,
 }
 
 const DOCUMENT: &str = "pushdeploy-deploy";
@@ -847,6 +851,8 @@ impl<'a> Sim<'a> {
             hold_back: None,
             held_back: Vec::new(),
             pulled_missing: Vec::new(),
+            tags_moved: 0,
+            pushed: BTreeSet::new(),
         }
     }
 
@@ -888,18 +894,9 @@ impl<'a> Sim<'a> {
                 let digest = self.image(hex);
                 let at = self.clock.now();
                 self.registry.push_at("acme/web", Some(tag), &digest, at);
+                self.pushed.insert((tag.to_owned(), digest.clone()));
                 self.ids += 1;
-                let event = json!({
-                    "version": "0", "id": format!("push-{}", self.ids),
-                    "detail-type": "ECR Image Action", "source": "aws.ecr",
-                    "account": "123456789012", "region": "eu-west-1",
-                    "time": at.format(&time::format_description::well_known::Rfc3339).unwrap(),
-                    "resources": [],
-                    "detail": {
-                        "result": "SUCCESS", "repository-name": "acme/web",
-                        "image-digest": digest.as_str(), "action-type": "PUSH", "image-tag": tag
-                    }
-                });
+                let event = push_event(self.ids, "acme/web", &digest, tag, at);
                 self.inbox.push_back(Delivery {
                     function: Function::Deployer,
                     payload: event,
@@ -1108,6 +1105,19 @@ impl<'a> Sim<'a> {
 
     /// Queues a delivery for each function a newly published event is routed to.
     fn route(&mut self) {
+        // ECR announces a tag moved with PutImage as a push of that tag.
+        let moved = self.registry.moved();
+        for (repository, tag, digest) in &moved[self.tags_moved..] {
+            let at = self.clock.now();
+            self.ids += 1;
+            let event = push_event(self.ids, repository, digest, tag.as_str(), at);
+            self.inbox.push_back(Delivery {
+                function: Function::Deployer,
+                payload: event,
+                attempt: 1,
+            });
+        }
+        self.tags_moved = moved.len();
         let events = self.events.events();
         for event in &events[self.routed..] {
             self.ids += 1;
@@ -1387,6 +1397,16 @@ impl<'a> Sim<'a> {
                 broken.push(format!("{place}: events never delivered: {kinds:?}"));
             }
             for d in self.store.deployments(app, env) {
+                // A push deploys what a person pushed, never a tag pushdeploy moved.
+                if d.kind == crate::domain::Kind::Push {
+                    let tag = d.tag.as_ref().map(|t| t.to_string()).unwrap_or_default();
+                    if !self.pushed.contains(&(tag.clone(), d.image.digest.clone())) {
+                        broken.push(format!(
+                            "{place}: deployment {} deployed {tag} ({}), which nobody pushed",
+                            d.id, d.image.digest
+                        ));
+                    }
+                }
                 let mut implied = Vec::new();
                 if d.target_ref.is_some() {
                     implied.push(EventType::RolloutStarted);
@@ -1481,6 +1501,27 @@ impl<'a> Sim<'a> {
     }
 }
 
+/// ECR's event for a push of `tag` (or a tag moved onto `digest`).
+fn push_event(
+    n: usize,
+    repository: &str,
+    digest: &Digest,
+    tag: &str,
+    at: time::OffsetDateTime,
+) -> Value {
+    json!({
+        "version": "0", "id": format!("push-{n}"),
+        "detail-type": "ECR Image Action", "source": "aws.ecr",
+        "account": "123456789012", "region": "eu-west-1",
+        "time": at.format(&time::format_description::well_known::Rfc3339).unwrap(),
+        "resources": [],
+        "detail": {
+            "result": "SUCCESS", "repository-name": repository,
+            "image-digest": digest.as_str(), "action-type": "PUSH", "image-tag": tag
+        }
+    })
+}
+
 /// The app every scenario deploys.
 fn web() -> AppName {
     AppName::parse("web").unwrap()
@@ -1550,7 +1591,9 @@ apps:
     retention: {{ keep_newest: 1 }}
     environments:
       staging:
-        deploy_on_push: {{ tags: ["v*"] }}
+        # Every tag, as many teams have it: ECR's announcements of the environment tags
+        # pushdeploy moves (staging, production) reach it too.
+        deploy_on_push: {{ tags: ["*"] }}
         target: {target}
         smoke:
           checks: [ {{ url: "http://staging.web/health", expect_status: 200, body_contains: "ok", timeout_seconds: 1 }} ]
@@ -1564,6 +1607,11 @@ apps:
           within_seconds: 5
 "#
     )
+}
+
+/// `config` with staging deploying only `v*` tags: other tags are pushed, not deployed.
+fn only_v(config: String) -> String {
+    config.replacen(r#"tags: ["*"]"#, r#"tags: ["v*"]"#, 1)
 }
 
 /// `config(SSM)` with staging's pushes gated on their scan: no critical finding.
@@ -1694,22 +1742,25 @@ fn scenarios() -> Vec<Scenario> {
                 ("production", Some('a'), false),
             ],
         ),
-        Scenario::ssm(
-            "a deploy by hand",
-            &['a', 'c'],
-            vec![
-                (Settled, Push('a', "v1")),
-                (Settled, Push('c', "build-3")),
-                (
-                    Settled,
-                    Console(
-                        Function::Deployer,
-                        json!({ "app": "web", "environment": "staging", "tag": "build-3", "requested_by": "alice" }),
+        Scenario {
+            config: only_v(config(SSM)),
+            ..Scenario::ssm(
+                "a deploy by hand",
+                &['a', 'c'],
+                vec![
+                    (Settled, Push('a', "v1")),
+                    (Settled, Push('c', "build-3")),
+                    (
+                        Settled,
+                        Console(
+                            Function::Deployer,
+                            json!({ "app": "web", "environment": "staging", "tag": "build-3", "requested_by": "alice" }),
+                        ),
                     ),
-                ),
-            ],
-            vec![("staging", Some('c'), false)],
-        ),
+                ],
+                vec![("staging", Some('c'), false)],
+            )
+        },
         Scenario {
             fail_on_target: &['b'],
             ..rolled_back("a rollout the target fails → rollback (SSM)")
@@ -1845,7 +1896,7 @@ fn scenarios() -> Vec<Scenario> {
             )
         },
         Scenario {
-            config: scanned(),
+            config: only_v(scanned()),
             ..Scenario::ssm(
                 "a push waiting for its scan outlives newer pushes and the janitor",
                 &['a', 'c', 'd'],

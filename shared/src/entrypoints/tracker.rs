@@ -251,12 +251,40 @@ mod tests {
         for (target_ref, sample) in cases {
             let w = world();
             let dep = rolling_out_as(&w, &target_ref).await;
+            // What SSM answers when the command is read back.
+            w.target.set_status(
+                &TargetRef::parse(&target_ref).unwrap(),
+                RolloutStatus::Succeeded,
+            );
             for _ in 0..2 {
                 handle(&w.tracker, DOCUMENT, event(sample)).await.unwrap();
             }
             assert_eq!(phase(&w, &dep).await, Phase::RolledOut, "{target_ref}");
             assert_eq!(w.events.types(), vec!["Rollout Succeeded"], "{target_ref}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_command_that_succeeded_on_no_host_fails_the_rollout_saying_so() {
+        let w = world();
+        let dep = rolling_out(&w).await;
+        // SSM says Success for a command whose targets matched no instance; read back, the
+        // command says it reached no host.
+        let no_host = "SSM command 8d4b3a6e reached no host: no instance matched tag Role=web-staging; check the environment's `instances`";
+        w.target.set_status(
+            &TargetRef::new(ssm::KIND, COMMAND),
+            RolloutStatus::Failed(no_host.into()),
+        );
+        let (out, stored) = after(
+            &w,
+            &dep,
+            include_str!("../../../events/tracker/ssm-command-success.json"),
+        )
+        .await;
+        assert_eq!(out["outcome"], "failed", "{out}");
+        assert_eq!(stored.phase, Phase::Failed);
+        assert_eq!(stored.reason.as_deref(), Some(no_host));
+        assert_eq!(w.events.types(), vec!["Rollout Failed"]);
     }
 
     #[tokio::test]

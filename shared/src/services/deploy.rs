@@ -80,6 +80,17 @@ impl Deployer {
         let config = self.core.config.load().await?;
         let mut results = Vec::new();
         let mut named = false;
+        // pushdeploy moves an environment's tag (`ecr_tag`) with PutImage, and ECR announces
+        // that as a push of the tag: of an image already verified somewhere, not a new one.
+        let own_tag = push.tag.as_ref().and_then(|tag| {
+            config
+                .apps_for_repository(&push.repository)
+                .flat_map(|(a, app)| app.environments.iter().map(move |(e, env)| (a, e, env)))
+                .find(|(_, _, env)| env.ecr_tag.as_ref() == Some(tag))
+                .map(|(a, e, _)| format!(
+                    "{tag} is the environment tag pushdeploy points at what {a}/{e} verified; a push of it deploys nothing"
+                ))
+        });
         for (app_name, app) in config.apps_for_repository(&push.repository) {
             named = true;
             // An app deploys its own registry's images: a push to a repository of the same
@@ -132,6 +143,18 @@ impl Deployer {
                 };
                 if !policy.admits(push.tag.as_ref()) {
                     info!(app = %app_name, env = %env_name, "tag does not match this environment's deploy_on_push");
+                    continue;
+                }
+                if let Some(reason) = &own_tag {
+                    info!(app = %app_name, env = %env_name, %reason, "an environment tag moved; not a push");
+                    results.push(EnvResult {
+                        app: app_name.clone(),
+                        environment: env_name.clone(),
+                        outcome: EnvOutcome::Skipped {
+                            reason: reason.clone(),
+                            image: image.to_string(),
+                        },
+                    });
                     continue;
                 }
                 let request = Request {
@@ -754,6 +777,35 @@ mod tests {
         assert!(w.target.started().is_empty());
         p.account = "123456789012".into();
         let out = w.deployer().on_push(&p).await.unwrap();
+        assert!(
+            matches!(out[0].outcome, EnvOutcome::Started { .. }),
+            "{out:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_environment_tag_moved_by_pushdeploy_is_not_taken_for_a_push() {
+        // staging deploys every tag, so it would take ECR's announcement of the tag move.
+        let w = World::new(&World::SAMPLE_CONFIG.replace(
+            r#"deploy_on_push: { tags: ["main-*", "v*"] }"#,
+            r#"deploy_on_push: { tags: ["*"] }"#,
+        ));
+        let d = w.deployer();
+        for (i, tag) in ["staging", "production"].into_iter().enumerate() {
+            let out = d
+                .on_push(&push(&w, 'a', tag, i as i64, &format!("e{i}")))
+                .await
+                .unwrap();
+            assert!(
+                matches!(&out[0].outcome, EnvOutcome::Skipped { reason, .. }
+                    if reason.contains(&format!("{tag} is the environment tag"))),
+                "{out:?}"
+            );
+        }
+        assert!(w.target.started().is_empty());
+        assert_eq!(w.store.commits(), 0, "nothing recorded");
+        // Any other tag is a push.
+        let out = d.on_push(&push(&w, 'a', "main-1", 5, "e9")).await.unwrap();
         assert!(
             matches!(out[0].outcome, EnvOutcome::Started { .. }),
             "{out:?}"

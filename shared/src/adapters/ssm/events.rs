@@ -1,6 +1,7 @@
 //! The SSM status-change events of pushdeploy's document: `EC2 Command Status-change
-//! Notification` speaks for the whole command, the per-instance `EC2 Command Invocation
-//! Status-change Notification` only says a host changed (the command is read back).
+//! Notification` speaks for the whole command when it failed; its success, and the
+//! per-instance `EC2 Command Invocation Status-change Notification`, only say when to read
+//! the command back (a command that reached no host succeeds too).
 
 use serde::Deserialize;
 
@@ -46,9 +47,12 @@ fn read(envelope: &Envelope, document: &str) -> Result<StatusEvent, InputError> 
             detail.document_name
         )));
     }
-    // A per-host status says little about the whole command: read it back instead.
-    let reported =
-        (envelope.detail_type == COMMAND_STATUS).then(|| status_from_event(&detail.status));
+    // A per-host status says little about the whole command: read it back instead. So
+    // does a command's `Success`: a command whose targets matched no instance succeeds
+    // having run nowhere, which only the command read back (its target count) tells.
+    let reported = (envelope.detail_type == COMMAND_STATUS)
+        .then(|| status_from_event(&detail.status))
+        .filter(|status| *status != RolloutStatus::Succeeded);
     Ok(StatusEvent::Rollout {
         target_ref: TargetRef::new(KIND, &detail.command_id),
         reported,
