@@ -621,7 +621,7 @@ async fn an_alarm_going_off_after_the_smoke_tests_passed_ends_with_the_previous_
         failed
             .field("reason")
             .unwrap_or_default()
-            .starts_with("alarm web-staging-5xx went into ALARM after the smoke tests passed"),
+            .starts_with("alarm web-staging-5xx is in ALARM after the smoke tests passed"),
         "{failed:?}"
     );
     let rollback = s.rollback_of(&second).await;

@@ -708,6 +708,8 @@ struct TargetInner {
     statuses: HashMap<String, RolloutStatus>,
     refuse: VecDeque<TargetError>,
     cancelled: Vec<String>,
+    /// The target forgot every rollout it was given: reads answer `NotFound`.
+    amnesia: bool,
     /// What each environment runs: a rollout's image once it succeeded; a failed rollout
     /// leaves what ran before (the SSM script, ECS's circuit breaker and CodeDeploy's
     /// own rollback all restore it).
@@ -798,6 +800,12 @@ impl FakeTarget {
             .remove(target_ref.as_str());
     }
 
+    /// From now on the target knows no rollout it was given (a deleted service, a purged
+    /// command history): status and cancel answer `NotFound`, find finds nothing.
+    pub fn forget_all(&self) {
+        self.inner.lock().unwrap().amnesia = true;
+    }
+
     pub fn cancelled(&self) -> Vec<String> {
         self.inner.lock().unwrap().cancelled.clone()
     }
@@ -845,9 +853,11 @@ impl Target for FakeTarget {
     }
 
     async fn status(&self, target_ref: &TargetRef) -> Result<RolloutStatus, TargetError> {
-        self.inner
-            .lock()
-            .unwrap()
+        let inner = self.inner.lock().unwrap();
+        if inner.amnesia {
+            return Err(TargetError::NotFound(format!("no rollout {target_ref}")));
+        }
+        inner
             .statuses
             .get(target_ref.as_str())
             .cloned()
@@ -863,6 +873,9 @@ impl Target for FakeTarget {
 
     async fn cancel(&self, target_ref: &TargetRef) -> Result<(), TargetError> {
         let mut inner = self.inner.lock().unwrap();
+        if inner.amnesia {
+            return Err(TargetError::NotFound(format!("no rollout {target_ref}")));
+        }
         inner.cancelled.push(target_ref.to_string());
         // A cancelled rollout ends where it was: what ran before runs on.
         if let Some(status) = inner.statuses.get_mut(target_ref.as_str())
@@ -879,6 +892,9 @@ impl Target for FakeTarget {
         _config: &TargetConfig,
     ) -> Result<Option<Started>, TargetError> {
         let inner = self.inner.lock().unwrap();
+        if inner.amnesia {
+            return Ok(None);
+        }
         Ok(inner
             .started
             .iter()

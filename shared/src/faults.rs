@@ -42,6 +42,7 @@ use crate::services::{
 };
 
 mod interleavings;
+mod phases;
 mod seams;
 
 /// What goes wrong at the armed call.
@@ -121,6 +122,13 @@ struct Faults {
     /// When set, every port call first gives way, so invocations running at once interleave
     /// at their AWS requests (`interleavings`).
     pace: Mutex<Option<Pace>>,
+    /// When set, each call to a target is throttled (refused before taking effect) with
+    /// this chance in 4, seeded (`interleavings`).
+    throttle: Mutex<Option<Rng>>,
+    /// Asked after every commit: once it says yes, `tripped` is set and the invocation
+    /// that made the commit stops there (`phases`).
+    trip: Mutex<Option<Box<dyn Fn() -> bool + Send>>>,
+    tripped: AtomicBool,
 }
 
 /// How often a port call gives way first.
@@ -167,6 +175,15 @@ impl Faults {
     /// Whether calls named `what` fail for now (an outage).
     fn out(&self, what: &'static str) -> bool {
         self.failing.lock().unwrap().contains(what)
+    }
+
+    /// Whether this call to a target is throttled (when targets throttle at random).
+    fn throttled(&self) -> bool {
+        self.throttle
+            .lock()
+            .unwrap()
+            .as_mut()
+            .is_some_and(|rng| rng.below(4) == 0)
     }
 
     /// The fault of this call, if it is the armed one.
@@ -217,6 +234,14 @@ impl Faults {
             Some(Fault::Twice) => effect.await,
         }
     }
+}
+
+/// A target's refusal for now, as AWS throttles.
+fn throttled(operation: &str) -> TargetError {
+    TargetError::Throttled(CallError::said(
+        operation,
+        "ThrottlingException: Rate exceeded",
+    ))
 }
 
 fn lost(operation: &str) -> CallError {
@@ -282,6 +307,22 @@ impl StateStore for FaultyStore {
             return Err(StoreError::Transient(lost("TransactWriteItems")));
         }
         match self.faults.call("StateStore::commit") {
+            None if self.faults.trip.lock().unwrap().is_some() => {
+                let result = self.inner.commit(commit).await;
+                let reached = self
+                    .faults
+                    .trip
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .is_some_and(|t| t());
+                if reached {
+                    *self.faults.trip.lock().unwrap() = None;
+                    self.faults.tripped.store(true, Ordering::SeqCst);
+                    return self.faults.die().await;
+                }
+                result
+            }
             None => self.inner.commit(commit).await,
             Some(Fault::Before) => Err(StoreError::Transient(lost("TransactWriteItems"))),
             Some(Fault::AnswerLost) => {
@@ -362,6 +403,9 @@ impl Target for FaultyTarget {
         config: &TargetConfig,
     ) -> Result<Started, TargetError> {
         let start = self.inner.start(deployment, config);
+        if self.faults.throttled() {
+            return Err(throttled("SendCommand"));
+        }
         self.faults
             .around("Target::start", start, || {
                 TargetError::Transient(lost("SendCommand"))
@@ -371,6 +415,9 @@ impl Target for FaultyTarget {
 
     async fn status(&self, target_ref: &TargetRef) -> Result<RolloutStatus, TargetError> {
         let status = self.inner.status(target_ref);
+        if self.faults.throttled() {
+            return Err(throttled("ListCommands"));
+        }
         self.faults
             .around("Target::status", status, || {
                 TargetError::Transient(lost("ListCommands"))
@@ -380,6 +427,9 @@ impl Target for FaultyTarget {
 
     async fn cancel(&self, target_ref: &TargetRef) -> Result<(), TargetError> {
         let cancel = self.inner.cancel(target_ref);
+        if self.faults.throttled() {
+            return Err(throttled("CancelCommand"));
+        }
         self.faults
             .around("Target::cancel", cancel, || {
                 TargetError::Transient(lost("CancelCommand"))
@@ -393,6 +443,9 @@ impl Target for FaultyTarget {
         config: &TargetConfig,
     ) -> Result<Option<Started>, TargetError> {
         let find = self.inner.find(deployment, config);
+        if self.faults.throttled() {
+            return Err(throttled("ListCommands"));
+        }
         self.faults
             .around("Target::find", find, || {
                 TargetError::Transient(lost("ListCommands"))
@@ -405,6 +458,9 @@ impl Target for FaultyTarget {
         config: &TargetConfig,
     ) -> Result<Option<crate::domain::platform::Platform>, TargetError> {
         let read = self.inner.platform(config);
+        if self.faults.throttled() {
+            return Err(throttled("DescribeTaskDefinition"));
+        }
         self.faults
             .around("Target::platform", read, || {
                 TargetError::Transient(lost("DescribeTaskDefinition"))
@@ -416,6 +472,13 @@ impl Target for FaultyTarget {
 struct FaultyRegistry {
     inner: FakeRegistry,
     faults: Arc<Faults>,
+    /// What environments need, read when the janitor lists the repository and again when it
+    /// deletes: deleting a digest needed all along is a broken promise, recorded here. (A
+    /// digest that becomes needed while the janitor runs, an instant before it deletes it,
+    /// fails its pull instead: the hosts keep what they ran.)
+    watch: Option<(MemoryStore, Arc<Config>)>,
+    needed_when_listed: Mutex<Option<BTreeMap<Digest, String>>>,
+    deleted_needed: Arc<Mutex<Vec<String>>>,
 }
 
 #[async_trait]
@@ -473,6 +536,13 @@ impl ImageRegistry for FaultyRegistry {
     }
 }
 
+impl FaultyRegistry {
+    /// Between invocations: no janitor is running.
+    fn forget_listing(&self) {
+        *self.needed_when_listed.lock().unwrap() = None;
+    }
+}
+
 #[async_trait]
 impl ImageCatalog for FaultyRegistry {
     async fn list_page(
@@ -480,6 +550,18 @@ impl ImageCatalog for FaultyRegistry {
         repository: &Repository,
         next: Option<String>,
     ) -> Result<ImagePage, RegistryError> {
+        // Janitors running at once: what all of them saw needed.
+        if let Some((store, config)) = &self.watch {
+            let now = needed(store, config);
+            let mut listed = self.needed_when_listed.lock().unwrap();
+            *listed = Some(match listed.take() {
+                None => now,
+                Some(before) => before
+                    .into_iter()
+                    .filter(|(d, _)| now.contains_key(d))
+                    .collect(),
+            });
+        }
         let read = self.inner.list_page(repository, next);
         self.faults
             .around("ImageCatalog::list_page", read, || {
@@ -506,7 +588,24 @@ impl ImageCatalog for FaultyRegistry {
         repository: &Repository,
         digests: &[Digest],
     ) -> Result<Vec<DeleteFailure>, RegistryError> {
-        let write = ImageCatalog::delete(&self.inner, repository, digests);
+        let judge = || {
+            if let Some((store, config)) = &self.watch {
+                let now = needed(store, config);
+                let listed = self.needed_when_listed.lock().unwrap();
+                for d in digests.iter().filter(|d| now.contains_key(*d)) {
+                    if let Some(then) = listed.as_ref().and_then(|l| l.get(d)) {
+                        self.deleted_needed.lock().unwrap().push(format!(
+                            "the janitor deleted {d}: {then} when it listed the repository, {} when it deleted it",
+                            now[d]
+                        ));
+                    }
+                }
+            }
+        };
+        let write = async {
+            judge();
+            ImageCatalog::delete(&self.inner, repository, digests).await
+        };
         self.faults
             .around("ImageCatalog::delete", write, || {
                 RegistryError::Transient(lost("BatchDeleteImage"))
@@ -661,6 +760,8 @@ enum Stimulus {
     /// delivery, a function out of concurrency): others overtake them.
     HoldBack(EventType),
     Release,
+    /// The target refuses the next start for now (throttled).
+    RefuseNextStart,
 }
 
 /// When a stimulus comes: once everything before it settled, or at once.
@@ -724,14 +825,32 @@ struct Sim<'a> {
     /// The targets no longer finish rollouts (they hang, or nobody hears of them).
     stalled: bool,
     /// Deliveries of this event wait in `held_back` (`Stimulus::HoldBack`).
-    hold_back: Option<EventType>,
+    hold_back: BTreeSet<&'static str>,
     held_back: Vec<Delivery>,
-    /// Rollouts of images the registry did not hold any more when they were pulled.
-    pulled_missing: Vec<String>,
+    /// Rollouts of images the registry did not hold any more when they were pulled: an
+    /// image deleted an instant before it was deployed fails its pull (the hosts keep what
+    /// they ran), which is not a broken promise unless it was needed when deleted.
+    pulled_missing: BTreeSet<String>,
+    /// Deletions of digests some environment needed at that moment.
+    registry_watch: Arc<Mutex<Vec<String>>>,
+    /// The janitor's registry, told when a janitor's run is over.
+    janitor_catalog: Arc<FaultyRegistry>,
     /// How many of the registry's tag moves have been announced.
     tags_moved: usize,
     /// The tags people pushed, with their digests.
     pushed: BTreeSet<(String, Digest)>,
+    /// What becomes unavailable once `faults.trip` goes off (`phases`).
+    outage: Option<Outage>,
+}
+
+/// What is unavailable from some moment on: functions whose invocations fail (the
+/// tracker's schedule still runs), port calls that fail, whether the target forgets its
+/// rollouts. Targets stop finishing rollouts, and their events stop coming.
+#[derive(Debug, Clone, Default)]
+struct Outage {
+    down: BTreeSet<Function>,
+    failing: BTreeSet<&'static str>,
+    forget: bool,
 }
 
 const DOCUMENT: &str = "pushdeploy-deploy";
@@ -777,9 +896,13 @@ impl<'a> Sim<'a> {
             inner: target.clone(),
             faults: faults.clone(),
         });
+        let registry_watch = Arc::new(Mutex::new(Vec::new()));
         let faulty_registry = Arc::new(FaultyRegistry {
             inner: registry.clone(),
             faults: faults.clone(),
+            watch: Some((store.clone(), config.clone())),
+            needed_when_listed: Mutex::default(),
+            deleted_needed: registry_watch.clone(),
         });
         let mut urls = BTreeMap::new();
         for (app, env, env_config) in config.environments() {
@@ -830,8 +953,9 @@ impl<'a> Sim<'a> {
             },
             janitor: Janitor {
                 core: core.clone(),
-                catalog: faulty_registry,
+                catalog: faulty_registry.clone(),
             },
+            janitor_catalog: faulty_registry,
             control: Control { core },
             alarms,
             alarm_was: BTreeMap::new(),
@@ -848,11 +972,13 @@ impl<'a> Sim<'a> {
             ids: 0,
             down: BTreeSet::new(),
             stalled: false,
-            hold_back: None,
+            hold_back: BTreeSet::new(),
             held_back: Vec::new(),
-            pulled_missing: Vec::new(),
+            pulled_missing: BTreeSet::new(),
+            registry_watch,
             tags_moved: 0,
             pushed: BTreeSet::new(),
+            outage: None,
         }
     }
 
@@ -936,9 +1062,12 @@ impl<'a> Sim<'a> {
                 payload,
                 attempt: 1,
             }),
-            Stimulus::HoldBack(kind) => self.hold_back = Some(kind),
+            Stimulus::HoldBack(kind) => {
+                self.hold_back.insert(kind.as_str());
+            }
+            Stimulus::RefuseNextStart => self.target.refuse_next(throttled("SendCommand")),
             Stimulus::Release => {
-                self.hold_back = None;
+                self.hold_back.clear();
                 self.inbox.extend(self.held_back.drain(..));
             }
         }
@@ -987,6 +1116,22 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// Once the trip of `outage_when` has gone off: from now on the outage holds.
+    fn begin_outage(&mut self) {
+        if !self.faults.tripped.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(outage) = self.outage.take() else {
+            return;
+        };
+        self.down.extend(outage.down);
+        self.stalled = true;
+        self.faults.failing.lock().unwrap().extend(outage.failing);
+        if outage.forget {
+            self.target.forget_all();
+        }
+    }
+
     /// The reconcile schedule's event, as EventBridge sends it now.
     fn schedule(&mut self) -> Value {
         self.ids += 1;
@@ -1020,6 +1165,9 @@ impl<'a> Sim<'a> {
     /// the default bus (to the verifier). Whether any changed.
     fn announce_alarms(&mut self) -> bool {
         let mut changed = false;
+        if self.stalled {
+            return false;
+        }
         let names: Vec<String> = self.alarms.watched.keys().cloned().collect();
         for name in names {
             let now = self.alarms.in_alarm(&name).unwrap_or(false);
@@ -1055,30 +1203,51 @@ impl<'a> Sim<'a> {
         changed
     }
 
-    /// What a change would change.
+    /// What a change would change. A hand-over repeated is no change.
     fn fingerprint(&self) -> String {
+        let events = self
+            .events
+            .events()
+            .iter()
+            .filter(|e| {
+                !matches!(
+                    e.detail_type,
+                    EventType::VerificationDue | EventType::RollbackDue
+                )
+            })
+            .count();
         format!(
-            "{}\n{}\n{}",
+            "{}\n{events}\n{}",
             self.store.snapshot(),
-            self.events.events().len(),
             self.target.started().len()
         )
     }
 
     fn has_rollouts_in_progress(&self) -> bool {
+        // An alarm watch ends with time, handed over at each pass (unless held back).
+        let watching = !self.hold_back.contains(EventType::VerificationDue.as_str())
+            && self.config.environments().any(|(app, env, _)| {
+                self.store
+                    .deployments(app, env)
+                    .iter()
+                    .any(|d| d.phase == Phase::Verifying && d.watch_until.is_some())
+            });
         // Stalled targets finish nothing: waiting for them changes nothing.
         !self.stalled
-            && self.target.started().iter().any(|s| {
-                matches!(
-                    futures::executor::block_on(self.target.status(&s.target_ref)),
-                    Ok(RolloutStatus::InProgress)
-                )
-            })
+            && (watching
+                || self.target.started().iter().any(|s| {
+                    matches!(
+                        futures::executor::block_on(self.target.status(&s.target_ref)),
+                        Ok(RolloutStatus::InProgress)
+                    )
+                }))
     }
 
     /// Delivers everything waiting, and what that publishes, as EventBridge would.
     async fn drain(&mut self) {
         for _ in 0..500 {
+            self.janitor_catalog.forget_listing();
+            self.begin_outage();
             self.route();
             let Some(delivery) = self.inbox.pop_front() else {
                 return;
@@ -1132,7 +1301,7 @@ impl<'a> Sim<'a> {
                     payload: delivered(event, &id),
                     attempt: 1,
                 };
-                if self.hold_back == Some(event.detail_type) {
+                if self.hold_back.contains(event.detail_type.as_str()) {
                     self.held_back.push(delivery);
                 } else {
                     self.inbox.push_back(delivery);
@@ -1204,6 +1373,7 @@ impl<'a> Sim<'a> {
     /// The targets finish the rollouts in progress that `now` picks. Whether any did.
     fn finish_rollouts_where(&mut self, mut now: impl FnMut() -> bool) -> bool {
         let mut finished = false;
+        self.begin_outage();
         if self.stalled {
             return false;
         }
@@ -1235,16 +1405,13 @@ impl<'a> Sim<'a> {
                 .and_then(|(_, d)| Digest::parse(d).ok())
                 .is_some_and(|d| self.registry.exists("acme/web", &d));
             if !pulled {
-                self.pulled_missing.push(format!(
-                    "deployment {} pulled {}, which the registry no longer holds",
-                    s.deployment_id, s.image
-                ));
+                self.pulled_missing.insert(s.image.clone());
             }
             let fails = !pulled
                 || self.scenario.fail_on_target.contains(&hex)
                 || (self.scenario.rollbacks_fail && kind == Some(crate::domain::Kind::Rollback));
             let status = if !pulled {
-                RolloutStatus::Failed("manifest unknown: the image is not in the registry".into())
+                RolloutStatus::Failed(format!("manifest unknown: {NOT_IN_REGISTRY}"))
             } else if fails {
                 RolloutStatus::Failed("exit 1 on the target".into())
             } else {
@@ -1384,9 +1551,15 @@ impl<'a> Sim<'a> {
             for hex in self.scenario.healthy {
                 // A digest revoked while it rolled out failed, and is quarantined as any;
                 // so is one that set off an alarm.
+                // So is one whose image was gone when its hosts pulled it.
+                let gone = self
+                    .pulled_missing
+                    .iter()
+                    .any(|image| image.ends_with(self.image(*hex).as_str()));
                 if state.quarantined.contains_key(self.image(*hex).as_str())
                     && !state.revoked.contains_key(self.image(*hex).as_str())
                     && !self.scenario.alarming.contains(hex)
+                    && !gone
                 {
                     broken.push(format!("{place}: healthy digest {hex} is quarantined"));
                 }
@@ -1441,64 +1614,68 @@ impl<'a> Sim<'a> {
         for dead in &self.dead {
             broken.push(format!("dead letter: {dead}"));
         }
-        broken.extend(self.pulled_missing.iter().cloned());
-        broken.extend(self.needed_but_deleted().await);
+        broken.extend(self.needed_but_deleted());
+        broken.extend(self.registry_watch.lock().unwrap().iter().cloned());
         broken
     }
 
-    /// The digests some environment still needs that the registry no longer holds: what
-    /// runs and what it would roll back to, what is rolling out or rolling back and what it
-    /// would restore, what is queued, waits for approval or was approved, and what waits
-    /// for its scan.
-    async fn needed_but_deleted(&self) -> Vec<String> {
-        let mut broken = Vec::new();
-        let keep_verified = self
-            .config
-            .app(&web())
-            .and_then(|a| a.retention.as_ref())
-            .map_or(crate::domain::environment::KEEP_VERIFIED, |r| {
-                r.keep_verified
-            });
-        for (app, env, _) in self.config.environments() {
-            let state = self.store.env_state(app, env).await.unwrap();
-            let mut needed: Vec<(Digest, &str)> = Vec::new();
-            if let Some(c) = &state.current {
-                needed.push((c.digest.clone(), "current"));
-            }
-            for v in state.verified.iter().take(keep_verified) {
-                needed.push((v.digest.clone(), "verified"));
-            }
-            if let Some(q) = &state.queued {
-                needed.push((q.image.digest.clone(), "queued"));
-            }
-            for p in [&state.pending, &state.approved].into_iter().flatten() {
-                needed.push((p.digest().clone(), "waiting to be promoted"));
-            }
-            if let Some(w) = &state.awaiting_scan {
-                needed.push((w.request.image.digest.clone(), "waiting for its scan"));
-            }
-            if let Some(holder) = state.holder()
-                && let Some(d) = self
-                    .store
-                    .deployments(app, env)
-                    .into_iter()
-                    .find(|d| &d.id == holder)
-            {
-                needed.push((d.image.digest.clone(), "rolling out or back"));
-                if let Some(previous) = d.previous {
-                    needed.push((previous.digest, "restored if the rollout fails"));
-                }
-            }
-            for (digest, why) in needed {
-                if !self.registry.exists("acme/web", &digest) {
-                    broken.push(format!(
-                        "{app}/{env}: {digest} ({why}) was deleted from the registry"
-                    ));
-                }
+    /// The digests some environment still needs that the registry no longer holds.
+    fn needed_but_deleted(&self) -> Vec<String> {
+        needed(&self.store, &self.config)
+            .into_iter()
+            .filter(|(digest, _)| !self.registry.exists("acme/web", digest))
+            .map(|(digest, why)| format!("{digest} ({why}) was deleted from the registry"))
+            .collect()
+    }
+}
+
+/// The digests some environment needs now, with why: what runs and what it would roll back
+/// to, what is rolling out or rolling back and what that would restore, what is queued,
+/// waits to be promoted or was approved, and what waits for its scan. Written from what a
+/// user expects to stay, not from the janitor's own list.
+fn needed(store: &MemoryStore, config: &Config) -> BTreeMap<Digest, String> {
+    let keep_verified = config
+        .app(&web())
+        .and_then(|a| a.retention.as_ref())
+        .map_or(crate::domain::environment::KEEP_VERIFIED, |r| {
+            r.keep_verified
+        });
+    let mut needed = BTreeMap::new();
+    for (app, env, _) in config.environments() {
+        let state = futures::executor::block_on(store.env_state(app, env)).unwrap();
+        let mut need = |digest: &Digest, why: &str| {
+            needed
+                .entry(digest.clone())
+                .or_insert_with(|| format!("{why} in {app}/{env}"));
+        };
+        if let Some(c) = &state.current {
+            need(&c.digest, "current");
+        }
+        for v in state.verified.iter().take(keep_verified) {
+            need(&v.digest, "verified");
+        }
+        if let Some(q) = &state.queued {
+            need(&q.image.digest, "queued");
+        }
+        for p in [&state.pending, &state.approved].into_iter().flatten() {
+            need(p.digest(), "waiting to be promoted");
+        }
+        if let Some(w) = &state.awaiting_scan {
+            need(&w.request.image.digest, "waiting for its scan");
+        }
+        if let Some(holder) = state.holder()
+            && let Some(d) = store
+                .deployments(app, env)
+                .into_iter()
+                .find(|d| &d.id == holder)
+        {
+            need(&d.image.digest, "rolling out or back");
+            if let Some(previous) = &d.previous {
+                need(&previous.digest, "restored if the rollout fails");
             }
         }
-        broken
     }
+    needed
 }
 
 /// ECR's event for a push of `tag` (or a tag moved onto `digest`).
@@ -1521,6 +1698,9 @@ fn push_event(
         }
     })
 }
+
+/// What a host says when the image it pulls is not in the registry.
+const NOT_IN_REGISTRY: &str = "the image is not in the registry";
 
 /// The app every scenario deploys.
 fn web() -> AppName {

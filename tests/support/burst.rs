@@ -512,43 +512,10 @@ fn scheduled(n: usize) -> Value {
 
 /// Creates the EC2 instance of each environment in moto, tagged with its `Role`.
 async fn register_hosts(w: &World, apps: usize) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
     for app in 0..apps {
         for env in ["staging", "production"] {
-            let form = [
-                ("Action", "RunInstances".to_owned()),
-                ("Version", "2016-11-15".to_owned()),
-                ("ImageId", "ami-03cf127a".to_owned()),
-                ("InstanceType", "t3.micro".to_owned()),
-                ("MinCount", "1".to_owned()),
-                ("MaxCount", "1".to_owned()),
-                ("TagSpecification.1.ResourceType", "instance".to_owned()),
-                ("TagSpecification.1.Tag.1.Key", "Role".to_owned()),
-                ("TagSpecification.1.Tag.1.Value", format!("app{app}-{env}")),
-            ];
-            let answer = http
-                .post(w.moto.endpoint())
-                .header(
-                    "Authorization",
-                    format!(
-                        "AWS4-HMAC-SHA256 Credential=testing/20261203/{}/ec2/aws4_request, SignedHeaders=host, Signature=0",
-                        pushdeploy_local::moto::REGION
-                    ),
-                )
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .body(
-                    form.iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join("&"),
-                )
-                .send()
+            w.register_host(&[("Role", &format!("app{app}-{env}"))])
                 .await?;
-            anyhow::ensure!(
-                answer.status().is_success(),
-                "RunInstances: {}",
-                answer.text().await.unwrap_or_default()
-            );
         }
     }
     Ok(())

@@ -93,6 +93,13 @@ impl World {
         let endpoint = SmokeEndpoint::start().await?;
         let world_config = config_yaml.replace("{smoke}", &endpoint.url());
         put_config(&sdk, &world_config).await?;
+        // The hosts the SSM environments name by their tags, as the account would have them:
+        // a command whose targets match no instance reaches no host, and fails.
+        for tags in tagged_hosts(&world_config) {
+            let tags: Vec<(&str, &str)> =
+                tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            register_host(&moto, &tags).await?;
+        }
         let published = Recorder::new(EventBridgePublisher::new(
             aws_sdk_eventbridge::Client::new(&sdk),
             BUS,
@@ -166,6 +173,11 @@ impl World {
             _dir: dir,
             pushes: Mutex::new(0),
         })
+    }
+
+    /// Creates an EC2 instance in moto carrying these tags.
+    pub async fn register_host(&self, tags: &[(&str, &str)]) -> anyhow::Result<()> {
+        register_host(&self.moto, tags).await
     }
 
     /// Delivers an EventBridge event to `function`'s entrypoint, the one Lambda calls. The
@@ -654,6 +666,79 @@ impl World {
             }
         })
     }
+}
+
+/// The tag sets by which the configuration's SSM environments name their instances.
+fn tagged_hosts(config_yaml: &str) -> Vec<BTreeMap<String, String>> {
+    use pushdeploy::domain::TargetConfig;
+    use pushdeploy::domain::config::InstanceSelector;
+    let Ok(config) = pushdeploy::domain::Config::from_yaml(config_yaml) else {
+        return Vec::new();
+    };
+    let mut sets: Vec<BTreeMap<String, String>> = config
+        .environments()
+        .filter_map(|(_, _, env)| match &env.target {
+            TargetConfig::Ssm(ssm) => match &ssm.instances {
+                InstanceSelector::Tags(tags) => Some(tags.clone()),
+                InstanceSelector::Ids(_) => None,
+            },
+            _ => None,
+        })
+        .collect();
+    sets.sort();
+    sets.dedup();
+    sets
+}
+
+/// Creates an EC2 instance in moto carrying these tags (EC2's query API, which no function
+/// calls, so the SDK's EC2 crate is not needed).
+async fn register_host(moto: &Moto, tags: &[(&str, &str)]) -> anyhow::Result<()> {
+    let mut form = vec![
+        ("Action".to_owned(), "RunInstances".to_owned()),
+        ("Version".to_owned(), "2016-11-15".to_owned()),
+        ("ImageId".to_owned(), "ami-03cf127a".to_owned()),
+        ("InstanceType".to_owned(), "t3.micro".to_owned()),
+        ("MinCount".to_owned(), "1".to_owned()),
+        ("MaxCount".to_owned(), "1".to_owned()),
+        (
+            "TagSpecification.1.ResourceType".to_owned(),
+            "instance".to_owned(),
+        ),
+    ];
+    for (i, (key, value)) in tags.iter().enumerate() {
+        form.push((
+            format!("TagSpecification.1.Tag.{}.Key", i + 1),
+            (*key).to_owned(),
+        ));
+        form.push((
+            format!("TagSpecification.1.Tag.{}.Value", i + 1),
+            (*value).to_owned(),
+        ));
+    }
+    let answer = reqwest::Client::new()
+        .post(moto.endpoint())
+        .header(
+            "Authorization",
+            format!(
+                "AWS4-HMAC-SHA256 Credential=testing/20261203/{}/ec2/aws4_request, SignedHeaders=host, Signature=0",
+                pushdeploy_local::moto::REGION
+            ),
+        )
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(
+            form.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("&"),
+        )
+        .send()
+        .await?;
+    anyhow::ensure!(
+        answer.status().is_success(),
+        "RunInstances: {}",
+        answer.text().await.unwrap_or_default()
+    );
+    Ok(())
 }
 
 pub fn names(app: &str, env: &str) -> (AppName, EnvName) {

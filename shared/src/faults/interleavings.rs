@@ -118,6 +118,9 @@ struct Run<'a> {
     /// What people were told when the console refused them.
     refused: Vec<String>,
     most_at_once: usize,
+    /// Whether two copies of one function ran at once on the same input: two reconcile
+    /// passes, one event delivered twice, a request asked twice.
+    copies: bool,
 }
 
 impl Run<'_> {
@@ -136,7 +139,7 @@ impl Run<'_> {
         let digest =
             |run: &mut Self| format!("sha256:{}", run.pick_pushed().to_string().repeat(64));
         let env = |run: &mut Self| ["staging", "production"][run.rng.below(2)];
-        let stimulus = match self.rng.below(10) {
+        let stimulus = match self.rng.below(11) {
             0..=4 => {
                 let hex = DIGESTS[self.rng.below(DIGESTS.len())];
                 let tag = TAGS[self.pushed.len() % TAGS.len()];
@@ -155,16 +158,32 @@ impl Run<'_> {
                     json!({ "app": "web", "environment": env(self), "tag": tag, "requested_by": "alice" }),
                 )
             }
-            7 => Stimulus::Console(
-                Function::Rollback,
-                json!({ "app": "web", "environment": env(self), "reason": "error rate up", "requested_by": "alice" }),
-            ),
+            7 => {
+                let request = json!({ "app": "web", "environment": env(self), "reason": "error rate up", "requested_by": "alice" });
+                // The person asks again (no answer came), while the reconciler runs.
+                if self.rng.below(2) == 0 {
+                    let again = Stimulus::Console(Function::Rollback, request.clone());
+                    self.say(|| format!("  stimulus {again:?} (asked again)"));
+                    self.sim.stimulate(again).await;
+                    let pass = Stimulus::Console(Function::Tracker, self.sim.schedule());
+                    self.sim.stimulate(pass).await;
+                }
+                Stimulus::Console(Function::Rollback, request)
+            }
             8 => Stimulus::Console(
                 Function::Control,
                 json!({ "action": "abort", "app": "web", "environment": env(self),
                         "reason": "wrong build", "by": "alice" }),
             ),
-            _ => Stimulus::Console(Function::Tracker, self.sim.schedule()),
+            9 => {
+                // Two reconcile passes at once now and then (a pass outliving the minute).
+                if self.rng.below(2) == 0 {
+                    let pass = Stimulus::Console(Function::Tracker, self.sim.schedule());
+                    self.sim.stimulate(pass).await;
+                }
+                Stimulus::Console(Function::Tracker, self.sim.schedule())
+            }
+            _ => Stimulus::Console(Function::Janitor, self.sim.schedule()),
         };
         self.say(|| format!("  stimulus {stimulus:?}"));
         self.sim.stimulate(stimulus).await;
@@ -198,11 +217,25 @@ impl Run<'_> {
                 }
             }
             batch.extend(again);
+            // A reconcile pass that failed is retried by Lambda while the next scheduled one
+            // starts.
+            if batch
+                .iter()
+                .any(|d| d.function == Function::Tracker && is_schedule(d) && d.attempt > 1)
+            {
+                batch.push(Delivery {
+                    function: Function::Tracker,
+                    payload: self.sim.schedule(),
+                    attempt: 1,
+                });
+            }
+            self.copies |= two_copies(&batch);
             // ...and in any order.
             for i in (1..batch.len()).rev() {
                 batch.swap(i, self.rng.below(i + 1));
             }
             self.most_at_once = self.most_at_once.max(batch.len());
+            self.sim.janitor_catalog.forget_listing();
             let mut scheduler = Rng::new(self.rng.next());
             let answers = {
                 let sim = &self.sim;
@@ -251,8 +284,34 @@ impl Run<'_> {
     }
 }
 
-/// One seeded run: what it broke of the promises, and how many invocations ran at once at most.
-async fn run(seed: u64, trace: bool) -> (Vec<String>, usize) {
+fn is_schedule(d: &Delivery) -> bool {
+    d.payload["detail-type"] == "Scheduled Event"
+}
+
+/// Whether a batch runs two copies of one function on the same input: two reconcile
+/// passes, or the same event or request twice.
+fn two_copies(batch: &[Delivery]) -> bool {
+    batch.iter().enumerate().any(|(i, a)| {
+        batch[i + 1..].iter().any(|b| {
+            a.function == b.function
+                && ((a.function == Function::Tracker && is_schedule(a) && is_schedule(b))
+                    || a.payload == b.payload)
+        })
+    })
+}
+
+/// What one seeded run found.
+struct Outcome {
+    broken: Vec<String>,
+    most_at_once: usize,
+    copies: bool,
+    /// Invocations dead-lettered after three throttled attempts.
+    dead_lettered: usize,
+}
+
+/// One seeded run: what it broke of the promises, how many invocations ran at once at most,
+/// and whether two copies of one function ran at once.
+async fn run(seed: u64, trace: bool) -> Outcome {
     let scenario = Scenario {
         name: "interleavings",
         config: config(super::SSM),
@@ -266,6 +325,7 @@ async fn run(seed: u64, trace: bool) -> (Vec<String>, usize) {
     };
     let sim = Sim::new(&scenario, None);
     *sim.faults.pace.lock().unwrap() = Some(Pace::Seeded(Rng::new(seed.rotate_left(29))));
+    *sim.faults.throttle.lock().unwrap() = Some(Rng::new(seed.rotate_left(41)));
     let mut run = Run {
         sim,
         rng: Rng::new(seed),
@@ -273,6 +333,7 @@ async fn run(seed: u64, trace: bool) -> (Vec<String>, usize) {
         pushed: Vec::new(),
         refused: Vec::new(),
         most_at_once: 0,
+        copies: false,
     };
     // Staging has a verified image to return to.
     run.pushed.push(('a', "v0"));
@@ -287,6 +348,8 @@ async fn run(seed: u64, trace: bool) -> (Vec<String>, usize) {
         run.deliver_at_once().await;
     }
     run.say(|| "settling".into());
+    // The targets stop throttling: what is left to do gets done.
+    *run.sim.faults.throttle.lock().unwrap() = None;
     run.sim.settle().await;
     // A rollback a person aborted before it finished is a failed rollback: automatic
     // rollouts stop until someone looks. They unfreeze.
@@ -313,6 +376,14 @@ async fn run(seed: u64, trace: bool) -> (Vec<String>, usize) {
     run.sim.clock.advance(Duration::from_secs(4 * 3600));
     run.sim.settle().await;
 
+    // Lambda gives up on an invocation after its third attempt: while targets throttle,
+    // some end in the dead-letter queue (where an alarm calls a person), as in AWS. What
+    // else went there is broken.
+    let throttled: Vec<String> = run
+        .sim
+        .dead
+        .extract_if(.., |d| d.contains("ThrottlingException"))
+        .collect();
     let mut broken = run.sim.broken().await;
     let web = Run::web();
     let staging = EnvName::parse("staging").unwrap();
@@ -357,7 +428,12 @@ async fn run(seed: u64, trace: bool) -> (Vec<String>, usize) {
     if trace {
         println!("refused in the console: {:?}", run.refused);
     }
-    (broken, run.most_at_once)
+    Outcome {
+        broken,
+        most_at_once: run.most_at_once,
+        copies: run.copies,
+        dead_lettered: throttled.len(),
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -380,20 +456,33 @@ async fn concurrent_invocations_in_any_interleaving_end_in_the_right_state() {
     };
     let mut failures = Vec::new();
     let mut most = 0;
+    let mut copies = 0;
+    let mut dead_lettered = 0;
     for seed in &seeds {
-        let (broken, at_once) = run(*seed, replay().is_some()).await;
-        most = most.max(at_once);
-        if !broken.is_empty() {
+        let outcome = run(*seed, replay().is_some()).await;
+        most = most.max(outcome.most_at_once);
+        copies += usize::from(outcome.copies);
+        dead_lettered += outcome.dead_lettered;
+        if !outcome.broken.is_empty() {
             failures.push(format!(
                 "seed {seed} — replay with PUSHDEPLOY_INTERLEAVING={seed} cargo nextest run -E 'test(/interleavings::/)' --no-capture\n    {}",
-                broken.join("\n    ")
+                outcome.broken.join("\n    ")
             ));
         }
     }
+    let verdict = if failures.is_empty() {
+        "all converged".to_owned()
+    } else {
+        format!("{} broke a promise", failures.len())
+    };
     println!(
-        "interleavings: {} seeded runs, up to {most} invocations at once, {} kept every promise",
+        "interleavings: {} runs, {copies} with two copies of one function, targets throttling one call in four ({dead_lettered} invocations dead-lettered after three throttled attempts), up to {most} invocations at once, {verdict}",
         seeds.len(),
-        seeds.len() - failures.len()
+    );
+    assert!(
+        copies * 2 >= seeds.len(),
+        "only {copies} of {} runs had two copies of one function at once",
+        seeds.len()
     );
     assert!(
         failures.is_empty(),

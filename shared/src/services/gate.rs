@@ -236,10 +236,21 @@ pub(crate) async fn settle(
                 return Ok(None);
             };
             let digest = waiting.request.image.digest.clone();
-            if settle.ask_registry
-                && state.scan_of(&digest).is_none()
-                && let Some(counts) = ask(registry, &waiting.request.image.repository, &digest).await?
-            {
+            let asked = if settle.ask_registry && state.scan_of(&digest).is_none() {
+                match ask(registry, &waiting.request.image.repository, &digest).await {
+                    Ok(counts) => counts,
+                    // At its deadline the image waits no longer: a result that cannot be
+                    // read is no result, and `on_missing` decides.
+                    Err(e) if now >= waiting.until => {
+                        warn!(app = %app, env = %env, %digest, error = %e.chain(), "cannot read the scan result at the deadline; on_missing decides");
+                        None
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                None
+            };
+            if let Some(counts) = asked {
                 dirty |= state.record_scan(
                     &digest,
                     ScanResult {

@@ -234,18 +234,26 @@ impl Tracker {
         let mut report = ReconcileReport::default();
         for (app, env, env_config) in config.environments() {
             report.checked += 1;
-            let delivered = self.core.deliver_left_over(app, env).await;
+            // Events the bus would not take are left for a later pass; the environment is
+            // reconciled all the same (an outage of the bus must not hold any lease).
+            let delivered = match self.core.deliver_left_over(app, env).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let chain = e.chain();
+                    error!(app = %app, env = %env, error = %chain, "recorded events could not be delivered");
+                    report.retryable |= e.is_retryable();
+                    report.errors.push(format!("{app}/{env}: {chain}"));
+                    0
+                }
+            };
             let reconciled =
-                match delivered {
-                    Ok(n) => self.reconcile_env(&config, app, env, env_config).await.map(
-                        |action| match (n, action) {
-                            (0, action) => action,
-                            (n, None) => Some(format!("delivered {n} recorded events")),
-                            (n, Some(a)) => Some(format!("delivered {n} recorded events; {a}")),
-                        },
-                    ),
-                    Err(e) => Err(e),
-                };
+                self.reconcile_env(&config, app, env, env_config)
+                    .await
+                    .map(|action| match (delivered, action) {
+                        (0, action) => action,
+                        (n, None) => Some(format!("delivered {n} recorded events")),
+                        (n, Some(a)) => Some(format!("delivered {n} recorded events; {a}")),
+                    });
             match reconciled {
                 Ok(Some(action)) => {
                     info!(app = %app, env = %env, %action, "reconciled");
@@ -256,6 +264,11 @@ impl Tracker {
                     });
                 }
                 Ok(None) => {}
+                // Another invocation changed the environment while this pass looked at it:
+                // that one is handling it, and the next pass looks again.
+                Err(e) if is_concurrent_change(&e) => {
+                    info!(app = %app, env = %env, error = %e.chain(), "the environment changed while being reconciled; left to the next pass");
+                }
                 Err(e) => {
                     let chain = e.chain();
                     error!(app = %app, env = %env, error = %chain, "reconciliation failed");
@@ -689,6 +702,14 @@ impl Tracker {
     }
 }
 
+/// Whether `error` is another writer having changed a record first.
+fn is_concurrent_change(error: &ServiceError) -> bool {
+    matches!(
+        error.innermost(),
+        ServiceError::Store(StoreError::Conflict(_)) | ServiceError::Contended { .. }
+    )
+}
+
 /// What became of an aborted deployment's hand-over to the rollback.
 enum Handed {
     /// Recorded now, with these events to deliver.
@@ -835,6 +856,24 @@ mod tests {
             queued.to_string(),
             format!("queued r/acme/web@sha256:aa behind {id}")
         );
+    }
+
+    #[tokio::test]
+    async fn a_pass_that_meets_another_writer_leaves_that_environment_to_the_next_pass() {
+        let w = World::sample();
+        let mut state = w.state("staging");
+        state.lease = Some(crate::domain::environment::Lease {
+            deployment_id: DeploymentId::new(World::START),
+            since: World::START,
+        });
+        w.store.commit(Commit::env(&mut state)).await.unwrap();
+        // Another writer changes the record between the pass's read and its write.
+        w.store.interfere(1);
+        let report = w.tracker().reconcile().await.unwrap();
+        assert!(report.incomplete().is_none(), "{report:?}");
+        assert!(w.state("staging").lease.is_some(), "left as it was");
+        let report = w.tracker().reconcile().await.unwrap();
+        assert!(report.actions[0].action.contains("released"), "{report:?}");
     }
 
     #[tokio::test]
