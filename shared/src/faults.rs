@@ -841,6 +841,8 @@ struct Sim<'a> {
     pushed: BTreeSet<(String, Digest)>,
     /// What becomes unavailable once `faults.trip` goes off (`phases`).
     outage: Option<Outage>,
+    /// Dead letters a person is expected to replay (deliveries throttled three times).
+    given_up: Vec<String>,
 }
 
 /// What is unavailable from some moment on: functions whose invocations fail (the
@@ -979,6 +981,7 @@ impl<'a> Sim<'a> {
             tags_moved: 0,
             pushed: BTreeSet::new(),
             outage: None,
+            given_up: Vec::new(),
         }
     }
 
@@ -1611,12 +1614,57 @@ impl<'a> Sim<'a> {
                 }
             }
         }
+        broken.extend(self.approvals_lost(&published));
         for dead in &self.dead {
             broken.push(format!("dead letter: {dead}"));
         }
         broken.extend(self.needed_but_deleted());
         broken.extend(self.registry_watch.lock().unwrap().iter().cloned());
         broken
+    }
+
+    /// Approvals that came to nothing unsaid: every `Promotion Approved` leads to a
+    /// deployment of its digest there, or to an announcement of why not (skipped, blocked),
+    /// or the digest was revoked since.
+    fn approvals_lost(&self, published: &[LifecycleEvent]) -> Vec<String> {
+        let mut lost = Vec::new();
+        for (i, approved) in published.iter().enumerate() {
+            if approved.detail_type != EventType::PromotionApproved {
+                continue;
+            }
+            let Some(d) = approved.deployment() else {
+                continue;
+            };
+            let (Some(digest), env) = (&d.digest, &d.environment) else {
+                continue;
+            };
+            let deployed = self.store.deployments(&d.app, env).iter().any(|dep| {
+                &dep.image.digest == digest && dep.kind != crate::domain::Kind::Rollback
+            });
+            let said = published[i..].iter().any(|e| {
+                matches!(
+                    e.detail_type,
+                    EventType::DeploymentSkipped
+                        | EventType::DeploymentBlocked
+                        | EventType::ImageRevoked
+                ) && e.deployment().is_some_and(|x| {
+                    x.digest.as_ref() == Some(digest)
+                        && (&x.environment == env || e.detail_type == EventType::ImageRevoked)
+                })
+            });
+            // Its delivery went to the dead-letter queue, for a person to replay.
+            let replayable = self
+                .given_up
+                .iter()
+                .any(|g| g.contains("Promotion Approved") && g.contains(digest.as_str()));
+            if !deployed && !said && !replayable {
+                lost.push(format!(
+                    "{}/{env}: the approval of {digest} came to nothing, and nothing said why",
+                    d.app
+                ));
+            }
+        }
+        lost
     }
 
     /// The digests some environment still needs that the registry no longer holds.

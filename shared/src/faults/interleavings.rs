@@ -384,6 +384,7 @@ async fn run(seed: u64, trace: bool) -> Outcome {
         .dead
         .extract_if(.., |d| d.contains("ThrottlingException"))
         .collect();
+    run.sim.given_up.extend(throttled.iter().cloned());
     let mut broken = run.sim.broken().await;
     let web = Run::web();
     let staging = EnvName::parse("staging").unwrap();
