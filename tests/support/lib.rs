@@ -34,6 +34,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub mod burst;
+pub mod policy;
 
 pub const TABLE: &str = "pushdeploy-test";
 pub const BUS: &str = "pushdeploy-test";

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use aws_config::{BehaviorVersion, SdkConfig};
+use aws_smithy_runtime_api::client::interceptors::SharedInterceptor;
 
 use super::config_file::FileConfig;
 use super::dynamodb::DynamoStore;
@@ -34,24 +35,65 @@ pub async fn sdk_config(endpoint_url: Option<&str>) -> SdkConfig {
 
 /// What every function does first: JSON logs, its settings (failing fast with the name of a
 /// missing or bad variable) and the SDK configuration.
-pub async fn start() -> Result<(Settings, SdkConfig), SettingsError> {
+pub async fn start() -> Result<(Settings, Sdk), SettingsError> {
     lambda_runtime::tracing::init_default_subscriber();
     let settings = Settings::from_env()?;
     let sdk = sdk_config(settings.endpoint_url.as_deref()).await;
-    Ok((settings, sdk))
+    Ok((settings, Sdk::new(sdk)))
+}
+
+/// What every SDK client of a function is made from: the SDK configuration, and the
+/// interceptors each client runs. A deployed function has none; the test suite gives each
+/// function's clients one that records every request they send, so that the template can
+/// be checked to grant exactly what is called.
+#[derive(Clone, Debug)]
+pub struct Sdk {
+    config: SdkConfig,
+    interceptors: Vec<SharedInterceptor>,
+}
+
+impl Sdk {
+    pub fn new(config: SdkConfig) -> Self {
+        Self {
+            config,
+            interceptors: Vec::new(),
+        }
+    }
+
+    /// The same, with every client also running `interceptor`.
+    pub fn intercepted_by(mut self, interceptor: SharedInterceptor) -> Self {
+        self.interceptors.push(interceptor);
+        self
+    }
+
+    pub fn config(&self) -> &SdkConfig {
+        &self.config
+    }
+}
+
+/// A client of one AWS service, made from `sdk` with its interceptors.
+macro_rules! client {
+    ($service:ident, $sdk:expr) => {{
+        let sdk: &Sdk = $sdk;
+        let mut builder = $service::config::Builder::from(&sdk.config);
+        for interceptor in &sdk.interceptors {
+            builder.push_interceptor(interceptor.clone());
+        }
+        $service::Client::from_conf(builder.build())
+    }};
 }
 
 /// The SDK clients of one function, each made once and shared by every port that uses it:
 /// making a client builds its HTTP connector, about as much work as a few requests.
 struct Clients<'a> {
-    sdk: &'a SdkConfig,
+    sdk: &'a Sdk,
     ssm: std::cell::OnceCell<aws_sdk_ssm::Client>,
     #[cfg(any(feature = "ecs", feature = "codedeploy"))]
     ecs: std::cell::OnceCell<aws_sdk_ecs::Client>,
 }
 
 impl<'a> Clients<'a> {
-    fn new(sdk: &'a SdkConfig) -> Self {
+    fn new(sdk: &'a Sdk) -> Self {
         Self {
             sdk,
             ssm: Default::default(),
@@ -62,21 +104,21 @@ impl<'a> Clients<'a> {
 
     fn ssm(&self) -> aws_sdk_ssm::Client {
         self.ssm
-            .get_or_init(|| aws_sdk_ssm::Client::new(self.sdk))
+            .get_or_init(|| client!(aws_sdk_ssm, self.sdk))
             .clone()
     }
 
     #[cfg(any(feature = "ecs", feature = "codedeploy"))]
     fn ecs(&self) -> aws_sdk_ecs::Client {
         self.ecs
-            .get_or_init(|| aws_sdk_ecs::Client::new(self.sdk))
+            .get_or_init(|| client!(aws_sdk_ecs, self.sdk))
             .clone()
     }
 }
 
 /// The deployer's use case.
 #[cfg(feature = "ecr")]
-pub fn deployer(sdk: &SdkConfig, settings: &Settings) -> Result<Deployer, SettingsError> {
+pub fn deployer(sdk: &Sdk, settings: &Settings) -> Result<Deployer, SettingsError> {
     let (ecr, clients) = (ecr(sdk), Clients::new(sdk));
     Ok(Deployer {
         core: core_of(&clients, settings),
@@ -88,7 +130,7 @@ pub fn deployer(sdk: &SdkConfig, settings: &Settings) -> Result<Deployer, Settin
 
 /// The tracker's use case.
 #[cfg(feature = "ecr")]
-pub fn tracker(sdk: &SdkConfig, settings: &Settings) -> Result<Tracker, SettingsError> {
+pub fn tracker(sdk: &Sdk, settings: &Settings) -> Result<Tracker, SettingsError> {
     let clients = Clients::new(sdk);
     Ok(Tracker {
         core: core_of(&clients, settings),
@@ -99,19 +141,20 @@ pub fn tracker(sdk: &SdkConfig, settings: &Settings) -> Result<Tracker, Settings
 
 /// The verifier's use case.
 #[cfg(all(feature = "http-probe", feature = "cloudwatch"))]
-pub fn verifier(sdk: &SdkConfig, settings: &Settings) -> Result<Verifier, reqwest::Error> {
+pub fn verifier(sdk: &Sdk, settings: &Settings) -> Result<Verifier, reqwest::Error> {
     Ok(Verifier {
         core: core(sdk, settings),
         probe: probe()?,
-        alarms: Arc::new(super::cloudwatch::CloudWatchAlarms::new(
-            aws_sdk_cloudwatch::Client::new(sdk),
-        )),
+        alarms: Arc::new(super::cloudwatch::CloudWatchAlarms::new(client!(
+            aws_sdk_cloudwatch,
+            sdk
+        ))),
     })
 }
 
 /// The rollback function's use case.
 #[cfg(feature = "ecr")]
-pub fn rollback(sdk: &SdkConfig, settings: &Settings) -> Result<Rollback, SettingsError> {
+pub fn rollback(sdk: &Sdk, settings: &Settings) -> Result<Rollback, SettingsError> {
     let clients = Clients::new(sdk);
     Ok(Rollback {
         core: core_of(&clients, settings),
@@ -121,7 +164,7 @@ pub fn rollback(sdk: &SdkConfig, settings: &Settings) -> Result<Rollback, Settin
 }
 
 /// Control's use case.
-pub fn control(sdk: &SdkConfig, settings: &Settings) -> Control {
+pub fn control(sdk: &Sdk, settings: &Settings) -> Control {
     Control {
         core: core(sdk, settings),
     }
@@ -129,7 +172,7 @@ pub fn control(sdk: &SdkConfig, settings: &Settings) -> Control {
 
 /// The janitor's use case.
 #[cfg(feature = "ecr")]
-pub fn janitor(sdk: &SdkConfig, settings: &Settings) -> Janitor {
+pub fn janitor(sdk: &Sdk, settings: &Settings) -> Janitor {
     Janitor {
         core: core(sdk, settings),
         catalog: ecr(sdk),
@@ -142,7 +185,7 @@ const SECRET_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The notifier's use case.
 #[cfg(all(feature = "secrets", feature = "webhook"))]
-pub fn notifier(sdk: &SdkConfig, settings: &Settings) -> Result<Notifier, reqwest::Error> {
+pub fn notifier(sdk: &Sdk, settings: &Settings) -> Result<Notifier, reqwest::Error> {
     Ok(Notifier {
         core: core(sdk, settings),
         secrets: secrets(sdk, SECRET_TTL),
@@ -152,7 +195,7 @@ pub fn notifier(sdk: &SdkConfig, settings: &Settings) -> Result<Notifier, reqwes
 }
 
 /// The ports every function uses.
-pub fn core(sdk: &SdkConfig, settings: &Settings) -> Core {
+pub fn core(sdk: &Sdk, settings: &Settings) -> Core {
     core_of(&Clients::new(sdk), settings)
 }
 
@@ -168,11 +211,11 @@ fn core_of(clients: &Clients, settings: &Settings) -> Core {
     };
     Core {
         store: Arc::new(DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(sdk),
+            client!(aws_sdk_dynamodb, sdk),
             &settings.table,
         )),
         events: Arc::new(EventBridgePublisher::new(
-            aws_sdk_eventbridge::Client::new(sdk),
+            client!(aws_sdk_eventbridge, sdk),
             &settings.event_bus,
         )),
         meter: Meter::new(&settings.metrics_namespace, Sink::Stdout),
@@ -198,8 +241,8 @@ fn target_of(clients: &Clients, settings: &Settings) -> Result<Arc<dyn Target>, 
     let targets = targets.with(
         super::codedeploy::KIND,
         Arc::new(super::codedeploy::CodeDeploy::new(
-            aws_sdk_codedeploy::Client::new(clients.sdk),
-            aws_sdk_s3::Client::new(clients.sdk),
+            client!(aws_sdk_codedeploy, clients.sdk),
+            client!(aws_sdk_s3, clients.sdk),
             clients.ecs(),
             settings.bundle_bucket.clone(),
         )),
@@ -209,8 +252,8 @@ fn target_of(clients: &Clients, settings: &Settings) -> Result<Arc<dyn Target>, 
 
 /// The image registry: Amazon ECR. One client serves every registry port.
 #[cfg(feature = "ecr")]
-pub fn ecr(sdk: &SdkConfig) -> Arc<super::ecr::EcrRegistry> {
-    Arc::new(super::ecr::EcrRegistry::new(aws_sdk_ecr::Client::new(sdk)))
+pub fn ecr(sdk: &Sdk) -> Arc<super::ecr::EcrRegistry> {
+    Arc::new(super::ecr::EcrRegistry::new(client!(aws_sdk_ecr, sdk)))
 }
 
 /// The HTTP client of smoke checks.
@@ -221,10 +264,10 @@ pub fn probe() -> Result<Arc<dyn crate::ports::HttpProbe>, reqwest::Error> {
 
 /// Where webhook URLs are read: SSM parameters and Secrets Manager, cached for `ttl`.
 #[cfg(feature = "secrets")]
-pub fn secrets(sdk: &SdkConfig, ttl: std::time::Duration) -> Arc<dyn crate::ports::SecretSource> {
+pub fn secrets(sdk: &Sdk, ttl: std::time::Duration) -> Arc<dyn crate::ports::SecretSource> {
     Arc::new(super::secrets::AwsSecrets::new(
-        aws_sdk_ssm::Client::new(sdk),
-        aws_sdk_secretsmanager::Client::new(sdk),
+        client!(aws_sdk_ssm, sdk),
+        client!(aws_sdk_secretsmanager, sdk),
         ttl,
     ))
 }
