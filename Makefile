@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 export CARGO_TERM_COLOR ?= auto
 
-.PHONY: demo test setup build lint unit sam-build sam-local sam-local-tier bench profile up clean
+.PHONY: demo test setup build lint unit iam sam-build sam-local sam-local-tier bench profile up clean
 
 ## Installs Debian packages and the Python tools (moto, cargo-lambda, SAM CLI, cfn-lint).
 setup:
@@ -27,9 +27,16 @@ up: setup
 ## `sam build` of every function, and the `sam local` tier on what it built.
 test: setup lint
 	cargo build --workspace --all-targets
+	rm -rf target/aws-requests
 	cargo nextest run --workspace --no-fail-fast
+	$(MAKE) --no-print-directory iam
 	scripts/sam-build.sh
 	$(MAKE) --no-print-directory sam-local-tier
+
+## Every AWS request the suite's functions made (recorded in target/aws-requests by the
+## run before) checked against what template.yaml grants each function.
+iam:
+	cargo nextest run -p pushdeploy-tests --test iam --run-ignored only --no-fail-fast
 
 lint:
 	cargo fmt --all --check

@@ -697,6 +697,15 @@ enum Via {
 }
 
 impl Via {
+    /// The environment its configuration deploys to.
+    fn env(self) -> &'static str {
+        match self {
+            Via::Ssm => "staging",
+            Via::Ecs => "production",
+            Via::CodeDeploy => "onprem",
+        }
+    }
+
     async fn world(self) -> World {
         match self {
             Via::Ssm => world().await,
@@ -782,7 +791,57 @@ on_every_target!(
     a_repeated_event_or_another_tag_on_the_same_digest_starts_one_rollout,
     pushes_during_a_rollout_are_queued_and_only_the_newest_runs_next,
     a_failed_rollback_freezes_the_environment_and_later_pushes_do_not_deploy,
+    a_queued_image_whose_hand_off_was_lost_is_started_by_the_reconciler,
+    a_rollback_by_hand_to_an_older_verified_digest_redeploys_it,
 );
+
+/// The reconcile schedule's event.
+fn schedule() -> Value {
+    serde_json::json!({
+        "version": "0", "id": "schedule-1", "detail-type": "Scheduled Event",
+        "source": "aws.events", "account": pushdeploy_local::moto::ACCOUNT,
+        "region": pushdeploy_local::moto::REGION, "time": "2026-11-23T10:00:00Z",
+        "resources": [], "detail": {}
+    })
+}
+
+async fn a_queued_image_whose_hand_off_was_lost_is_started_by_the_reconciler(via: Via) {
+    let w = via.world().await;
+    push(&w, "v1", &digest('a')).await;
+    push(&w, "v2", &digest('b')).await;
+    via.reports(&w, true).await;
+    verify(&w).await;
+    // "Deployment Verified" never reaches the deployer: the reconciler starts `b`.
+    let report = w.deliver(Function::Tracker, schedule()).await.unwrap();
+    assert!(
+        report["actions"][0]["action"]
+            .as_str()
+            .is_some_and(|a| a.contains("queued image: started")),
+        "{report}"
+    );
+    assert_eq!(started(&w), ["a", "b"]);
+    assert_eq!(via.runs(&w).await, "b");
+}
+
+async fn a_rollback_by_hand_to_an_older_verified_digest_redeploys_it(via: Via) {
+    let w = via.world().await;
+    for (tag, c) in [("v1", 'a'), ("v2", 'b'), ("v3", 'c')] {
+        via.deploy_and_verify(&w, tag, &digest(c)).await;
+    }
+    let out = w
+        .invoke(
+            Function::Rollback,
+            serde_json::json!({ "app": "web", "environment": via.env(),
+                                "digest": digest('a').to_string(), "requested_by": "alice" }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out["outcome"], "started", "{out}");
+    assert_eq!(started(&w), ["a", "b", "c", "a"]);
+    assert_eq!(via.runs(&w).await, "a");
+    via.reports(&w, true).await;
+    assert!(matches!(verify(&w).await, VerifyOutcome::Verified { .. }));
+}
 
 async fn a_failed_rollout_rolls_back_to_the_verified_digest(via: Via) {
     let w = via.world().await;
@@ -981,8 +1040,7 @@ async fn a_failed_rollback_freezes_the_environment_and_later_pushes_do_not_deplo
 /// does not exist is absent.
 #[tokio::test]
 async fn watched_alarms_are_read_with_describe_alarms() {
-    use pushdeploy::adapters::cloudwatch::CloudWatchAlarms;
-    use pushdeploy::ports::{AlarmValue, Alarms};
+    use pushdeploy::ports::AlarmValue;
     let w = world().await;
     let cloudwatch = aws_sdk_cloudwatch::Client::new(&w.sdk);
     cloudwatch
@@ -998,7 +1056,8 @@ async fn watched_alarms_are_read_with_describe_alarms() {
         .send()
         .await
         .expect("PutMetricAlarm");
-    let alarms = CloudWatchAlarms::new(cloudwatch.clone());
+    // The verifier's own port, with the verifier's clients.
+    let alarms = w.verifier.alarms.clone();
     let names = ["web-staging-5xx".to_owned(), "no-such-alarm".to_owned()];
     let states = alarms.states(&names).await.expect("DescribeAlarms");
     assert_eq!(states.len(), 1, "{states:?}");
@@ -1150,4 +1209,104 @@ async fn an_image_built_for_another_platform_than_the_hosts_is_refused_before_an
         "{results:?}"
     );
     assert_eq!(w.commands().await.unwrap().len(), 1);
+}
+
+/// The notifier against moto: webhook URLs read from an SSM SecureString and from Secrets
+/// Manager, one message per channel for a state change, and a repeated delivery sends
+/// nothing again (each channel's claim is settled in the state table).
+#[tokio::test]
+async fn the_notifier_reads_its_webhooks_from_ssm_and_secrets_manager_and_says_each_change_once() {
+    let config = CONFIG.replacen(
+        "    environments:\n",
+        "    notify:\n      - { type: webhook, url_from: { ssm_parameter: /pushdeploy/notify/web-hook } }\n      - { type: webhook, url_from: { secret: pushdeploy/notify/web-secret } }\n    environments:\n",
+        1,
+    );
+    let w = World::start(&config).await.unwrap();
+    let hook = w.endpoint.url().replace("/health", "/hook");
+    aws_sdk_ssm::Client::new(&w.sdk)
+        .put_parameter()
+        .name("/pushdeploy/notify/web-hook")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .value(&hook)
+        .send()
+        .await
+        .unwrap();
+    aws_sdk_secretsmanager::Client::new(&w.sdk)
+        .create_secret()
+        .name("pushdeploy/notify/web-secret")
+        .secret_string(&hook)
+        .send()
+        .await
+        .unwrap();
+    push(&w, "v1.0.0", &digest('a')).await;
+    let started = w.published_event("Rollout Started");
+    for _ in 0..2 {
+        w.deliver(Function::Notifier, started.clone())
+            .await
+            .unwrap();
+    }
+    let posted: Vec<String> = w
+        .endpoint
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("POST /hook"))
+        .collect();
+    assert_eq!(posted.len(), 2, "one message per channel, once: {posted:?}");
+    assert!(
+        posted.iter().all(|r| r.contains("\"notice\":\"started\"")),
+        "{posted:?}"
+    );
+    // A webhook that fails releases its claim, so that Lambda's retry sends the message.
+    w.endpoint.answer(500, "down");
+    w.deliver(
+        Function::Tracker,
+        w.ssm_event(&last_command(&w).await, "Failed"),
+    )
+    .await
+    .unwrap();
+    let failed = w.published_event("Rollout Failed");
+    let error = w
+        .deliver(Function::Notifier, failed.clone())
+        .await
+        .unwrap_err();
+    assert!(error.is_retryable(), "{error}");
+    w.endpoint.answer(200, "ok");
+    w.deliver(Function::Notifier, failed).await.unwrap();
+    let failures = w
+        .endpoint
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("POST /hook") && r.contains("\"notice\":\"failed\""))
+        .count();
+    assert!(
+        failures >= 2,
+        "sent again once the webhook answers: {failures}"
+    );
+}
+
+/// The id of the last SSM command sent.
+async fn last_command(w: &World) -> String {
+    last_target_ref(w)
+        .await
+        .strip_prefix("ssm:")
+        .expect("an SSM handle")
+        .to_owned()
+}
+
+/// A deploy by hand names a tag; the deployer resolves it in ECR (`DescribeImages`) and
+/// deploys its digest, the running one included.
+#[tokio::test]
+async fn a_deploy_by_hand_resolves_its_tag_in_ecr_and_deploys_the_digest() {
+    let w = world().await;
+    deploy_and_verify(&w, "v1.0.0", &digest('a')).await;
+    let out = w
+        .invoke(
+            Function::Deployer,
+            serde_json::json!({ "app": "web", "environment": "staging", "tag": "v1.0.0",
+                                "requested_by": "alice", "reason": "redeploy" }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out["outcome"], "started", "{out}");
+    assert_eq!(started(&w), ["a", "a"]);
 }

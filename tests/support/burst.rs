@@ -679,44 +679,48 @@ async fn run_here(plan: &Plan) -> anyhow::Result<Report> {
         }
     }
 
-    // The functions, on the real adapters; the SSM target watched.
+    // The functions, on the real adapters, each with its own clients (their requests are
+    // recorded per function); every SSM target watched.
     let sent = Arc::new(Mutex::new(Vec::new()));
     let (finished, mut finishing) = tokio::sync::mpsc::unbounded_channel();
-    let target: Arc<dyn Target> = Arc::new(Watched {
-        inner: w.deployer.target.clone(),
-        sent: sent.clone(),
-        finished,
-    });
+    let watched = |inner: &Arc<dyn Target>| -> Arc<dyn Target> {
+        Arc::new(Watched {
+            inner: inner.clone(),
+            sent: sent.clone(),
+            finished: finished.clone(),
+        })
+    };
     // Each Lambda container caches the configuration; the burst's share one cache.
-    let core = Core {
-        config: Arc::new(ParameterConfig::new(
-            aws_sdk_ssm::Client::new(&sdk),
-            PARAMETER,
-            Duration::from_secs(60),
-        )),
-        ..w.deployer.core.clone()
+    let config: Arc<dyn pushdeploy::ports::ConfigSource> = Arc::new(ParameterConfig::new(
+        aws_sdk_ssm::Client::new(&sdk),
+        PARAMETER,
+        Duration::from_secs(60),
+    ));
+    let core_of = |core: &Core| Core {
+        config: config.clone(),
+        ..core.clone()
     };
     let functions = Arc::new(Functions {
         deployer: Deployer {
-            core: core.clone(),
+            core: core_of(&w.deployer.core),
             registry: w.deployer.registry.clone(),
-            target: target.clone(),
+            target: watched(&w.deployer.target),
             tags: w.deployer.tags.clone(),
         },
         tracker: Tracker {
-            core: core.clone(),
-            target: target.clone(),
-            registry: w.deployer.registry.clone(),
+            core: core_of(&w.tracker.core),
+            target: watched(&w.tracker.target),
+            registry: w.tracker.registry.clone(),
         },
         verifier: Verifier {
-            core: core.clone(),
+            core: core_of(&w.verifier.core),
             probe: w.verifier.probe.clone(),
             alarms: w.verifier.alarms.clone(),
         },
         rollback: Rollback {
-            core,
+            core: core_of(&w.rollback.core),
             registry: w.rollback.registry.clone(),
-            target,
+            target: watched(&w.rollback.target),
         },
         slots: Semaphore::new(plan.in_flight),
         in_flight: AtomicUsize::new(0),
@@ -733,6 +737,8 @@ async fn run_here(plan: &Plan) -> anyhow::Result<Report> {
         to_notifier: AtomicUsize::new(0),
         busy: Mutex::default(),
     });
+    // The watched targets hold the only senders left: the channel closes with them.
+    drop(finished);
 
     // SSM: each command ends a moment after it is sent, and says so; from then on the host
     // runs its digest.

@@ -10,22 +10,15 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use aws_config::SdkConfig;
+use aws_smithy_runtime_api::client::interceptors::SharedInterceptor;
 use lambda_runtime::LambdaEvent;
-use pushdeploy::adapters::cloudwatch::CloudWatchAlarms;
-use pushdeploy::adapters::codedeploy::CodeDeploy;
-use pushdeploy::adapters::dynamodb::DynamoStore;
-use pushdeploy::adapters::ecr::EcrRegistry;
-use pushdeploy::adapters::ecs::EcsService;
-use pushdeploy::adapters::eventbridge::EventBridgePublisher;
-use pushdeploy::adapters::http_probe::ReqwestProbe;
-use pushdeploy::adapters::ssm::SsmRunCommand;
-use pushdeploy::adapters::ssm_config::ParameterConfig;
+use pushdeploy::adapters::wire::{self, Sdk};
 use pushdeploy::domain::{AppName, Digest, EnvName, EventDetail, LifecycleEvent};
 use pushdeploy::entrypoints::{self, Function, routed_to};
-use pushdeploy::ports::{Clock, EventPublisher, PublishError, SystemClock, Target, Targets};
+use pushdeploy::ports::{Clock, EventPublisher, PublishError, SystemClock};
 use pushdeploy::services::control::EnvStatus;
 use pushdeploy::services::{
-    Control, Core, Deployer, Janitor, Rollback, ServiceError, Tracker, Verifier,
+    Control, Core, Deployer, Janitor, Notifier, Rollback, ServiceError, Tracker, Verifier,
 };
 use pushdeploy_local::moto::Moto;
 use pushdeploy_local::stack::{create_bus, create_document, create_table};
@@ -34,6 +27,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub mod burst;
+pub mod calls;
 pub mod policy;
 
 pub const TABLE: &str = "pushdeploy-test";
@@ -55,6 +49,7 @@ pub struct World {
     pub rollback: Rollback,
     pub control: Control,
     pub janitor: Janitor,
+    pub notifier: Notifier,
     /// Every lifecycle event published, in order (they also went to moto's bus).
     pub published: Recorder,
     pub endpoint: SmokeEndpoint,
@@ -101,72 +96,49 @@ impl World {
                 tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             register_host(&moto, &tags).await?;
         }
-        let published = Recorder::new(EventBridgePublisher::new(
-            aws_sdk_eventbridge::Client::new(&sdk),
-            BUS,
-        ));
-        let core = Core {
-            store: Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), TABLE)),
-            events: Arc::new(published.clone()),
-            config: Arc::new(ParameterConfig::new(
-                aws_sdk_ssm::Client::new(&sdk),
-                PARAMETER,
-                Duration::ZERO,
-            )),
-            clock: Arc::new(SystemClock),
-            meter: pushdeploy::metrics::Meter::new(
+        // Every function's use case as its `main` wires it, each with clients of its own
+        // that record every request they send (for the IAM check, `tests/iam.rs`).
+        let log = calls::Log::open();
+        let published = Recorder::default();
+        let settings = settings();
+        let sdk_of = |function: &'static str| {
+            Sdk::new(sdk.clone()).intercepted_by(SharedInterceptor::new(calls::CallRecorder {
+                function,
+                region: pushdeploy_local::moto::REGION.to_owned(),
+                account: pushdeploy_local::moto::ACCOUNT.to_owned(),
+                log: log.clone(),
+            }))
+        };
+        let observed = |mut core: Core| {
+            core.events = Arc::new(published.observing(core.events.clone()));
+            core.meter = pushdeploy::metrics::Meter::new(
                 "pushdeploy/test",
                 pushdeploy::metrics::Sink::Memory(Arc::default()),
-            ),
+            );
+            core
         };
-        let target: Arc<dyn Target> = Arc::new(
-            Targets::default()
-                .with(
-                    pushdeploy::adapters::ssm::KIND,
-                    Arc::new(SsmRunCommand::new(aws_sdk_ssm::Client::new(&sdk), DOCUMENT)),
-                )
-                .with(
-                    pushdeploy::adapters::ecs::KIND,
-                    Arc::new(EcsService::new(aws_sdk_ecs::Client::new(&sdk))),
-                )
-                .with(
-                    pushdeploy::adapters::codedeploy::KIND,
-                    Arc::new(CodeDeploy::new(
-                        aws_sdk_codedeploy::Client::new(&sdk),
-                        aws_sdk_s3::Client::new(&sdk),
-                        aws_sdk_ecs::Client::new(&sdk),
-                        Some(BUNDLES.to_owned()),
-                    )),
-                ),
-        );
-        let registry = Arc::new(EcrRegistry::new(aws_sdk_ecr::Client::new(&sdk)));
+        let mut deployer = wire::deployer(&sdk_of("deployer"), &settings)?;
+        deployer.core = observed(deployer.core);
+        let mut tracker = wire::tracker(&sdk_of("tracker"), &settings)?;
+        tracker.core = observed(tracker.core);
+        let mut verifier = wire::verifier(&sdk_of("verifier"), &settings)?;
+        verifier.core = observed(verifier.core);
+        let mut rollback = wire::rollback(&sdk_of("rollback"), &settings)?;
+        rollback.core = observed(rollback.core);
+        let mut control = wire::control(&sdk_of("control"), &settings);
+        control.core = observed(control.core);
+        let mut janitor = wire::janitor(&sdk_of("janitor"), &settings);
+        janitor.core = observed(janitor.core);
+        let mut notifier = wire::notifier(&sdk_of("notifier"), &settings)?;
+        notifier.core = observed(notifier.core);
         Ok(Self {
-            deployer: Deployer {
-                core: core.clone(),
-                registry: registry.clone(),
-                target: target.clone(),
-                tags: registry.clone(),
-            },
-            tracker: Tracker {
-                core: core.clone(),
-                target: target.clone(),
-                registry: registry.clone(),
-            },
-            verifier: Verifier {
-                core: core.clone(),
-                probe: Arc::new(ReqwestProbe::new()?),
-                alarms: Arc::new(CloudWatchAlarms::new(aws_sdk_cloudwatch::Client::new(&sdk))),
-            },
-            rollback: Rollback {
-                core: core.clone(),
-                registry: registry.clone(),
-                target,
-            },
-            janitor: Janitor {
-                core: core.clone(),
-                catalog: registry,
-            },
-            control: Control { core },
+            deployer,
+            tracker,
+            verifier,
+            rollback,
+            control,
+            janitor,
+            notifier,
             published,
             endpoint,
             sdk,
@@ -212,7 +184,7 @@ impl World {
             Function::Rollback => entrypoints::rollback::handle(&self.rollback, event).await,
             Function::Control => entrypoints::control::handle(&self.control, event).await,
             Function::Janitor => entrypoints::janitor::handle(&self.janitor, false, event).await,
-            Function::Notifier => panic!("these tests configure no notifications"),
+            Function::Notifier => entrypoints::notifier::handle(&self.notifier, event).await,
         }
     }
 
@@ -669,6 +641,26 @@ impl World {
     }
 }
 
+/// The tag every host the tests register carries, as the README tells users to tag theirs
+/// (`InstanceTagKey=InstanceTagValue`, the template's defaults): pushdeploy may run its
+/// document only there.
+pub const HOST_TAG: (&str, &str) = ("pushdeploy", "enabled");
+
+/// The settings every function of a test world runs with.
+pub fn settings() -> pushdeploy::settings::Settings {
+    pushdeploy::settings::Settings {
+        table: TABLE.to_owned(),
+        event_bus: BUS.to_owned(),
+        config: pushdeploy::settings::ConfigLocation::Parameter(PARAMETER.to_owned()),
+        config_ttl: Duration::ZERO,
+        ssm_document: Some(DOCUMENT.to_owned()),
+        bundle_bucket: Some(BUNDLES.to_owned()),
+        metrics_namespace: "pushdeploy/test".to_owned(),
+        janitor_dry_run: false,
+        endpoint_url: None,
+    }
+}
+
 /// The tag sets by which the configuration's SSM environments name their instances.
 fn tagged_hosts(config_yaml: &str) -> Vec<BTreeMap<String, String>> {
     use pushdeploy::domain::TargetConfig;
@@ -706,6 +698,7 @@ async fn register_host(moto: &Moto, tags: &[(&str, &str)]) -> anyhow::Result<()>
             "instance".to_owned(),
         ),
     ];
+    let tags: Vec<(&str, &str)> = tags.iter().copied().chain([HOST_TAG]).collect();
     for (i, (key, value)) in tags.iter().enumerate() {
         form.push((
             format!("TagSpecification.1.Tag.{}.Key", i + 1),
@@ -779,17 +772,23 @@ pub async fn put_config(sdk: &SdkConfig, yaml: &str) -> anyhow::Result<()> {
 
 /// Publishes to moto's bus for real, and remembers what was published so a test can hand
 /// each event to the next function, as the template's rules would.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Recorder {
-    inner: Arc<EventBridgePublisher>,
+    events: Arc<Mutex<Vec<LifecycleEvent>>>,
+}
+
+/// One function's publisher, whose events the shared `Recorder` also keeps.
+pub struct Observed {
+    inner: Arc<dyn EventPublisher>,
     events: Arc<Mutex<Vec<LifecycleEvent>>>,
 }
 
 impl Recorder {
-    fn new(inner: EventBridgePublisher) -> Self {
-        Self {
-            inner: Arc::new(inner),
-            events: Arc::default(),
+    /// `inner`, with every event it publishes kept here too.
+    fn observing(&self, inner: Arc<dyn EventPublisher>) -> Observed {
+        Observed {
+            inner,
+            events: self.events.clone(),
         }
     }
 
@@ -825,7 +824,7 @@ impl Recorder {
 }
 
 #[async_trait]
-impl EventPublisher for Recorder {
+impl EventPublisher for Observed {
     async fn publish(&self, events: &[LifecycleEvent]) -> Result<(), PublishError> {
         self.inner.publish(events).await?;
         self.events.lock().unwrap().extend_from_slice(events);
@@ -837,6 +836,8 @@ impl EventPublisher for Recorder {
 pub struct SmokeEndpoint {
     port: u16,
     answer: Arc<Mutex<(u16, String)>>,
+    /// What each request sent (as far as its first read goes).
+    requests: Arc<Mutex<Vec<String>>>,
 }
 
 impl SmokeEndpoint {
@@ -844,13 +845,19 @@ impl SmokeEndpoint {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let answer = Arc::new(Mutex::new((200, "ok".to_owned())));
+        let requests: Arc<Mutex<Vec<String>>> = Arc::default();
         let shared = answer.clone();
+        let seen = requests.clone();
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let (status, body) = shared.lock().unwrap().clone();
+                let seen = seen.clone();
                 tokio::spawn(async move {
-                    let mut buf = [0u8; 2048];
-                    let _ = socket.read(&mut buf).await;
+                    let mut buf = [0u8; 8192];
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf[..n]).into_owned());
                     let response = format!(
                         "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
@@ -859,7 +866,16 @@ impl SmokeEndpoint {
                 });
             }
         });
-        Ok(Self { port, answer })
+        Ok(Self {
+            port,
+            answer,
+            requests,
+        })
+    }
+
+    /// Every request received so far, as sent.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
     }
 
     pub fn url(&self) -> String {
