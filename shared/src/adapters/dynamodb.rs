@@ -592,17 +592,22 @@ mod tests {
         assert_eq!(state.version, 0, "a failed commit leaves versions alone");
     }
 
-    #[tokio::test]
-    async fn a_stale_version_is_a_conflict_naming_the_record() {
-        let rule = mock!(Client::transact_write_items)
-            .then_error(|| cancelled(&["ConditionalCheckFailed", "None"]));
+    /// What committing an environment and a deployment answers when the transaction is
+    /// cancelled for these reasons.
+    async fn cancelled_commit(codes: &'static [&'static str]) -> StoreError {
+        let rule = mock!(Client::transact_write_items).then_error(move || cancelled(codes));
         let store = DynamoStore::new(mock_client!(aws_sdk_dynamodb, [&rule]), "t");
         let mut state = EnvState::new(app(), env());
         let mut dep = deployment();
-        let err = store
+        store
             .commit(Commit::env(&mut state).with(&mut dep))
             .await
-            .unwrap_err();
+            .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_stale_version_is_a_conflict_naming_the_record() {
+        let err = cancelled_commit(&["ConditionalCheckFailed", "None"]).await;
         assert!(
             matches!(err, StoreError::Conflict(ref what) if what == "environment web/staging"),
             "{err:?}"
@@ -611,16 +616,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_transaction_cancelled_by_throttling_is_retryable_throttling_not_a_conflict() {
-        for code in ["ThrottlingError", "ProvisionedThroughputExceeded"] {
-            let rule =
-                mock!(Client::transact_write_items).then_error(move || cancelled(&["None", code]));
-            let store = DynamoStore::new(mock_client!(aws_sdk_dynamodb, [&rule]), "t");
-            let mut state = EnvState::new(app(), env());
-            let mut dep = deployment();
-            let err = store
-                .commit(Commit::env(&mut state).with(&mut dep))
-                .await
-                .unwrap_err();
+        for (code, reasons) in [
+            ("ThrottlingError", &["None", "ThrottlingError"]),
+            (
+                "ProvisionedThroughputExceeded",
+                &["None", "ProvisionedThroughputExceeded"],
+            ),
+        ] {
+            let err = cancelled_commit(reasons).await;
             assert!(matches!(err, StoreError::Throttled(_)), "{code}: {err:?}");
             let service = crate::services::ServiceError::Store(err);
             assert_eq!(service.error_type(), "Retryable", "{code}");

@@ -614,15 +614,7 @@ impl EnvState {
         if let Some(aside) = self.approved.as_ref().filter(|p| p.digest() == digest)
             && let Some(approved) = &aside.approved
         {
-            return Err(ApprovalError::AlreadyDecided {
-                env,
-                digest: digest.clone(),
-                what: format!(
-                    "was already approved by {} at {}",
-                    approved.by,
-                    rfc3339(approved.at)
-                ),
-            });
+            return Err(already_approved(env, digest, approved));
         }
         let Some(pending) = &self.pending else {
             return Err(self
@@ -645,15 +637,7 @@ impl EnvState {
             });
         }
         if let Some(approved) = &pending.approved {
-            return Err(ApprovalError::AlreadyDecided {
-                env,
-                digest: digest.clone(),
-                what: format!(
-                    "was already approved by {} at {}",
-                    approved.by,
-                    rfc3339(approved.at)
-                ),
-            });
+            return Err(already_approved(env, digest, approved));
         }
         if pending.is_expired(now) {
             let at = rfc3339(pending.expires_at.unwrap_or(now));
@@ -737,6 +721,23 @@ impl EnvState {
             },
         );
         self.decisions.truncate(KEEP_DECISIONS);
+    }
+}
+
+/// Why `digest` cannot be approved again: `approved` decided it.
+fn already_approved(
+    env: EnvName,
+    digest: &Digest,
+    approved: &super::approval::Approved,
+) -> ApprovalError {
+    ApprovalError::AlreadyDecided {
+        env,
+        digest: digest.clone(),
+        what: format!(
+            "was already approved by {} at {}",
+            approved.by,
+            rfc3339(approved.at)
+        ),
     }
 }
 

@@ -474,7 +474,7 @@ async fn past_its_lease_every_phase_ends_with_a_reason_whatever_is_unavailable()
     }
     println!("{}", table.join("\n"));
     println!(
-        "phases: {reached_everywhere} of {} reached under every outage ({} phases, {} aborted, a queued image, a scan wait; {} runs), {}",
+        "phases: {reached_everywhere} of {} reached under every fault ({} phases, {} aborted, a queued image, a scan wait; {} runs), {}",
         situations.len(),
         Phase::ALL.len(),
         situations.iter().filter(|s| s.aborted_in.is_some()).count(),

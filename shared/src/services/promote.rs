@@ -529,20 +529,15 @@ mod tests {
         let w = World::sample();
         let d = w.deployer();
         let (a, p) = (app("web"), env_name("production"));
-        d.on_source_verified(&verified(&w, 'a', "e1"))
-            .await
-            .unwrap();
-        w.control()
-            .approve(&a, &p, &w.image('a').digest, "alice")
-            .await
-            .unwrap();
-        d.on_source_verified(&verified(&w, 'b', "e2"))
-            .await
-            .unwrap();
-        w.control()
-            .approve(&a, &p, &w.image('b').digest, "bob")
-            .await
-            .unwrap();
+        for (hex, event, by) in [('a', "e1", "alice"), ('b', "e2", "bob")] {
+            d.on_source_verified(&verified(&w, hex, event))
+                .await
+                .unwrap();
+            w.control()
+                .approve(&a, &p, &w.image(hex).digest, by)
+                .await
+                .unwrap();
+        }
         d.on_source_verified(&verified(&w, 'c', "e3"))
             .await
             .unwrap();

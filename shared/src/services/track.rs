@@ -858,15 +858,20 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_pass_that_meets_another_writer_leaves_that_environment_to_the_next_pass() {
-        let w = World::sample();
+    /// Staging held by a deployment that has no record.
+    async fn held_by_a_missing_deployment(w: &World) {
         let mut state = w.state("staging");
         state.lease = Some(crate::domain::environment::Lease {
             deployment_id: DeploymentId::new(World::START),
             since: World::START,
         });
         w.store.commit(Commit::env(&mut state)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_pass_that_meets_another_writer_leaves_that_environment_to_the_next_pass() {
+        let w = World::sample();
+        held_by_a_missing_deployment(&w).await;
         // Another writer changes the record between the pass's read and its write.
         w.store.interfere(1);
         let report = w.tracker().reconcile().await.unwrap();
@@ -879,12 +884,7 @@ mod tests {
     #[tokio::test]
     async fn a_lease_without_its_deployment_is_released_and_the_queue_goes_next() {
         let w = World::sample();
-        let mut state = w.state("staging");
-        state.lease = Some(crate::domain::environment::Lease {
-            deployment_id: DeploymentId::new(World::START),
-            since: World::START,
-        });
-        w.store.commit(Commit::env(&mut state)).await.unwrap();
+        held_by_a_missing_deployment(&w).await;
         let report = w.tracker().reconcile().await.unwrap();
         assert!(
             report.actions[0]
