@@ -7,6 +7,21 @@ use super::{Scenario, Sim, Stimulus};
 use crate::entrypoints::Function;
 use crate::ports::{CallError, TargetError};
 
+/// The fault-injection scenario of this name.
+fn scenario(name: &str) -> Scenario {
+    super::scenarios()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no scenario {name:?}"))
+}
+
+/// Runs the whole scenario, which must keep every promise.
+async fn runs_right(sim: &mut Sim<'_>) {
+    sim.run().await;
+    let broken = sim.broken().await;
+    assert!(broken.is_empty(), "{broken:?}");
+}
+
 fn throttled() -> TargetError {
     TargetError::Throttled(CallError::said(
         "SendCommand",
@@ -117,15 +132,9 @@ async fn an_aborted_rollout_that_cannot_be_cancelled_frees_its_environment_past_
 /// and v2 waits for its own.
 #[tokio::test(start_paused = true)]
 async fn an_approval_overtaken_by_a_newer_verification_still_deploys_what_was_approved() {
-    let scenarios = super::scenarios();
-    let scenario = scenarios
-        .iter()
-        .find(|s| s.name == "a newer verification between an approval and its delivery")
-        .unwrap();
-    let mut sim = Sim::new(scenario, None);
-    sim.run().await;
-    let broken = sim.broken().await;
-    assert!(broken.is_empty(), "{broken:?}");
+    let scenario = scenario("a newer verification between an approval and its delivery");
+    let mut sim = Sim::new(&scenario, None);
+    runs_right(&mut sim).await;
     let production = sim.state("production").await;
     assert_eq!(
         production.current.map(|c| c.digest),
@@ -144,15 +153,9 @@ async fn an_approval_overtaken_by_a_newer_verification_still_deploys_what_was_ap
 /// deploys, and its pull must find it.
 #[tokio::test(start_paused = true)]
 async fn the_janitor_keeps_an_image_waiting_for_its_scan_however_many_are_pushed_after_it() {
-    let scenarios = super::scenarios();
-    let scenario = scenarios
-        .iter()
-        .find(|s| s.name == "a push waiting for its scan outlives newer pushes and the janitor")
-        .unwrap();
-    let mut sim = Sim::new(scenario, None);
-    sim.run().await;
-    let broken = sim.broken().await;
-    assert!(broken.is_empty(), "{broken:?}");
+    let scenario = scenario("a push waiting for its scan outlives newer pushes and the janitor");
+    let mut sim = Sim::new(&scenario, None);
+    runs_right(&mut sim).await;
     assert!(
         sim.registry.exists("acme/web", &sim.image('c')),
         "the image that waited is in the registry"
