@@ -129,6 +129,68 @@ struct Faults {
     /// that made the commit stops there (`phases`).
     trip: Mutex<Option<Box<dyn Fn() -> bool + Send>>>,
     tripped: AtomicBool,
+    /// What the environments needed all through the janitor's run, if one runs.
+    janitor_watch: JanitorWatch,
+}
+
+/// The digests the environments needed at every moment since a janitor listed the
+/// repository: it lists, the state changes commit by commit, it deletes.
+#[derive(Default)]
+struct JanitorWatch {
+    view: Mutex<Option<(MemoryStore, Arc<Config>)>>,
+    all_along: Mutex<Option<BTreeMap<Digest, String>>>,
+}
+
+impl JanitorWatch {
+    fn needed_now(&self) -> Option<BTreeMap<Digest, String>> {
+        let view = self.view.lock().unwrap();
+        let (store, config) = view.as_ref()?;
+        Some(needed(store, config))
+    }
+
+    /// A janitor lists the repository: from now on, what is needed is watched.
+    fn listed(&self) {
+        if self.all_along.lock().unwrap().is_none() {
+            *self.all_along.lock().unwrap() = self.needed_now();
+        }
+        self.observe();
+    }
+
+    /// The state may have changed: only what is still needed was needed all along.
+    fn observe(&self) {
+        let Some(now) = self
+            .all_along
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and(self.needed_now())
+        else {
+            return;
+        };
+        if let Some(all_along) = self.all_along.lock().unwrap().as_mut() {
+            all_along.retain(|d, _| now.contains_key(d));
+        }
+    }
+
+    /// Between invocations: no janitor runs.
+    fn forget(&self) {
+        *self.all_along.lock().unwrap() = None;
+    }
+
+    /// The deletions of digests needed all along, as broken promises.
+    fn judge(&self, digests: &[Digest]) -> Vec<String> {
+        self.observe();
+        let all_along = self.all_along.lock().unwrap();
+        digests
+            .iter()
+            .filter_map(|d| {
+                let why = all_along.as_ref()?.get(d)?;
+                Some(format!(
+                    "the janitor deleted {d}, {why} all through its run"
+                ))
+            })
+            .collect()
+    }
 }
 
 /// How often a port call gives way first.
@@ -306,6 +368,42 @@ impl StateStore for FaultyStore {
         if self.faults.out("StateStore::commit") {
             return Err(StoreError::Transient(lost("TransactWriteItems")));
         }
+        let result = self.commit_under_fault(commit).await;
+        // What the environments need, all through a janitor's run: a commit may change it.
+        self.faults.janitor_watch.observe();
+        result
+    }
+
+    async fn undelivered(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let read = self.inner.undelivered(app, env);
+        self.faults
+            .around("StateStore::undelivered", read, || {
+                StoreError::Transient(lost("Query"))
+            })
+            .await
+    }
+
+    async fn delivered(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        ids: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let write = self.inner.delivered(app, env, ids);
+        self.faults
+            .around("StateStore::delivered", write, || {
+                StoreError::Transient(lost("DeleteItem"))
+            })
+            .await
+    }
+}
+
+impl FaultyStore {
+    async fn commit_under_fault(&self, commit: Commit<'_>) -> Result<(), StoreError> {
         match self.faults.call("StateStore::commit") {
             None if self.faults.trip.lock().unwrap().is_some() => {
                 let result = self.inner.commit(commit).await;
@@ -335,33 +433,6 @@ impl StateStore for FaultyStore {
             }
             Some(Fault::Twice) => self.inner.commit(commit).await,
         }
-    }
-
-    async fn undelivered(
-        &self,
-        app: &AppName,
-        env: &EnvName,
-    ) -> Result<Vec<OutboxEntry>, StoreError> {
-        let read = self.inner.undelivered(app, env);
-        self.faults
-            .around("StateStore::undelivered", read, || {
-                StoreError::Transient(lost("Query"))
-            })
-            .await
-    }
-
-    async fn delivered(
-        &self,
-        app: &AppName,
-        env: &EnvName,
-        ids: &[String],
-    ) -> Result<Vec<String>, StoreError> {
-        let write = self.inner.delivered(app, env, ids);
-        self.faults
-            .around("StateStore::delivered", write, || {
-                StoreError::Transient(lost("DeleteItem"))
-            })
-            .await
     }
 }
 
@@ -472,12 +543,10 @@ impl Target for FaultyTarget {
 struct FaultyRegistry {
     inner: FakeRegistry,
     faults: Arc<Faults>,
-    /// What environments need, read when the janitor lists the repository and again when it
-    /// deletes: deleting a digest needed all along is a broken promise, recorded here. (A
-    /// digest that becomes needed while the janitor runs, an instant before it deletes it,
-    /// fails its pull instead: the hosts keep what they ran.)
-    watch: Option<(MemoryStore, Arc<Config>)>,
-    needed_when_listed: Mutex<Option<BTreeMap<Digest, String>>>,
+    /// Deletions of digests the environments needed all through the janitor's run
+    /// (`Faults::janitor_watch`): broken promises. (A digest that becomes needed while the
+    /// janitor runs, an instant before it deletes it, fails its pull instead: the hosts keep
+    /// what they ran.)
     deleted_needed: Arc<Mutex<Vec<String>>>,
 }
 
@@ -536,13 +605,6 @@ impl ImageRegistry for FaultyRegistry {
     }
 }
 
-impl FaultyRegistry {
-    /// Between invocations: no janitor is running.
-    fn forget_listing(&self) {
-        *self.needed_when_listed.lock().unwrap() = None;
-    }
-}
-
 #[async_trait]
 impl ImageCatalog for FaultyRegistry {
     async fn list_page(
@@ -550,18 +612,7 @@ impl ImageCatalog for FaultyRegistry {
         repository: &Repository,
         next: Option<String>,
     ) -> Result<ImagePage, RegistryError> {
-        // Janitors running at once: what all of them saw needed.
-        if let Some((store, config)) = &self.watch {
-            let now = needed(store, config);
-            let mut listed = self.needed_when_listed.lock().unwrap();
-            *listed = Some(match listed.take() {
-                None => now,
-                Some(before) => before
-                    .into_iter()
-                    .filter(|(d, _)| now.contains_key(d))
-                    .collect(),
-            });
-        }
+        self.faults.janitor_watch.listed();
         let read = self.inner.list_page(repository, next);
         self.faults
             .around("ImageCatalog::list_page", read, || {
@@ -588,22 +639,9 @@ impl ImageCatalog for FaultyRegistry {
         repository: &Repository,
         digests: &[Digest],
     ) -> Result<Vec<DeleteFailure>, RegistryError> {
-        let judge = || {
-            if let Some((store, config)) = &self.watch {
-                let now = needed(store, config);
-                let listed = self.needed_when_listed.lock().unwrap();
-                for d in digests.iter().filter(|d| now.contains_key(*d)) {
-                    if let Some(then) = listed.as_ref().and_then(|l| l.get(d)) {
-                        self.deleted_needed.lock().unwrap().push(format!(
-                            "the janitor deleted {d}: {then} when it listed the repository, {} when it deleted it",
-                            now[d]
-                        ));
-                    }
-                }
-            }
-        };
         let write = async {
-            judge();
+            let broken = self.faults.janitor_watch.judge(digests);
+            self.deleted_needed.lock().unwrap().extend(broken);
             ImageCatalog::delete(&self.inner, repository, digests).await
         };
         self.faults
@@ -833,8 +871,6 @@ struct Sim<'a> {
     pulled_missing: BTreeSet<String>,
     /// Deletions of digests some environment needed at that moment.
     registry_watch: Arc<Mutex<Vec<String>>>,
-    /// The janitor's registry, told when a janitor's run is over.
-    janitor_catalog: Arc<FaultyRegistry>,
     /// How many of the registry's tag moves have been announced.
     tags_moved: usize,
     /// The tags people pushed, with their digests.
@@ -899,11 +935,10 @@ impl<'a> Sim<'a> {
             faults: faults.clone(),
         });
         let registry_watch = Arc::new(Mutex::new(Vec::new()));
+        *faults.janitor_watch.view.lock().unwrap() = Some((store.clone(), config.clone()));
         let faulty_registry = Arc::new(FaultyRegistry {
             inner: registry.clone(),
             faults: faults.clone(),
-            watch: Some((store.clone(), config.clone())),
-            needed_when_listed: Mutex::default(),
             deleted_needed: registry_watch.clone(),
         });
         let mut urls = BTreeMap::new();
@@ -955,9 +990,8 @@ impl<'a> Sim<'a> {
             },
             janitor: Janitor {
                 core: core.clone(),
-                catalog: faulty_registry.clone(),
+                catalog: faulty_registry,
             },
-            janitor_catalog: faulty_registry,
             control: Control { core },
             alarms,
             alarm_was: BTreeMap::new(),
@@ -1249,7 +1283,7 @@ impl<'a> Sim<'a> {
     /// Delivers everything waiting, and what that publishes, as EventBridge would.
     async fn drain(&mut self) {
         for _ in 0..500 {
-            self.janitor_catalog.forget_listing();
+            self.faults.janitor_watch.forget();
             self.begin_outage();
             self.route();
             let Some(delivery) = self.inbox.pop_front() else {

@@ -235,7 +235,7 @@ impl Run<'_> {
                 batch.swap(i, self.rng.below(i + 1));
             }
             self.most_at_once = self.most_at_once.max(batch.len());
-            self.sim.janitor_catalog.forget_listing();
+            self.sim.faults.janitor_watch.forget();
             let mut scheduler = Rng::new(self.rng.next());
             let answers = {
                 let sim = &self.sim;

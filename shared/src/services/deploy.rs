@@ -449,9 +449,11 @@ pub(crate) async fn place(
             }))
         }
         Admission::Queue { behind } => {
+            let before = state.queued.clone();
             state.queue(&request);
             let now = core.clock.now();
             settle_pending(state, &request, now);
+            let displaced = displaced(state, before, &request, now);
             let event = LifecycleEvent::environment(
                 EventType::RolloutQueued,
                 app,
@@ -464,7 +466,8 @@ pub(crate) async fn place(
                 now,
             )
             .with_image(&request.image, request.tag.as_ref(), request.kind);
-            if !commit_env(core, state, claim, vec![event]).await? {
+            let events = displaced.into_iter().chain([event]).collect();
+            if !commit_env(core, state, claim, events).await? {
                 return Ok(duplicate(result, image));
             }
             info!(app = %app, env = %env, behind = ?behind, digest = %request.image.digest, "queued");
@@ -473,13 +476,23 @@ pub(crate) async fn place(
         Admission::Start => {
             let mut dep =
                 Deployment::new(app.clone(), env.clone(), request.clone(), core.clock.now());
+            let before = state.queued.clone();
             state.start(&mut dep);
             settle_pending(state, &request, core.clock.now());
-            let commit = Commit::env(state).with(&mut dep).claiming(claim.clone());
+            let outbox = core.outbox(
+                displaced(state, before, &request, core.clock.now())
+                    .into_iter()
+                    .collect(),
+            );
+            let commit = Commit {
+                outbox: outbox.clone(),
+                ..Commit::env(state).with(&mut dep).claiming(claim.clone())
+            };
             match core.store.commit(commit).await {
                 Err(StoreError::Duplicate(_)) => return Ok(duplicate(result, image)),
                 other => other?,
             }
+            core.announce(outbox).await;
             launch(core, target, env_config, &mut dep).await?;
             Ok(result(EnvOutcome::Started {
                 deployment_id: dep.id,
@@ -487,6 +500,45 @@ pub(crate) async fn place(
             }))
         }
     }
+}
+
+/// A queued request a person made (a deploy or a promotion by hand, an approved promotion)
+/// that `request` took the place of: it will not run, and `Deployment Skipped` says so, so
+/// that no decision is dropped unsaid. (Queued pushes give way to newer ones silently: the
+/// newest wins.)
+fn displaced(
+    state: &EnvState,
+    before: Option<crate::domain::environment::Queued>,
+    request: &Request,
+    now: OffsetDateTime,
+) -> Option<LifecycleEvent> {
+    let gone = before.filter(|q| {
+        q.requested_by.is_some()
+            && q.image.digest != request.image.digest
+            && state.queued.as_ref() != Some(q)
+    })?;
+    let by = gone.requested_by.as_deref().unwrap_or_default();
+    let what = match request.kind {
+        Kind::Push => "a push",
+        Kind::Manual => "a deploy by hand",
+        Kind::Promotion => "a promotion",
+        Kind::Rollback => "a rollback",
+    };
+    let reason = format!(
+        "{} (asked for by {by}) will not run: {what} of {} took its place in the queue",
+        gone.image.digest, request.image
+    );
+    warn!(app = %state.app, env = %state.environment, digest = %gone.image.digest, "a queued decision was displaced");
+    Some(
+        LifecycleEvent::environment(
+            EventType::DeploymentSkipped,
+            &state.app,
+            &state.environment,
+            Some(reason),
+            now,
+        )
+        .with_image(&gone.image, gone.tag.as_ref(), gone.kind),
+    )
 }
 
 /// Commits the environment alone, with `events` recorded in the same write under `claim`,
@@ -809,6 +861,44 @@ mod tests {
         assert!(
             matches!(out[0].outcome, EnvOutcome::Started { .. }),
             "{out:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_queued_deploy_by_hand_another_one_displaces_is_announced_as_skipped() {
+        let w = World::sample();
+        let d = w.deployer();
+        d.on_push(&push(&w, 'a', "v1", 0, "e1")).await.unwrap();
+        for (hex, tag, by) in [('b', "v2", "alice"), ('c', "v3", "bob")] {
+            w.registry.push("acme/web", Some(tag), &w.image(hex).digest);
+            let out = d
+                .manual(&ManualDeploy {
+                    app: app("web"),
+                    environment: env_name("staging"),
+                    wanted: Wanted::Tag(Tag::parse(tag).unwrap()),
+                    requested_by: Some(by.into()),
+                    reason: None,
+                })
+                .await
+                .unwrap();
+            assert!(matches!(out.outcome, EnvOutcome::Queued { .. }), "{out:?}");
+        }
+        let skipped: Vec<_> = w
+            .events
+            .events()
+            .into_iter()
+            .filter(|e| e.detail_type == EventType::DeploymentSkipped)
+            .collect();
+        assert_eq!(skipped.len(), 1, "{:?}", w.events.types());
+        let said = skipped[0].deployment().unwrap();
+        assert_eq!(said.digest.as_ref(), Some(&w.image('b').digest));
+        assert!(
+            said.reason
+                .as_deref()
+                .unwrap()
+                .contains("(asked for by alice) will not run: a deploy by hand of"),
+            "{:?}",
+            said.reason
         );
     }
 
