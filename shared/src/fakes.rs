@@ -419,7 +419,7 @@ impl FakeRegistry {
             .insert(repository.to_owned());
     }
 
-    /// Throttles the next `calls` catalog calls.
+    /// Throttles the next `calls` catalog and scan calls.
     pub fn throttle(&self, calls: usize) {
         self.inner.lock().unwrap().throttle = calls;
     }
@@ -549,6 +549,7 @@ impl ImageRegistry for FakeRegistry {
         repository: &Repository,
         digest: &Digest,
     ) -> Result<crate::ports::ScanState, RegistryError> {
+        self.call("scan")?;
         let inner = self.inner.lock().unwrap();
         inner.holds(repository, digest)?;
         Ok(match inner.scans.get(digest) {

@@ -80,17 +80,7 @@ impl Deployer {
         let config = self.core.config.load().await?;
         let mut results = Vec::new();
         let mut named = false;
-        // pushdeploy moves an environment's tag (`ecr_tag`) with PutImage, and ECR announces
-        // that as a push of the tag: of an image already verified somewhere, not a new one.
-        let own_tag = push.tag.as_ref().and_then(|tag| {
-            config
-                .apps_for_repository(&push.repository)
-                .flat_map(|(a, app)| app.environments.iter().map(move |(e, env)| (a, e, env)))
-                .find(|(_, _, env)| env.ecr_tag.as_ref() == Some(tag))
-                .map(|(a, e, _)| format!(
-                    "{tag} is the environment tag pushdeploy points at what {a}/{e} verified; a push of it deploys nothing"
-                ))
-        });
+        let own_tag = self.environment_tag_moved(&config, push).await?;
         for (app_name, app) in config.apps_for_repository(&push.repository) {
             named = true;
             // An app deploys its own registry's images: a push to a repository of the same
@@ -186,6 +176,36 @@ impl Deployer {
             info!("no app deploys this repository; ignoring the push");
         }
         Ok(results)
+    }
+
+    /// pushdeploy moves an environment's tag (`ecr_tag`) with PutImage, and ECR announces
+    /// that as a push of the tag. A push of an environment's tag onto a digest that
+    /// environment verified is that move, not a new image: why it deploys nothing.
+    async fn environment_tag_moved(
+        &self,
+        config: &Config,
+        push: &Push,
+    ) -> Result<Option<String>, ServiceError> {
+        let Some(tag) = &push.tag else {
+            return Ok(None);
+        };
+        let owners: Vec<(&AppName, &EnvName)> = config
+            .apps_for_repository(&push.repository)
+            .flat_map(|(a, app)| app.environments.iter().map(move |(e, env)| (a, e, env)))
+            .filter(|(_, _, env)| env.ecr_tag.as_ref() == Some(tag))
+            .map(|(a, e, _)| (a, e))
+            .collect();
+        for (app, env) in owners {
+            let state = self.core.store.env_state(app, env).await?;
+            // One of its verified digests (not only the last: a later verification may
+            // have overtaken the announcement).
+            if state.verified.iter().any(|v| v.digest == push.digest) {
+                return Ok(Some(format!(
+                    "{tag} is the environment tag pushdeploy points at what {app}/{env} verified; its move deploys nothing"
+                )));
+            }
+        }
+        Ok(None)
     }
 
     /// Deploys a tag or digest by hand. Unlike a push, this may redeploy the running digest,
@@ -512,10 +532,19 @@ fn displaced(
     request: &Request,
     now: OffsetDateTime,
 ) -> Option<LifecycleEvent> {
+    displaced_from(state, before, state.queued.as_ref(), request, now)
+}
+
+/// `displaced` for any slot a request waits in: `before` it held that, now `kept`.
+pub(crate) fn displaced_from(
+    state: &EnvState,
+    before: Option<crate::domain::environment::Queued>,
+    kept: Option<&crate::domain::environment::Queued>,
+    request: &Request,
+    now: OffsetDateTime,
+) -> Option<LifecycleEvent> {
     let gone = before.filter(|q| {
-        q.requested_by.is_some()
-            && q.image.digest != request.image.digest
-            && state.queued.as_ref() != Some(q)
+        q.requested_by.is_some() && q.image.digest != request.image.digest && kept != Some(q)
     })?;
     let by = gone.requested_by.as_deref().unwrap_or_default();
     let what = match request.kind {
@@ -842,10 +871,32 @@ mod tests {
             r#"deploy_on_push: { tags: ["main-*", "v*"] }"#,
             r#"deploy_on_push: { tags: ["*"] }"#,
         ));
+        // `a` is verified in both environments, so both tags were moved onto it.
+        for env in ["staging", "production"] {
+            let mut state = w.state(env);
+            let mut dep = Deployment::new(
+                state.app.clone(),
+                state.environment.clone(),
+                Request {
+                    image: w.image('a'),
+                    tag: None,
+                    kind: Kind::Push,
+                    pushed_at: World::START,
+                    requested_by: None,
+                    reason: None,
+                },
+                World::START,
+            );
+            state.start(&mut dep);
+            state.record_verified(&dep, World::START);
+            state.release(&dep.id);
+            w.store.commit(Commit::env(&mut state)).await.unwrap();
+        }
+        let commits = w.store.commits();
         let d = w.deployer();
         for (i, tag) in ["staging", "production"].into_iter().enumerate() {
             let out = d
-                .on_push(&push(&w, 'a', tag, i as i64, &format!("e{i}")))
+                .on_push(&push(&w, 'a', tag, i as i64 + 10, &format!("e{i}")))
                 .await
                 .unwrap();
             assert!(
@@ -855,9 +906,13 @@ mod tests {
             );
         }
         assert!(w.target.started().is_empty());
-        assert_eq!(w.store.commits(), 0, "nothing recorded");
-        // Any other tag is a push.
-        let out = d.on_push(&push(&w, 'a', "main-1", 5, "e9")).await.unwrap();
+        assert_eq!(w.store.commits(), commits, "nothing recorded");
+        // A real push under an environment's name (another digest) is a push; so is any
+        // other tag.
+        let out = d
+            .on_push(&push(&w, 'b', "production", 20, "e8"))
+            .await
+            .unwrap();
         assert!(
             matches!(out[0].outcome, EnvOutcome::Started { .. }),
             "{out:?}"

@@ -136,13 +136,24 @@ pub(crate) async fn hold(
 ) -> Result<EnvResult, ServiceError> {
     let image = request.image.to_string();
     let now = core.clock.now();
+    // A promotion someone approved goes on here: waiting for its scan, or blocked.
+    state.settle_promotion(&request.image.digest, now);
+    let mut displaced = None;
     let (event, outcome) = match held {
         Held::Wait { until } => {
+            let before = state.awaiting_scan.take().map(|w| w.request);
             state.awaiting_scan = Some(AwaitingScan {
                 request: request.into(),
                 since: now,
                 until,
             });
+            displaced = super::deploy::displaced_from(
+                state,
+                before,
+                state.awaiting_scan.as_ref().map(|w| &w.request),
+                request,
+                now,
+            );
             info!(app = %app, env = %env, digest = %request.image.digest, %until, "waiting for the vulnerability scan");
             (
                 LifecycleEvent::environment(
@@ -189,11 +200,16 @@ pub(crate) async fn hold(
         environment: env.clone(),
         outcome,
     };
-    if !commit_env(core, state, claim, vec![event]).await? {
+    let events = displaced.into_iter().chain([event]).collect();
+    if !commit_env(core, state, claim, events).await? {
         return Ok(duplicate(result, image));
     }
     Ok(result(outcome))
 }
+
+/// How long past its deadline ECR is asked again for a waiting image's result when it is
+/// throttled or unreachable, before `on_missing` decides without it.
+const ASK_PAST_DEADLINE: time::Duration = time::Duration::minutes(10);
 
 /// A scan result, or the reconciler's pass, for one environment.
 pub(crate) struct Settle<'a> {
@@ -239,10 +255,15 @@ pub(crate) async fn settle(
             let asked = if settle.ask_registry && state.scan_of(&digest).is_none() {
                 match ask(registry, &waiting.request.image.repository, &digest).await {
                     Ok(counts) => counts,
-                    // At its deadline the image waits no longer: a result that cannot be
-                    // read is no result, and `on_missing` decides.
-                    Err(e) if now >= waiting.until => {
-                        warn!(app = %app, env = %env, %digest, error = %e.chain(), "cannot read the scan result at the deadline; on_missing decides");
+                    // Past its deadline the image waits no longer: a result that cannot be
+                    // read is no result, and `on_missing` decides. A throttled or
+                    // unreachable ECR is asked again for a while first, so that one refusal
+                    // does not decide for a result ECR has.
+                    Err(e)
+                        if now >= waiting.until
+                            && (!e.is_retryable() || now >= waiting.until + ASK_PAST_DEADLINE) =>
+                    {
+                        warn!(app = %app, env = %env, %digest, error = %e.chain(), "cannot read the scan result past the deadline; on_missing decides");
                         None
                     }
                     Err(e) => return Err(e),
@@ -529,6 +550,31 @@ mod tests {
             }
             assert!(w.state("staging").awaiting_scan.is_none());
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_ecr_at_the_deadline_is_asked_again_before_on_missing_decides() {
+        let w = gated("{ max: { critical: 0 }, wait_seconds: 300, on_missing: deploy }");
+        w.deployer()
+            .on_push(&push(&w, 'a', "v1", "e1"))
+            .await
+            .unwrap();
+        w.clock.advance(std::time::Duration::from_secs(300));
+        w.registry.throttle(1_000);
+        let report = w.tracker().reconcile().await.unwrap();
+        assert!(
+            report.incomplete().is_some_and(|e| e.is_retryable()),
+            "{report:?}"
+        );
+        assert!(
+            w.state("staging").awaiting_scan.is_some(),
+            "one refusal decides nothing"
+        );
+        assert!(w.target.started().is_empty());
+        w.clock.advance(std::time::Duration::from_secs(600));
+        let report = w.tracker().reconcile().await.unwrap();
+        assert!(report.actions[0].action.contains("started"), "{report:?}");
+        assert!(w.state("staging").awaiting_scan.is_none());
     }
 
     #[tokio::test(start_paused = true)]

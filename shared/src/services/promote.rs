@@ -253,7 +253,13 @@ impl Deployer {
             .find_map(|(revoked, place)| revoked.get(digest.as_str()).map(|r| (place, r)))
         {
             info!(%app, %env, %digest, revoked_in = %place, by = %r.by, "the approved promotion was revoked since; not deploying it");
-            return Ok(None);
+            let reason = format!(
+                "{digest} was approved, then revoked in {place} by {}: {}; it is not deployed",
+                r.by, r.reason
+            );
+            return self
+                .approval_closed(app, env, digest, Some(reason), event_id)
+                .await;
         }
         let at = approved
             .at
@@ -270,10 +276,67 @@ impl Deployer {
                 pending.from, approved.by
             )),
         };
-        Ok(Some(
-            self.admit(&config, app, env, request, Some(event_id.to_owned()))
-                .await?,
-        ))
+        let result = self
+            .admit(&config, app, env, request, Some(event_id.to_owned()))
+            .await?;
+        // Skipped (and said so): the approval is done with all the same.
+        if matches!(result.outcome, EnvOutcome::Skipped { .. }) {
+            self.approval_closed(app, env, digest, None, event_id)
+                .await?;
+        }
+        Ok(Some(result))
+    }
+
+    /// Takes an approved promotion that will not deploy out of where it waits (recording
+    /// the decision), announcing why when `reason` says it, so it neither lingers as approved
+    /// nor keeps its image from the janitor.
+    async fn approval_closed(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        digest: &Digest,
+        reason: Option<String>,
+        event_id: &str,
+    ) -> Result<Option<EnvResult>, ServiceError> {
+        retry_on_conflict(
+            || format!("closing the approval of {digest} in {app}/{env}"),
+            async |_| {
+                let mut state = self.core.store.env_state(app, env).await?;
+                if state.approved_promotion(digest).is_none() {
+                    return Ok(None);
+                }
+                let now = self.core.clock.now();
+                state.settle_promotion(digest, now);
+                let events: Vec<LifecycleEvent> = reason
+                    .iter()
+                    .map(|r| {
+                        let mut event = LifecycleEvent::environment(
+                            EventType::DeploymentSkipped,
+                            app,
+                            env,
+                            Some(r.clone()),
+                            now,
+                        );
+                        if let crate::domain::Detail::Deployment(d) = &mut event.detail {
+                            d.digest = Some(digest.clone());
+                            d.kind = Some(Kind::Promotion);
+                        }
+                        event
+                    })
+                    .collect();
+                let claim = reason.as_ref().map(|_| format!("{event_id}#closed"));
+                commit_env(&self.core, &mut state, claim, events).await?;
+                Ok(reason.clone().map(|reason| EnvResult {
+                    app: app.clone(),
+                    environment: env.clone(),
+                    outcome: EnvOutcome::Skipped {
+                        reason,
+                        image: digest.to_string(),
+                    },
+                }))
+            },
+        )
+        .await
     }
 
     /// A `Promotion Approved` whose promotion no longer waits here. One that went ahead
@@ -568,6 +631,39 @@ mod tests {
             .unwrap();
         assert!(matches!(out.outcome, EnvOutcome::Started { .. }), "{out:?}");
         assert_eq!(w.target.last().image, w.image('b').to_string());
+    }
+
+    #[tokio::test]
+    async fn an_approved_promotion_revoked_before_it_started_is_announced_and_closed() {
+        let w = World::sample();
+        let d = w.deployer();
+        let (a, p, s) = (app("web"), env_name("production"), env_name("staging"));
+        d.on_source_verified(&verified(&w, 'a', "e1"))
+            .await
+            .unwrap();
+        w.control()
+            .approve(&a, &p, &w.image('a').digest, "alice")
+            .await
+            .unwrap();
+        w.control()
+            .revoke(&a, &s, &w.image('a').digest, "bob", "CVE-2026-1")
+            .await
+            .unwrap();
+        w.events.clear();
+        let out = d
+            .on_approved(&a, &p, &w.image('a').digest, "pa-1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(&out.outcome, EnvOutcome::Skipped { reason, .. } if reason.contains("revoked in staging by bob")),
+            "{out:?}"
+        );
+        assert_eq!(w.events.types(), vec!["Deployment Skipped"]);
+        assert!(w.target.started().is_empty());
+        let state = production(&w).await;
+        assert!(state.approved_promotion(&w.image('a').digest).is_none());
+        assert!(state.pending.is_none(), "no longer listed as waiting");
     }
 
     #[tokio::test]

@@ -329,7 +329,7 @@ pub(crate) async fn resume(
 /// invocation leaves it until this one has sent it, been refused (which makes it due again
 /// at once), or stopped. `false`: it is not due any more (another invocation took it first,
 /// or it started).
-async fn claim_start(core: &Core, dep: &mut Deployment) -> Result<bool, ServiceError> {
+pub(crate) async fn claim_start(core: &Core, dep: &mut Deployment) -> Result<bool, ServiceError> {
     let id = dep.id.clone();
     retry_on_conflict(
         || format!("claiming the start of {id}"),

@@ -341,6 +341,11 @@ impl Tracker {
         }
         match dep.phase {
             Phase::Requested if held > env_config.rollout_timeout => {
+                // Another invocation may be sending it this very moment: give up only with
+                // the start claimed, as a start is (else the next pass looks again).
+                if !super::rollout::claim_start(&self.core, &mut dep).await? {
+                    return Ok(None);
+                }
                 // A last look for an action the target runs for it, before giving up.
                 if resume_or_adopt_only(&self.core, self.target.as_ref(), env_config, &mut dep)
                     .await?
@@ -985,6 +990,60 @@ mod tests {
         );
         assert_eq!(w.target.started().len(), 1);
         assert_eq!(w.deployments("staging")[0].phase, Phase::RollingOut);
+    }
+
+    #[tokio::test]
+    async fn a_start_claimed_by_another_invocation_is_not_given_up_under_it() {
+        let w = World::sample();
+        let mut state = w.state("staging");
+        let mut dep = Deployment::new(
+            state.app.clone(),
+            state.environment.clone(),
+            Request {
+                image: w.image('a'),
+                tag: None,
+                kind: Kind::Push,
+                pushed_at: World::START,
+                requested_by: None,
+                reason: None,
+            },
+            w.clock.now(),
+        );
+        state.start(&mut dep);
+        w.store
+            .commit(Commit::env(&mut state).with(&mut dep))
+            .await
+            .unwrap();
+        let staging = w
+            .config
+            .env(
+                &crate::fakes::app("web"),
+                &crate::fakes::env_name("staging"),
+            )
+            .unwrap()
+            .clone();
+        // Past its rollout timeout, another invocation claims its start (and is sending it).
+        w.clock
+            .advance(staging.rollout_timeout + Duration::from_secs(1));
+        let mut claimed = w.deployments("staging").pop().unwrap();
+        assert!(
+            crate::services::rollout::claim_start(&w.core(), &mut claimed)
+                .await
+                .unwrap()
+        );
+        let report = w.tracker().reconcile().await.unwrap();
+        assert!(report.actions.is_empty(), "{report:?}");
+        assert_eq!(w.deployments("staging")[0].phase, Phase::Requested);
+        // That invocation stopped: once its claim lapses, the pass gives up, saying why.
+        w.clock.advance(STALE_AFTER + Duration::from_secs(1));
+        let report = w.tracker().reconcile().await.unwrap();
+        assert!(
+            report.actions[0]
+                .action
+                .contains("never reached its target"),
+            "{report:?}"
+        );
+        assert_eq!(w.deployments("staging")[0].phase, Phase::Failed);
     }
 
     #[tokio::test]
