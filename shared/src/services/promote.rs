@@ -309,20 +309,7 @@ impl Deployer {
                 state.settle_promotion(digest, now);
                 let events: Vec<LifecycleEvent> = reason
                     .iter()
-                    .map(|r| {
-                        let mut event = LifecycleEvent::environment(
-                            EventType::DeploymentSkipped,
-                            app,
-                            env,
-                            Some(r.clone()),
-                            now,
-                        );
-                        if let crate::domain::Detail::Deployment(d) = &mut event.detail {
-                            d.digest = Some(digest.clone());
-                            d.kind = Some(Kind::Promotion);
-                        }
-                        event
-                    })
+                    .map(|r| not_promoted(app, env, digest, r, now))
                     .collect();
                 let claim = reason.as_ref().map(|_| format!("{event_id}#closed"));
                 commit_env(&self.core, &mut state, claim, events).await?;
@@ -368,17 +355,7 @@ impl Deployer {
                     ),
                 };
                 let now = self.core.clock.now();
-                let mut event = LifecycleEvent::environment(
-                    EventType::DeploymentSkipped,
-                    app,
-                    env,
-                    Some(reason.clone()),
-                    now,
-                );
-                if let crate::domain::Detail::Deployment(d) = &mut event.detail {
-                    d.digest = Some(digest.clone());
-                    d.kind = Some(Kind::Promotion);
-                }
+                let event = not_promoted(app, env, digest, &reason, now);
                 let outcome = EnvOutcome::Skipped {
                     reason,
                     image: digest.to_string(),
@@ -528,6 +505,28 @@ impl Deployer {
         }
         image
     }
+}
+
+/// `Deployment Skipped` for an approved promotion of `digest` that will not deploy, and why.
+fn not_promoted(
+    app: &AppName,
+    env: &EnvName,
+    digest: &Digest,
+    reason: &str,
+    now: OffsetDateTime,
+) -> LifecycleEvent {
+    let mut event = LifecycleEvent::environment(
+        EventType::DeploymentSkipped,
+        app,
+        env,
+        Some(reason.to_owned()),
+        now,
+    );
+    if let crate::domain::Detail::Deployment(d) = &mut event.detail {
+        d.digest = Some(digest.clone());
+        d.kind = Some(Kind::Promotion);
+    }
+    event
 }
 
 #[cfg(test)]
